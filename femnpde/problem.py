@@ -1,0 +1,475 @@
+"""The state equation: a parabolic PDE written once in UFL.
+
+The user describes the spatial part of
+
+    ∂t u + A(u; g, t, x) = 0   in D × (0, T],
+
+as a weak residual ``residual(u, v, g, t, x) -> ufl.Form`` (``g`` is the neural
+source coefficient, ``t`` a UFL constant holding the time, ``x`` the spatial
+coordinate).  :class:`ParabolicProblem` discretises it in time with a
+theta-scheme,
+
+    F^n = ∫ (u^n − u^{n−1})/Δt v dx + θ a(u^n, v; g^n, t_n) + (1 − θ) a(u^{n−1}, v; g^{n−1}, t_{n−1}),
+
+and compiles, once, the residual, its Jacobian and every derivative the
+discrete adjoint needs (``ufl.derivative`` / ``ufl.adjoint``).
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import basix
+import basix.ufl
+import dolfinx
+import dolfinx.fem
+import dolfinx.fem.petsc
+import dolfinx.mesh
+import ufl
+from petsc4py import PETSc
+
+__all__ = [
+    "TimeGrid",
+    "Dirichlet",
+    "ParabolicProblem",
+    "Residual",
+    "heat",
+    "allen_cahn",
+    "PRESETS",
+]
+
+#: Signature of a spatial residual: ``residual(u, v, g, t, x) -> ufl.Form``.
+Residual = Callable[[Any, Any, Any, Any, Any], ufl.Form]
+
+
+@dataclass(frozen=True)
+class TimeGrid:
+    """A uniform time grid ``t_n = n T / n_steps``, n = 0..n_steps.
+
+    Attributes:
+        T: Final time (> 0).
+        n_steps: Number of time steps (>= 1).
+    """
+
+    T: float = 1.0
+    n_steps: int = 64
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.T, numbers.Real) and np.isfinite(self.T) and self.T > 0):
+            raise ValueError(f"TimeGrid: T={self.T!r} is not valid; the final time must be a positive number")
+        if not (isinstance(self.n_steps, numbers.Integral) and self.n_steps >= 1):
+            raise ValueError(f"TimeGrid: n_steps={self.n_steps!r} is not valid; it must be an integer >= 1")
+
+    @property
+    def dt(self) -> float:
+        """The time step."""
+        return float(self.T) / int(self.n_steps)
+
+    @property
+    def times(self) -> np.ndarray:
+        """All time levels, shape ``(n_steps + 1,)``."""
+        return np.arange(self.n_steps + 1, dtype=np.float64) * self.dt
+
+
+@dataclass
+class Dirichlet:
+    """A Dirichlet condition ``u = value`` on part of the boundary.
+
+    Attributes:
+        where: Which boundary facets: ``"boundary"`` (the whole boundary), a
+            callable ``x -> bool array`` locating facets geometrically, or a
+            pair ``(facet_tags, tag)`` (an int tag or a sequence of tags).
+        value: A number; a function of time ``value(t) -> float``; or a
+            function ``value(t, x) -> array`` of time and the points ``x``
+            (shape ``(3, npts)``), as for ``Function.interpolate``.
+        time_dependent: Whether ``value`` takes ``t``.  Defaults to True for
+            callables.
+        name: Used in error messages.
+    """
+
+    where: Any = "boundary"
+    value: float | Callable[..., Any] = 0.0
+    time_dependent: bool | None = None
+    name: str = ""
+
+
+def heat(gamma: float = 0.01) -> Residual:
+    """Heat equation preset: ``∂t u − γΔu = g``.
+
+    Args:
+        gamma: Diffusivity (> 0).
+
+    Returns:
+        The residual ``γ ∇u·∇v − g v``.
+    """
+    if not gamma > 0:
+        raise ValueError(f"heat: gamma={gamma!r} must be > 0")
+
+    def residual(u, v, g, t, x):
+        return gamma * ufl.inner(ufl.grad(u), ufl.grad(v)) * ufl.dx - g * v * ufl.dx
+
+    return residual
+
+
+def allen_cahn(gamma: float = 0.01, epsilon: float = 0.32) -> Residual:
+    """Allen–Cahn preset: ``∂t u − γΔu + ε⁻²(u³ − u) = g``.
+
+    Args:
+        gamma: Diffusivity (> 0).
+        epsilon: Interface parameter (> 0).
+
+    Returns:
+        The residual ``γ ∇u·∇v + ε⁻²(u³ − u) v − g v``.
+    """
+    if not gamma > 0:
+        raise ValueError(f"allen_cahn: gamma={gamma!r} must be > 0")
+    if not epsilon > 0:
+        raise ValueError(f"allen_cahn: epsilon={epsilon!r} must be > 0")
+
+    def residual(u, v, g, t, x):
+        return (
+            gamma * ufl.inner(ufl.grad(u), ufl.grad(v)) * ufl.dx
+            + epsilon**-2 * (u**3 - u) * v * ufl.dx
+            - g * v * ufl.dx
+        )
+
+    return residual
+
+
+#: Named presets: name -> (factory, allowed parameter names).
+PRESETS: dict[str, tuple[Callable[..., Residual], tuple[str, ...]]] = {
+    "heat": (heat, ("gamma",)),
+    "allen-cahn": (allen_cahn, ("gamma", "epsilon")),
+}
+
+
+def _with_quadrature_degree(form: ufl.Form, degree: int) -> ufl.Form:
+    """Return ``form`` with every integral's quadrature degree set to ``degree``."""
+    integrals = []
+    for itg in form.integrals():
+        md = dict(itg.metadata())
+        md["quadrature_degree"] = degree
+        integrals.append(itg.reconstruct(metadata=md))
+    return ufl.Form(integrals)
+
+
+@dataclass
+class _Forms:
+    """Compiled forms of one theta-step (all compiled once)."""
+
+    residual: dolfinx.fem.Form
+    jacobian: dolfinx.fem.Form
+    adj_prev: dolfinx.fem.Form | None  # (∂F/∂u^{n-1})^T λ, a linear form on V
+    adj_g: dolfinx.fem.Form | None  # (∂F/∂g^n)^T λ, a linear form on G
+    adj_gprev: dolfinx.fem.Form | None  # (∂F/∂g^{n-1})^T λ, a linear form on G
+    mass: dolfinx.fem.Form
+    jacobian_constant: bool
+    affine: bool
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ParabolicProblem:
+    """A parabolic PDE ``∂t u + A(u; g, t, x) = 0`` on a DOLFINx mesh.
+
+    The object owns the function spaces, the coefficient Functions of one
+    time step (``u``, ``u_prev``, ``g``, ``g_prev``, the adjoint ``lam``),
+    the Dirichlet conditions and the compiled forms.  It is the *PDE problem*
+    piece; the time stepping lives in :class:`femnpde.solver.ThetaSolver`, the
+    loss in :mod:`femnpde.misfit` and the network coupling in
+    :mod:`femnpde.source`.
+
+    Args:
+        mesh: Any DOLFINx mesh (2D or 3D, serial or distributed).
+        residual: The spatial residual ``a(u, v, g, t, x)`` in UFL; nonlinear
+            in ``u`` and ``g`` allowed.  See :func:`heat`, :func:`allen_cahn`.
+        degree: Lagrange degree of the solution space (>= 1).
+        time: The time grid.
+        theta: Theta of the time scheme, in [1/2, 1]: 1 backward Euler
+            (default), 1/2 Crank–Nicolson.
+        initial_condition: A number, a callable ``x -> values`` (as for
+            ``Function.interpolate``) or a Function on the solution space.
+        dirichlet: Dirichlet conditions.
+        source: Where the network is sampled: ``"lagrange"`` (the dofs of a
+            Lagrange space of the solution's degree) or ``"quadrature"`` (the
+            quadrature points of a quadrature space; all integrals then use
+            that quadrature degree).
+        source_degree: Degree of the source space (Lagrange degree, or
+            quadrature degree for ``"quadrature"``; default ``degree`` and
+            ``2 * degree + 2`` respectively).
+    """
+
+    def __init__(
+        self,
+        mesh: dolfinx.mesh.Mesh,
+        residual: Residual,
+        *,
+        degree: int = 1,
+        time: TimeGrid | None = None,
+        theta: float = 1.0,
+        initial_condition: float | Callable[[np.ndarray], np.ndarray] | dolfinx.fem.Function = 0.0,
+        dirichlet: Sequence[Dirichlet] = (),
+        source: str = "lagrange",
+        source_degree: int | None = None,
+        form_compiler_options: dict | None = None,
+        jit_options: dict | None = None,
+    ) -> None:
+        if not isinstance(degree, numbers.Integral) or degree < 1:
+            raise ValueError(f"ParabolicProblem: degree={degree!r} is not valid; use an integer >= 1")
+        if not isinstance(theta, numbers.Real) or not (0.5 <= theta <= 1.0):
+            raise ValueError(
+                f"ParabolicProblem: theta={theta!r} is not valid; use a number in [0.5, 1] "
+                "(1 backward Euler, 0.5 Crank-Nicolson)"
+            )
+        if source not in ("lagrange", "quadrature"):
+            raise ValueError(f"ParabolicProblem: source={source!r} is not valid; use 'lagrange' or 'quadrature'")
+        if not callable(residual):
+            raise TypeError("ParabolicProblem: residual must be a callable residual(u, v, g, t, x) -> ufl.Form")
+        self.mesh = mesh
+        self.comm = mesh.comm
+        self.degree = int(degree)
+        self.time = time if time is not None else TimeGrid()
+        self.theta = float(theta)
+        self.source_kind = source
+
+        self.V = dolfinx.fem.functionspace(mesh, ("Lagrange", self.degree))
+        if source == "lagrange":
+            sdeg = self.degree if source_degree is None else int(source_degree)
+            self.G = dolfinx.fem.functionspace(mesh, ("Lagrange", sdeg))
+            self.quadrature_degree = None
+        else:
+            qdeg = 2 * self.degree + 2 if source_degree is None else int(source_degree)
+            qe = basix.ufl.quadrature_element(mesh.basix_cell(), value_shape=(), degree=qdeg)
+            self.G = dolfinx.fem.functionspace(mesh, qe)
+            self.quadrature_degree = qdeg
+
+        V, G = self.V, self.G
+        self.u = dolfinx.fem.Function(V, name="u")
+        self.u_prev = dolfinx.fem.Function(V, name="u_prev")
+        self.lam = dolfinx.fem.Function(V, name="adjoint")
+        self.g = dolfinx.fem.Function(G, name="g")
+        self.g_prev = dolfinx.fem.Function(G, name="g_prev")
+        self.t = dolfinx.fem.Constant(mesh, PETSc.ScalarType(0.0))
+        self.t_prev = dolfinx.fem.Constant(mesh, PETSc.ScalarType(0.0))
+        self.dt = dolfinx.fem.Constant(mesh, PETSc.ScalarType(self.time.dt))
+        self.x = ufl.SpatialCoordinate(mesh)
+        v = ufl.TestFunction(V)
+
+        F = (self.u - self.u_prev) / self.dt * v * ufl.dx
+        try:
+            a_new = residual(self.u, v, self.g, self.t, self.x)
+            a_old = None
+            if self.theta < 1.0:
+                a_old = residual(self.u_prev, v, self.g_prev, self.t_prev, self.x)
+        except Exception as err:  # the user's UFL raised: say where it came from
+            raise ValueError(f"ParabolicProblem: calling the residual(u, v, g, t, x) failed: {err}") from err
+        if not isinstance(a_new, ufl.Form):
+            raise TypeError(
+                f"ParabolicProblem: the residual returned {type(a_new).__name__}, expected a ufl.Form "
+                "linear in v (e.g. inner(grad(u), grad(v))*dx - g*v*dx)"
+            )
+        F = F + self.theta * a_new
+        if a_old is not None:
+            F = F + (1.0 - self.theta) * a_old
+        if self.quadrature_degree is not None:
+            F = _with_quadrature_degree(F, self.quadrature_degree)
+        self.F_ufl = F
+        self._forms = self._compile(F, form_compiler_options, jit_options)
+
+        # Initial condition.
+        self.u0 = dolfinx.fem.Function(V, name="u0")
+        self._set_initial_condition(initial_condition)
+
+        # Dirichlet conditions.
+        self._dirichlet_specs = list(dirichlet)
+        self.bcs: list[dolfinx.fem.DirichletBC] = []
+        self._bc_values: list[tuple[Dirichlet, dolfinx.fem.Function]] = []
+        self._bc_dofs: list[np.ndarray] = []
+        for k, spec in enumerate(self._dirichlet_specs):
+            self._add_dirichlet(k, spec)
+        self._bc_owned = (
+            np.unique(np.concatenate(self._bc_dofs)).astype(np.int32) if self._bc_dofs else np.zeros(0, np.int32)
+        )
+
+    # ------------------------------------------------------------------ forms
+    def _compile(self, F: ufl.Form, fco: dict | None, jit: dict | None) -> _Forms:
+        u, up, g, gp, lam = self.u, self.u_prev, self.g, self.g_prev, self.lam
+        V = self.V
+        J = ufl.derivative(F, u, ufl.TrialFunction(V))
+
+        def compile_(form):
+            return dolfinx.fem.form(form, form_compiler_options=fco, jit_options=jit)
+
+        def coefficients(form) -> set:
+            return set(ufl.algorithms.expand_derivatives(form).coefficients())
+
+        def constants(form) -> set:
+            return set(ufl.algorithms.expand_derivatives(form).constants())
+
+        def adjoint_action(wrt):
+            if wrt not in coefficients(F):
+                return None
+            dF = ufl.derivative(F, wrt, ufl.TrialFunction(wrt.function_space))
+            dF = ufl.algorithms.expand_derivatives(dF)
+            if dF.empty():
+                return None
+            return compile_(ufl.action(ufl.adjoint(dF), lam))
+
+        state = {u, up, g, gp}
+        j_coeffs = coefficients(J)
+        j_consts = constants(J)
+        jacobian_constant = not (j_coeffs & state) and not ({self.t, self.t_prev} & j_consts)
+        # F is affine in u^n iff its Jacobian does not depend on u^n.
+        affine = u not in j_coeffs
+        w = ufl.TrialFunction(V)
+        vt = ufl.TestFunction(V)
+        mass = ufl.inner(w, vt) * ufl.dx
+        return _Forms(
+            residual=compile_(F),
+            jacobian=compile_(J),
+            adj_prev=adjoint_action(up),
+            adj_g=adjoint_action(g),
+            adj_gprev=adjoint_action(gp),
+            mass=compile_(mass),
+            jacobian_constant=jacobian_constant,
+            affine=affine,
+        )
+
+    @property
+    def forms(self) -> _Forms:
+        """The compiled forms."""
+        return self._forms
+
+    # ------------------------------------------------------ initial condition
+    def _set_initial_condition(self, ic: Any) -> None:
+        if isinstance(ic, dolfinx.fem.Function):
+            if ic.function_space == self.V:
+                self.u0.x.array[:] = ic.x.array
+            else:
+                self.u0.interpolate(ic)
+        elif isinstance(ic, numbers.Real):
+            self.u0.x.array[:] = float(ic)
+        elif callable(ic):
+            try:
+                self.u0.interpolate(ic)
+            except Exception as err:
+                raise ValueError(
+                    f"ParabolicProblem: interpolating the initial condition failed: {err}. "
+                    "A callable initial condition takes x of shape (3, npts) and returns npts values."
+                ) from err
+        else:
+            raise TypeError(
+                f"ParabolicProblem: initial_condition of type {type(ic).__name__} is not valid; "
+                "use a number, a callable x -> values, or a dolfinx Function"
+            )
+        self.u0.x.scatter_forward()
+
+    # ------------------------------------------------------------- Dirichlet
+    def _locate(self, k: int, spec: Dirichlet) -> np.ndarray:
+        mesh = self.mesh
+        tdim = mesh.topology.dim
+        fdim = tdim - 1
+        mesh.topology.create_connectivity(fdim, tdim)
+        where = spec.where
+        label = spec.name or f"dirichlet[{k}]"
+        if isinstance(where, str):
+            if where != "boundary":
+                raise ValueError(
+                    f"{label}: where={where!r} is not valid; use 'boundary', a callable x -> bool, "
+                    "or (facet_tags, tag)"
+                )
+            facets = dolfinx.mesh.exterior_facet_indices(mesh.topology)
+        elif isinstance(where, tuple) and len(where) == 2 and isinstance(where[0], dolfinx.mesh.MeshTags):
+            tags, tag = where
+            wanted = np.atleast_1d(np.asarray(tag, dtype=np.int32))
+            present = np.unique(tags.values)
+            present_all = set()
+            for arr in self.comm.allgather(present):
+                present_all.update(int(p) for p in arr)
+            missing = [int(t) for t in wanted if int(t) not in present_all]
+            if missing:
+                raise ValueError(
+                    f"{label}: facet tag(s) {missing} not found in the mesh; tags present: {sorted(present_all)}"
+                )
+            facets = tags.indices[np.isin(tags.values, wanted)]
+        elif callable(where):
+            facets = dolfinx.mesh.locate_entities_boundary(mesh, fdim, where)
+        else:
+            raise TypeError(
+                f"{label}: where of type {type(where).__name__} is not valid; use 'boundary', "
+                "a callable x -> bool, or (facet_tags, tag)"
+            )
+        return dolfinx.fem.locate_dofs_topological(self.V, fdim, facets)
+
+    def _add_dirichlet(self, k: int, spec: Dirichlet) -> None:
+        dofs = self._locate(k, spec)
+        value = dolfinx.fem.Function(self.V, name=f"bc{k}")
+        bc = dolfinx.fem.dirichletbc(value, dofs)
+        self.bcs.append(bc)
+        self._bc_values.append((spec, value))
+        self._bc_dofs.append(dofs)
+        self._update_bc(spec, value, 0.0, first=True)
+
+    def _update_bc(self, spec: Dirichlet, value: dolfinx.fem.Function, t: float, first: bool = False) -> None:
+        val = spec.value
+        td = spec.time_dependent if spec.time_dependent is not None else callable(val)
+        if not first and not td:
+            return
+        if isinstance(val, numbers.Real):
+            value.x.array[:] = float(val)
+            return
+        if not callable(val):
+            raise TypeError(f"Dirichlet value {val!r} is not valid; use a number, value(t) or value(t, x)")
+        import inspect
+
+        try:
+            n_args = len(inspect.signature(val).parameters)
+        except (TypeError, ValueError):
+            n_args = 2
+        if n_args == 1:
+            value.x.array[:] = float(val(t))
+        else:
+            value.interpolate(lambda x: np.broadcast_to(np.asarray(val(t, x), dtype=np.float64), x.shape[1:]))
+        value.x.scatter_forward()
+
+    def update_dirichlet(self, t: float) -> None:
+        """Set the time-dependent Dirichlet values to time ``t``."""
+        for spec, value in self._bc_values:
+            self._update_bc(spec, value, t)
+
+    @property
+    def bc_dofs(self) -> np.ndarray:
+        """Local indices (owned and ghost) of all Dirichlet dofs."""
+        return self._bc_owned
+
+    # --------------------------------------------------------------- helpers
+    @property
+    def n_owned(self) -> int:
+        """Number of owned dofs of the solution space on this rank."""
+        return self.V.dofmap.index_map.size_local
+
+    @property
+    def n_owned_source(self) -> int:
+        """Number of owned dofs of the source space on this rank."""
+        return self.G.dofmap.index_map.size_local
+
+    def source_points(self) -> np.ndarray:
+        """Coordinates of the owned source-space dofs, shape ``(n_owned_source, gdim)``."""
+        gdim = self.mesh.geometry.dim
+        n = self.n_owned_source
+        if self.source_kind == "lagrange":
+            return np.ascontiguousarray(self.G.tabulate_dof_coordinates()[:n, :gdim])
+        # Quadrature space: dofs are (cell, point) in cell order.
+        ref_points, _ = basix.make_quadrature(self.mesh.basix_cell(), self.quadrature_degree)
+        expr = dolfinx.fem.Expression(self.x, ref_points)
+        tdim = self.mesh.topology.dim
+        cmap = self.mesh.topology.index_map(tdim)
+        cells = np.arange(cmap.size_local + cmap.num_ghosts, dtype=np.int32)
+        pts = expr.eval(self.mesh, cells).reshape(len(cells), -1, gdim)
+        dofmap = self.G.dofmap.list
+        coords = np.empty((self.G.dofmap.index_map.size_local + self.G.dofmap.index_map.num_ghosts, gdim))
+        coords[dofmap.reshape(-1)] = pts.reshape(-1, gdim)
+        return np.ascontiguousarray(coords[:n])

@@ -1,0 +1,168 @@
+"""The reduced functional θ ↦ J(u(θ)) and its exact discrete gradient.
+
+:class:`NetworkSource` couples a network to the source space of a problem:
+``g^n_j = g_θ(t_n, x_j)`` at the owned source dofs.  :class:`ReducedFunctional`
+puts the PDE problem (:class:`~femnpde.solver.ThetaSolver`), the misfit and the
+network together, in the shape of pyadjoint's ``ReducedFunctional``:
+``rf(theta)`` returns J and ``rf.derivative()`` its gradient, both of the
+*discretised* loss (discretise-then-optimise).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from mpi4py import MPI
+
+from femnpde.problem import ParabolicProblem
+from femnpde.solver import ThetaSolver
+
+__all__ = ["NetworkSource", "FunctionSource", "ReducedFunctional"]
+
+
+class NetworkSource:
+    """The network sampled at (t_n, x_j) for all levels n and owned source dofs j.
+
+    Args:
+        problem: The problem whose source space is sampled.
+        network: A :class:`femnpde.network.ShallowNetwork` with input
+            dimension equal to the mesh's geometric dimension.
+    """
+
+    def __init__(self, problem: ParabolicProblem, network) -> None:
+        gdim = problem.mesh.geometry.dim
+        if network.input_dim != gdim:
+            raise ValueError(
+                f"NetworkSource: the network takes x in R^{network.input_dim} but the mesh has geometric "
+                f"dimension {gdim}"
+            )
+        self.problem = problem
+        self.network = network
+        self.points = problem.source_points()
+        self.times = problem.time.times
+
+    def values(self, theta: np.ndarray | None = None) -> np.ndarray:
+        """``g^n_j``, shape ``(n_steps + 1, n_owned_source)``; caches activations for :meth:`vjp`."""
+        if theta is not None:
+            self.network.params = theta
+        return self.network.evaluate_grid(self.times, self.points, cache=True)
+
+    def vjp(self, R: np.ndarray) -> np.ndarray:
+        """``Σ_{n,j} R[n,j] ∂g^n_j/∂θ`` summed over all ranks (one allreduce)."""
+        local = self.network.vjp_grid(R)
+        out = np.empty_like(local)
+        self.problem.comm.Allreduce(local, out, op=MPI.SUM)
+        return out
+
+
+class FunctionSource:
+    """A known source ``g*(t, x)`` sampled like :class:`NetworkSource` (for synthetic data).
+
+    Args:
+        problem: The problem whose source space is sampled.
+        function: ``function(t, x) -> values`` with ``x`` of shape ``(npts, gdim)``.
+    """
+
+    def __init__(self, problem: ParabolicProblem, function: Callable[[float, np.ndarray], np.ndarray]) -> None:
+        self.problem = problem
+        self.function = function
+        self.points = problem.source_points()
+        self.times = problem.time.times
+
+    def values(self) -> np.ndarray:
+        """``g*(t_n, x_j)``, shape ``(n_steps + 1, n_owned_source)``."""
+        out = np.empty((len(self.times), len(self.points)))
+        for n, t in enumerate(self.times):
+            out[n] = np.broadcast_to(np.asarray(self.function(float(t), self.points), dtype=np.float64), out[n].shape)
+        return out
+
+
+class ReducedFunctional:
+    """θ ↦ J(θ) = misfit(u(θ)) with the exact gradient of the discrete loss.
+
+    The last forward sweep is cached: the loss and the gradient at the same θ
+    cost one forward sweep (and one adjoint sweep for the gradient).
+
+    Args:
+        solver: The time stepper of the PDE problem.
+        source: The network coupling.
+        misfit: The loss (e.g. :class:`femnpde.misfit.L2Misfit`).
+        keep_adjoint: Keep the adjoint field of every level after each
+            gradient (see :attr:`adjoint_states`), e.g. to write it out.
+    """
+
+    def __init__(self, solver: ThetaSolver, source: NetworkSource, misfit, keep_adjoint: bool = False) -> None:
+        self.solver = solver
+        self.source = source
+        self.misfit = misfit
+        self.keep_adjoint = keep_adjoint
+        self._theta: np.ndarray | None = None
+        self._g: np.ndarray | None = None
+        self._J: float | None = None
+        self._grad: np.ndarray | None = None
+        self.n_forward = 0
+        self.n_adjoint = 0
+
+    @property
+    def n_params(self) -> int:
+        """Number of network parameters."""
+        return self.source.network.n_params
+
+    @property
+    def comm(self):
+        """The problem's communicator."""
+        return self.solver.problem.comm
+
+    def _forward(self, theta: np.ndarray) -> None:
+        theta = np.asarray(theta, dtype=np.float64)
+        if theta.shape != (self.n_params,):
+            raise ValueError(f"ReducedFunctional: theta has shape {theta.shape}, expected ({self.n_params},)")
+        if self._theta is not None and np.array_equal(theta, self._theta):
+            return
+        self._theta = theta.copy()
+        self._grad = None
+        self._g = self.source.values(theta)
+        self.solver.forward(self._g)
+        self._J = self.misfit.value(self.solver.states)
+        self.n_forward += 1
+
+    def __call__(self, theta: np.ndarray) -> float:
+        """The loss J(θ)."""
+        self._forward(theta)
+        return self._J
+
+    def derivative(self, theta: np.ndarray | None = None) -> np.ndarray:
+        """dJ/dθ at ``theta`` (default: the last θ evaluated), identical on all ranks."""
+        if theta is None:
+            if self._theta is None:
+                raise RuntimeError("ReducedFunctional.derivative: no θ given and none evaluated yet")
+            theta = self._theta
+        self._forward(theta)
+        if self._grad is None:
+            R = self.solver.adjoint(self._g, self.misfit.add_gradient, keep_adjoint=self.keep_adjoint)
+            # The network cache belongs to the θ of the last forward: make sure it is ours.
+            if not np.array_equal(self.source.network.params, self._theta):
+                self._g = self.source.values(self._theta)
+            self._grad = self.source.vjp(R)
+            self.n_adjoint += 1
+        return self._grad.copy()
+
+    def value_and_gradient(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        """``(J(θ), dJ/dθ)`` with one forward and one adjoint sweep."""
+        return self(theta), self.derivative(theta)
+
+    @property
+    def states(self):
+        """The states ``u^n`` of the last forward sweep."""
+        return self.solver.states
+
+    @property
+    def adjoint_states(self):
+        """The adjoint ``λ^n`` of the last gradient (needs ``keep_adjoint=True``)."""
+        return self.solver.adjoints
+
+    @property
+    def source_values(self) -> np.ndarray | None:
+        """The network source ``g^n_j`` of the last forward sweep."""
+        return self._g

@@ -1,0 +1,336 @@
+"""Forward and adjoint theta-scheme sweeps on DOLFINx assemblers.
+
+:class:`ThetaSolver` owns the PETSc objects of the time stepping (Jacobian
+matrices, work vectors, the forward and adjoint KSPs) and runs
+
+* the forward sweep: one Newton solve per step (a single linear solve when
+  the residual is affine in ``u^n``); when the Jacobian depends on neither the
+  state, the source nor the time, it is assembled and factorised once and the
+  factorisation is reused across steps, sweeps and training iterations;
+* the adjoint sweep, backwards in time: one solve per step with the transpose
+  of the step Jacobian at the stored state, the coupling to the next step
+  from ``(∂F^{n+1}/∂u^n)^T λ^{n+1}``, and the source sensitivities
+  ``(∂F^n/∂g^n)^T λ^n + (∂F^{n+1}/∂g^n)^T λ^{n+1}`` on the source space.
+
+Everything is derived from the UFL residual in :class:`~femnpde.problem.ParabolicProblem`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import dolfinx.fem
+import dolfinx.fem.petsc
+from petsc4py import PETSc
+
+from femnpde.problem import ParabolicProblem
+from femnpde.storage import MemoryStorage, StateStorage
+
+__all__ = ["ThetaSolver", "SolverError", "default_linear_solver_options"]
+
+
+class SolverError(RuntimeError):
+    """A forward or adjoint solve failed (Newton or linear solver divergence)."""
+
+
+def default_linear_solver_options() -> dict[str, str]:
+    """A direct solver: LU with MUMPS, else SuperLU_dist, else PETSc's own (serial)."""
+    opts = {"ksp_type": "preonly", "pc_type": "lu"}
+    if PETSc.Sys.hasExternalPackage("mumps"):
+        opts["pc_factor_mat_solver_type"] = "mumps"
+    elif PETSc.Sys.hasExternalPackage("superlu_dist"):
+        opts["pc_factor_mat_solver_type"] = "superlu_dist"
+    return opts
+
+
+def _make_ksp(comm, prefix: str, options: dict[str, str]) -> PETSc.KSP:
+    """A KSP with ``prefix``; ``options`` are defaults that command-line options override."""
+    ksp = PETSc.KSP().create(comm)
+    ksp.setOptionsPrefix(prefix)
+    opts = PETSc.Options()
+    added = []
+    for key, val in options.items():
+        name = f"{prefix}{key}"
+        if not opts.hasName(name):
+            opts[name] = val
+            added.append(name)
+    ksp.setFromOptions()
+    for name in added:
+        opts.delValue(name)
+    return ksp
+
+
+class ThetaSolver:
+    """Forward and adjoint sweeps of a :class:`ParabolicProblem`.
+
+    Args:
+        problem: The PDE problem.
+        petsc_options_prefix: Required options prefix (e.g. ``"femnpde_"``);
+            the forward linear solver reads ``{prefix}forward_``, the adjoint
+            ``{prefix}adjoint_``.
+        petsc_options: Options for both linear solvers (default: direct LU).
+        newton_rtol: Relative tolerance of Newton (residual norm).
+        newton_atol: Absolute tolerance of Newton (residual norm).
+        newton_max_it: Maximum Newton iterations per step.
+    """
+
+    def __init__(
+        self,
+        problem: ParabolicProblem,
+        petsc_options_prefix: str,
+        petsc_options: dict[str, str] | None = None,
+        *,
+        newton_rtol: float = 1e-11,
+        newton_atol: float = 1e-13,
+        newton_max_it: int = 25,
+    ) -> None:
+        if not isinstance(petsc_options_prefix, str) or not petsc_options_prefix:
+            raise ValueError("ThetaSolver: petsc_options_prefix must be a non-empty string, e.g. 'femnpde_'")
+        self.problem = problem
+        self.prefix = petsc_options_prefix
+        forms = problem.forms
+        comm = problem.comm
+        options = default_linear_solver_options() if petsc_options is None else dict(petsc_options)
+        self.newton_rtol = float(newton_rtol)
+        self.newton_atol = float(newton_atol)
+        self.newton_max_it = int(newton_max_it)
+
+        self._A = dolfinx.fem.petsc.create_matrix(forms.jacobian)
+        self._A.setOptionsPrefix(f"{self.prefix}forward_")
+        self._b = dolfinx.fem.petsc.create_vector(problem.V)
+        self._du = dolfinx.fem.petsc.create_vector(problem.V)
+        self._ksp = _make_ksp(comm, f"{self.prefix}forward_", options)
+        self._A_current = False
+        if forms.jacobian_constant:
+            # The adjoint reuses the forward matrix and its factorisation.
+            self._A_adj = self._A
+            self._ksp_adj = self._ksp
+        else:
+            self._A_adj = dolfinx.fem.petsc.create_matrix(forms.jacobian)
+            self._A_adj.setOptionsPrefix(f"{self.prefix}adjoint_")
+            self._ksp_adj = _make_ksp(comm, f"{self.prefix}adjoint_", options)
+        self._rhs = dolfinx.fem.petsc.create_vector(problem.V)
+        self._c = dolfinx.fem.petsc.create_vector(problem.V)
+        self._r = dolfinx.fem.petsc.create_vector(problem.G)
+        self._have_c = False
+        n_local = problem.V.dofmap.index_map.size_local + problem.V.dofmap.index_map.num_ghosts
+        self.n_levels = problem.time.n_steps + 1
+        self.states: StateStorage = MemoryStorage(self.n_levels, n_local)
+        self.adjoints: MemoryStorage | None = None
+        self.newton_iterations = np.zeros(self.n_levels, dtype=np.int32)
+        owned = problem.bc_dofs
+        self._bc_owned = owned[owned < problem.n_owned]
+
+    # ----------------------------------------------------------- properties
+    @property
+    def A(self) -> PETSc.Mat:
+        """The forward step Jacobian."""
+        return self._A
+
+    @property
+    def ksp(self) -> PETSc.KSP:
+        """The forward linear solver."""
+        return self._ksp
+
+    @property
+    def adjoint_ksp(self) -> PETSc.KSP:
+        """The adjoint linear solver (the forward one when the Jacobian is constant)."""
+        return self._ksp_adj
+
+    def reset(self) -> None:
+        """Forget the assembled constant Jacobian (call after changing coefficients in the form)."""
+        self._A_current = False
+
+    def destroy(self) -> None:
+        """Destroy the PETSc objects (collective)."""
+        objs = [self._A, self._b, self._du, self._ksp, self._rhs, self._c, self._r]
+        if self._A_adj is not self._A:
+            objs += [self._A_adj, self._ksp_adj]
+        for obj in objs:
+            if obj is not None:
+                obj.destroy()
+        self._A = self._A_adj = self._ksp = self._ksp_adj = None
+
+    # ------------------------------------------------------------- helpers
+    def _set_step(self, n: int, source: np.ndarray, u_n: np.ndarray | None) -> None:
+        """Load the coefficients of step n: u_prev = u^{n-1}, g, g_prev, times (and u = u^n if given)."""
+        p = self.problem
+        times = p.time.times
+        p.u_prev.x.array[:] = self.states.load(n - 1)
+        if u_n is not None:
+            p.u.x.array[:] = u_n
+        ng = p.n_owned_source
+        p.g.x.array[:ng] = source[n]
+        p.g.x.scatter_forward()
+        if p.forms.adj_gprev is not None or p.theta < 1.0:
+            p.g_prev.x.array[:ng] = source[n - 1]
+            p.g_prev.x.scatter_forward()
+        p.t.value = times[n]
+        p.t_prev.value = times[n - 1]
+
+    def _assemble_A(self, A: PETSc.Mat) -> None:
+        A.zeroEntries()
+        dolfinx.fem.petsc.assemble_matrix(A, self.problem.forms.jacobian, bcs=self.problem.bcs)
+        A.assemble()
+
+    def _residual(self) -> float:
+        """Assemble the Newton right-hand side F(u) (BC rows: u − u_D) into b; return its norm."""
+        p = self.problem
+        b = self._b
+        with b.localForm() as loc:
+            loc.set(0.0)
+        dolfinx.fem.petsc.assemble_vector(b, p.forms.residual)
+        b.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
+        # The iterate already carries the Dirichlet values, so no lifting is needed.
+        dolfinx.fem.petsc.set_bc(b, p.bcs, p.u.x.petsc_vec, -1.0)
+        return b.norm()
+
+    def _solve(self, ksp: PETSc.KSP, b: PETSc.Vec, x: PETSc.Vec, n: int, transpose: bool) -> None:
+        if transpose:
+            ksp.solveTranspose(b, x)
+        else:
+            ksp.solve(b, x)
+        reason = ksp.getConvergedReason()
+        if reason < 0:
+            kind = "adjoint" if transpose else "forward"
+            raise SolverError(
+                f"{kind} linear solve at time step {n} failed (KSP converged reason {reason}); "
+                f"check the linear solver options under '{ksp.getOptionsPrefix()}'"
+            )
+
+    # ------------------------------------------------------------- forward
+    def forward(self, source: np.ndarray, step_callback: Callable[[int], None] | None = None) -> StateStorage:
+        """Run the forward sweep.
+
+        Args:
+            source: Source values on the owned source dofs at every level,
+                shape ``(n_steps + 1, n_owned_source)``.
+            step_callback: Called as ``step_callback(n)`` after step n, with
+                ``problem.u`` holding ``u^n``.
+
+        Returns:
+            The storage holding ``u^0 .. u^N`` (local arrays with ghosts).
+
+        Raises:
+            SolverError: Newton or the linear solver failed at some step.
+        """
+        p = self.problem
+        forms = p.forms
+        source = np.asarray(source)
+        expected = (self.n_levels, p.n_owned_source)
+        if source.shape != expected:
+            raise ValueError(f"ThetaSolver.forward: source has shape {source.shape}, expected {expected}")
+        times = p.time.times
+        self.states.store(0, p.u0.x.array)
+        p.u.x.array[:] = p.u0.x.array
+        x = p.u.x.petsc_vec
+        for n in range(1, self.n_levels):
+            self._set_step(n, source, None)
+            # Initial guess: the previous state with this step's Dirichlet values.
+            p.update_dirichlet(times[n])
+            for bc in p.bcs:
+                bc.set(p.u.x.array)
+            norm0 = None
+            for it in range(self.newton_max_it + 1):
+                norm = self._residual()
+                if norm0 is None:
+                    norm0 = norm
+                if it > 0 and (norm <= self.newton_atol or norm <= self.newton_rtol * norm0):
+                    break
+                if not np.isfinite(norm):
+                    raise SolverError(f"Newton at time step {n} (t = {times[n]:.6g}): the residual is {norm}")
+                if it == self.newton_max_it:
+                    raise SolverError(
+                        f"Newton did not converge at time step {n} (t = {times[n]:.6g}) in {it} iterations: "
+                        f"residual {norm:.3e} (initial {norm0:.3e}, rtol {self.newton_rtol:g}, "
+                        f"atol {self.newton_atol:g}); reduce the time step or relax the tolerances"
+                    )
+                if it == 0 and norm <= self.newton_atol:
+                    break
+                if not (forms.jacobian_constant and self._A_current):
+                    self._assemble_A(self._A)
+                    self._ksp.setOperators(self._A)
+                    self._A_current = forms.jacobian_constant
+                self._solve(self._ksp, self._b, self._du, n, transpose=False)
+                x.axpy(-1.0, self._du)
+                p.u.x.scatter_forward()
+                if forms.affine:
+                    it += 1
+                    break
+            self.newton_iterations[n] = it
+            self.states.store(n, p.u.x.array)
+            if step_callback is not None:
+                step_callback(n)
+        return self.states
+
+    # ------------------------------------------------------------- adjoint
+    def adjoint(
+        self,
+        source: np.ndarray,
+        misfit_gradient: Callable[[int, np.ndarray, np.ndarray], None],
+        keep_adjoint: bool = False,
+    ) -> np.ndarray:
+        """Run the adjoint sweep backwards in time.
+
+        Args:
+            source: The source values of the forward sweep, shape
+                ``(n_steps + 1, n_owned_source)``.
+            misfit_gradient: ``misfit_gradient(n, u_owned, out_owned)`` adds
+                ``∂J/∂u^n`` (owned entries) to ``out_owned``.
+            keep_adjoint: Keep ``λ^n`` of every level in :attr:`adjoints`.
+
+        Returns:
+            ``dJ/dg`` on the owned source dofs at every level,
+            shape ``(n_steps + 1, n_owned_source)``: the sensitivity of the
+            discrete loss to the source values the network provides.
+        """
+        p = self.problem
+        forms = p.forms
+        n_owned = p.n_owned
+        ng = p.n_owned_source
+        N = self.n_levels - 1
+        R = np.zeros((self.n_levels, ng))
+        if keep_adjoint:
+            if self.adjoints is None:
+                self.adjoints = MemoryStorage(self.n_levels, self.states.load(0).shape[0])
+            self.adjoints.store(0, np.zeros_like(self.states.load(0)))
+        rhs, c, r = self._rhs, self._c, self._r
+        lam_vec = p.lam.x.petsc_vec
+        have_c = False
+        for n in range(N, 0, -1):
+            u_n = self.states.load(n)
+            self._set_step(n, source, u_n)
+            if not (forms.jacobian_constant and self._A_current):
+                self._assemble_A(self._A_adj)
+                self._ksp_adj.setOperators(self._A_adj)
+                if forms.jacobian_constant:
+                    self._A_current = True
+            rhs_arr = rhs.array_w
+            rhs_arr[:] = 0.0
+            misfit_gradient(n, u_n[:n_owned], rhs_arr)
+            if have_c:
+                rhs_arr += c.array_r
+            rhs_arr *= -1.0
+            rhs_arr[self._bc_owned] = 0.0
+            self._solve(self._ksp_adj, rhs, lam_vec, n, transpose=True)
+            p.lam.x.scatter_forward()
+            if keep_adjoint:
+                self.adjoints.store(n, p.lam.x.array)
+            if forms.adj_prev is not None and n > 1:
+                with c.localForm() as loc:
+                    loc.set(0.0)
+                dolfinx.fem.petsc.assemble_vector(c, forms.adj_prev)
+                c.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
+                have_c = True
+            else:
+                have_c = False
+            for form, level in ((forms.adj_g, n), (forms.adj_gprev, n - 1)):
+                if form is None:
+                    continue
+                with r.localForm() as loc:
+                    loc.set(0.0)
+                dolfinx.fem.petsc.assemble_vector(r, form)
+                r.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
+                R[level] += r.array_r[:ng]
+        return R
