@@ -95,6 +95,7 @@ class ThetaSolver:
         self.newton_rtol = float(newton_rtol)
         self.newton_atol = float(newton_atol)
         self.newton_max_it = int(newton_max_it)
+        self.max_backtracks = 10
 
         self._A = dolfinx.fem.petsc.create_matrix(forms.jacobian)
         self._A.setOptionsPrefix(f"{self.prefix}forward_")
@@ -200,6 +201,50 @@ class ThetaSolver:
             )
 
     # ------------------------------------------------------------- forward
+    def _newton(self, n: int, t: float) -> int:
+        """Newton's method with backtracking on ‖F‖ for step n; returns the iteration count."""
+        p = self.problem
+        forms = p.forms
+        x = p.u.x.petsc_vec
+        norm = self._residual()
+        norm0 = norm
+        it = 0
+        while True:
+            if not np.isfinite(norm):
+                raise SolverError(f"Newton at time step {n} (t = {t:.6g}): the residual is {norm}")
+            if norm <= self.newton_atol or (it > 0 and norm <= self.newton_rtol * norm0):
+                return it
+            if it == self.newton_max_it:
+                raise SolverError(
+                    f"Newton did not converge at time step {n} (t = {t:.6g}) in {it} iterations: "
+                    f"residual {norm:.3e} (initial {norm0:.3e}, rtol {self.newton_rtol:g}, "
+                    f"atol {self.newton_atol:g}); reduce the time step or relax the tolerances"
+                )
+            if not (forms.jacobian_constant and self._A_current):
+                self._assemble_A(self._A)
+                self._ksp.setOperators(self._A)
+                self._A_current = forms.jacobian_constant
+            self._solve(self._ksp, self._b, self._du, n, transpose=False)
+            it += 1
+            if forms.affine:
+                # One Newton step solves an affine residual exactly.
+                x.axpy(-1.0, self._du)
+                p.u.x.scatter_forward()
+                return it
+            # Backtracking line search (Armijo on ‖F‖); the norms are global, so
+            # every rank takes the same decisions.
+            x_old = x.array_r.copy()
+            du = self._du.array_r
+            alpha = 1.0
+            for k in range(self.max_backtracks + 1):
+                x.array_w[:] = x_old - alpha * du
+                p.u.x.scatter_forward()
+                new_norm = self._residual()
+                if new_norm <= (1.0 - 1e-4 * alpha) * norm or k == self.max_backtracks:
+                    break
+                alpha *= 0.5
+            norm = new_norm
+
     def forward(self, source: np.ndarray, step_callback: Callable[[int], None] | None = None) -> StateStorage:
         """Run the forward sweep.
 
@@ -224,40 +269,13 @@ class ThetaSolver:
         times = p.time.times
         self.states.store(0, p.u0.x.array)
         p.u.x.array[:] = p.u0.x.array
-        x = p.u.x.petsc_vec
         for n in range(1, self.n_levels):
             self._set_step(n, source, None)
             # Initial guess: the previous state with this step's Dirichlet values.
             p.update_dirichlet(times[n])
             for bc in p.bcs:
                 bc.set(p.u.x.array)
-            norm0 = None
-            for it in range(self.newton_max_it + 1):
-                norm = self._residual()
-                if norm0 is None:
-                    norm0 = norm
-                if it > 0 and (norm <= self.newton_atol or norm <= self.newton_rtol * norm0):
-                    break
-                if not np.isfinite(norm):
-                    raise SolverError(f"Newton at time step {n} (t = {times[n]:.6g}): the residual is {norm}")
-                if it == self.newton_max_it:
-                    raise SolverError(
-                        f"Newton did not converge at time step {n} (t = {times[n]:.6g}) in {it} iterations: "
-                        f"residual {norm:.3e} (initial {norm0:.3e}, rtol {self.newton_rtol:g}, "
-                        f"atol {self.newton_atol:g}); reduce the time step or relax the tolerances"
-                    )
-                if it == 0 and norm <= self.newton_atol:
-                    break
-                if not (forms.jacobian_constant and self._A_current):
-                    self._assemble_A(self._A)
-                    self._ksp.setOperators(self._A)
-                    self._A_current = forms.jacobian_constant
-                self._solve(self._ksp, self._b, self._du, n, transpose=False)
-                x.axpy(-1.0, self._du)
-                p.u.x.scatter_forward()
-                if forms.affine:
-                    it += 1
-                    break
+            it = self._newton(n, times[n])
             self.newton_iterations[n] = it
             self.states.store(n, p.u.x.array)
             if step_callback is not None:

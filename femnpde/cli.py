@@ -1,0 +1,208 @@
+"""The ``femnpde`` command line.
+
+Subcommands: ``info``, ``smoke``, ``gradcheck``, ``train``, ``forward``,
+``sweep``.  All work under ``mpirun -n K``; only rank 0 prints.  Bad input
+(a config key, a value, a file) exits with code 2 and a message naming what
+was wrong; a failed solve exits with code 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main", "build_parser"]
+
+
+def _comm():
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD
+
+
+def _print0(*args, **kwargs) -> None:
+    if _comm().rank == 0:
+        print(*args, **kwargs, flush=True)
+
+
+def _err0(msg: str) -> None:
+    if _comm().rank == 0:
+        print(f"femnpde: error: {msg}", file=sys.stderr, flush=True)
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from femnpde.info import environment_info, format_info
+
+    info = environment_info(_comm())
+    _print0(format_info(info))
+    return 0
+
+
+def _cmd_smoke(args: argparse.Namespace) -> int:
+    from femnpde.smoke import smoke_solve
+
+    comm = _comm()
+    norm = smoke_solve(comm, n=args.n, n_steps=args.steps)
+    _print0(f"smoke: backward Euler heat on the unit square ({args.n}x{args.n}, {args.steps} steps, {comm.size} rank(s))")
+    _print0(f"smoke: final L2 norm = {norm:.15e}")
+    return 0
+
+
+def _cmd_gradcheck(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from femnpde.verification import taylor_test
+
+    comm = _comm()
+    if args.config is not None:
+        from femnpde.config import build_run, load_config
+
+        cfg = load_config(args.config, args.set)
+        run = build_run(cfg, comm)
+        rf, theta0 = run.rf, run.network.params.copy()
+        label = f"config {args.config}"
+    else:
+        from femnpde.misfit import L2Misfit
+        from femnpde.network import ShallowNetwork
+        from femnpde.reduced import FunctionSource, NetworkSource, ReducedFunctional
+        from femnpde.scenarios import paper_problem, target_source
+        from femnpde.solver import ThetaSolver
+
+        problem = paper_problem(
+            args.pde, comm=comm, degree=args.degree, theta=args.theta, n_steps=args.steps, nx=args.nx, ny=args.ny
+        )
+        solver = ThetaSolver(problem, "femnpde_gradcheck_")
+        gstar = FunctionSource(problem, target_source(args.target, problem.time.T)).values()
+        data = solver.forward(gstar).array[:, : problem.n_owned].copy()
+        net = ShallowNetwork(args.N, problem.mesh.geometry.dim, seed=args.seed)
+        rf = ReducedFunctional(solver, NetworkSource(problem, net), L2Misfit(problem, data))
+        theta0 = net.params.copy()
+        label = (
+            f"{args.pde}, P{args.degree}, theta={args.theta}, {args.nx}x{args.ny} cells, {args.steps} steps, "
+            f"N={args.N}, target {args.target}"
+        )
+    dtheta = np.random.default_rng(args.seed + 1).standard_normal(theta0.size)
+    result = taylor_test(rf, theta0, dtheta, h0=args.h0, n_steps=args.taylor_steps)
+    _print0(f"gradcheck: {label}, {comm.size} rank(s)")
+    _print0(f"J(theta)        = {result.J:.15e}")
+    _print0(f"|dJ/dtheta|     = {result.gradient_norm:.15e}")
+    _print0(f"dJ/dtheta . d   = {result.directional_derivative:.15e}")
+    _print0(f"{'h':>10} {'remainder':>14} {'rate':>7}")
+    for k, (h, r) in enumerate(zip(result.steps, result.remainders)):
+        rate = f"{result.rates[k - 1]:7.4f}" if k > 0 else ""
+        _print0(f"{h:10.3e} {r:14.6e} {rate}")
+    ok = result.min_rate >= 1.9
+    _print0(f"min rate {result.min_rate:.4f}: {'PASS' if ok else 'FAIL (expected >= 1.9)'}")
+    return 0 if ok else 1
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from femnpde.training import train
+
+    train(args.config, out=args.out, resume=args.resume, overrides=args.set, quiet=args.quiet)
+    return 0
+
+
+def _cmd_forward(args: argparse.Namespace) -> int:
+    from femnpde.training import forward
+
+    forward(args.config, out=args.out, overrides=args.set, params=args.params)
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    widths = _parse_widths(args.N)
+    from femnpde.training import sweep
+
+    sweep(args.config, widths, out=args.out, overrides=args.set, quiet=args.quiet)
+    return 0
+
+
+def _parse_widths(text: str) -> list[int]:
+    try:
+        widths = [int(w) for w in text.split(",") if w.strip()]
+    except ValueError:
+        raise ValueError(f"--N {text!r} is not valid; give comma-separated neuron counts, e.g. --N 10,100,500") from None
+    if not widths or min(widths) < 1:
+        raise ValueError(f"--N {text!r} is not valid; give positive neuron counts, e.g. --N 10,100,500")
+    return widths
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``femnpde`` command."""
+    from femnpde import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="femnpde",
+        description="Finite-element neural-network PDE models trained with exact discrete adjoints.",
+    )
+    parser.add_argument("--version", action="version", version=f"femnpde {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("info", help="print versions of femnpde, DOLFINx, UFL, PETSc, MPI")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("smoke", help="a minimal heat solve whose norm must not depend on the rank count")
+    p.add_argument("--n", type=int, default=32, help="cells per side (default 32)")
+    p.add_argument("--steps", type=int, default=20, help="time steps (default 20)")
+    p.set_defaults(func=_cmd_smoke)
+
+    p = sub.add_parser("gradcheck", help="Taylor test of the adjoint gradient (exit 1 if the rate < 1.9)")
+    p.add_argument("config", nargs="?", help="a run configuration (TOML); default: the paper's rectangle")
+    p.add_argument("--pde", choices=["heat", "allen-cahn"], default="heat")
+    p.add_argument("--N", type=int, default=20, help="neurons (default 20)")
+    p.add_argument("--degree", type=int, choices=[1, 2], default=1, help="Lagrange degree")
+    p.add_argument("--theta", type=float, choices=[1.0, 0.5], default=1.0, help="1 backward Euler, 0.5 Crank-Nicolson")
+    p.add_argument("--nx", type=int, default=20, help="cells in x (default 20: h = 0.025)")
+    p.add_argument("--ny", type=int, default=40, help="cells in y (default 40)")
+    p.add_argument("--steps", type=int, default=64, help="time steps (default 64)")
+    p.add_argument("--target", default="difficult", help="target source of the synthetic data")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--h0", type=float, default=1e-2, help="largest Taylor step")
+    p.add_argument("--taylor-steps", type=int, default=5, help="number of Taylor steps (halving)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    p.set_defaults(func=_cmd_gradcheck)
+
+    p = sub.add_parser("train", help="train a neural PDE model from a TOML configuration")
+    p.add_argument("config")
+    p.add_argument("--out", help="run directory (default runs/<config name>)")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (batch jobs)")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("forward", help="solve the configured problem and write the fields")
+    p.add_argument("config")
+    p.add_argument("--out", help="output directory (default runs/<config name>-forward)")
+    p.add_argument("--params", help="a checkpoint (.npz) whose network parameters to use")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=_cmd_forward)
+
+    p = sub.add_parser("sweep", help="the paper's width study: one training run per N")
+    p.add_argument("config")
+    p.add_argument("--N", required=True, help="comma-separated neuron counts, e.g. 10,100,500")
+    p.add_argument("--out", help="output directory (default runs/<config name>-sweep)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_sweep)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``femnpde`` command; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from femnpde.solver import SolverError
+
+    try:
+        return int(args.func(args) or 0)
+    except SolverError as err:
+        _err0(str(err))
+        return 3
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        _err0(str(err))
+        return 2
+    except KeyboardInterrupt:
+        _err0("interrupted")
+        return 130
