@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -166,10 +166,12 @@ class _Forms:
     adj_prev: dolfinx.fem.Form | None  # (∂F/∂u^{n-1})^T λ, a linear form on V
     adj_g: dolfinx.fem.Form | None  # (∂F/∂g^n)^T λ, a linear form on G
     adj_gprev: dolfinx.fem.Form | None  # (∂F/∂g^{n-1})^T λ, a linear form on G
-    mass: dolfinx.fem.Form
-    jacobian_constant: bool
-    affine: bool
-    extra: dict[str, Any] = field(default_factory=dict)
+    jacobian_constant: bool  # ∂F/∂u^n depends on neither state, source nor time
+    affine: bool  # F is affine in u^n
+    # When F is affine in all of (u^n, u^{n-1}, g^n, g^{n-1}) with constant
+    # derivatives and no explicit time: the bilinear forms ∂F/∂u^{n-1},
+    # ∂F/∂g^n, ∂F/∂g^{n-1} (absent keys: F does not depend on it); else None.
+    linear: dict[str, dolfinx.fem.Form] | None = None
 
 
 class ParabolicProblem:
@@ -324,18 +326,33 @@ class ParabolicProblem:
         jacobian_constant = not (j_coeffs & state) and not ({self.t, self.t_prev} & j_consts)
         # F is affine in u^n iff its Jacobian does not depend on u^n.
         affine = u not in j_coeffs
-        w = ufl.TrialFunction(V)
-        vt = ufl.TestFunction(V)
-        mass = ufl.inner(w, vt) * ufl.dx
+        # Fully affine: F = A u + B u_prev + C g + C' g_prev + f0 with constant
+        # A, B, C, C', f0.  Then residuals and adjoint actions are matrix-vector
+        # products with matrices assembled once.
+        times = {self.t, self.t_prev}
+        linear = None
+        if jacobian_constant and not (constants(F) & times):
+            blocks = {}
+            for name, wrt in (("u_prev", up), ("g", g), ("g_prev", gp)):
+                if wrt not in coefficients(F):
+                    continue
+                dF = ufl.algorithms.expand_derivatives(ufl.derivative(F, wrt, ufl.TrialFunction(wrt.function_space)))
+                if dF.empty():
+                    continue
+                if (coefficients(dF) & state) or (constants(dF) & times):
+                    blocks = None
+                    break
+                blocks[name] = compile_(dF)
+            linear = blocks
         return _Forms(
             residual=compile_(F),
             jacobian=compile_(J),
             adj_prev=adjoint_action(up),
             adj_g=adjoint_action(g),
             adj_gprev=adjoint_action(gp),
-            mass=compile_(mass),
             jacobian_constant=jacobian_constant,
             affine=affine,
+            linear=linear,
         )
 
     @property
