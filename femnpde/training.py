@@ -1,0 +1,378 @@
+"""Training runs: ``femnpde train``, ``femnpde forward`` and ``femnpde sweep``.
+
+A run directory holds
+
+* ``config.toml`` — the resolved configuration;
+* ``history.csv`` — epoch, loss, relative RMSE (``sqrt(J)/max|h|``), relative
+  max error, gradient norm, learning rate, wall time;
+* ``checkpoint.npz`` — parameters and optimizer/schedule state, written
+  atomically every ``run.checkpoint_every`` epochs and at the end, so a run
+  that fails keeps its last good checkpoint; ``--resume DIR`` continues from
+  it and reproduces the uninterrupted history;
+* ``fields/`` — u, h, g_θ, g*, and the adjoint over time (VTX or XDMF);
+* ``history.png``, ``u_vs_h.png``, ``g_vs_gstar.png`` — plots (rank 0).
+
+Epoch ``k`` evaluates J and ∇J at θ_k, records them, then takes the
+optimizer step to θ_{k+1}; the checkpoint after epoch k stores θ_{k+1} and
+``epoch = k + 1`` (the next epoch to run).
+"""
+
+from __future__ import annotations
+
+import copy
+import pathlib
+import time
+from collections.abc import Sequence
+
+import numpy as np
+from mpi4py import MPI
+
+from femnpde.config import build_run, dump_config, load_config
+from femnpde.optim import make_optimizer, make_schedule, minimize_lbfgs
+from femnpde.output import (
+    History,
+    Progress,
+    RunDirectory,
+    load_checkpoint,
+    plot_comparison,
+    plot_history,
+    rank0_print,
+    save_checkpoint,
+    write_fields,
+)
+from femnpde.solver import SolverError
+
+__all__ = ["train", "forward", "sweep", "TrainResult"]
+
+RMSE_NOTE = (
+    "relative_rmse = sqrt(J)/max|h| with J = 1/2 sum_n w_n dt ||u^n - h^n||^2_L2 (the FEM loss; "
+    "the paper's reference code uses the same quantity with grid sums); "
+    "relative_max_error = max_{n,j} |u^n_j - h^n_j| / max|h|"
+)
+
+
+class TrainResult(dict):
+    """Summary of a training run (a dict: epochs, final/best loss and RMSE, wall time, out)."""
+
+
+def _optimizer_and_schedule(cfg: dict, lr: float):
+    ocfg = cfg["optimizer"]
+    kind = ocfg["kind"]
+    if kind == "lbfgs":
+        return None, None
+    options = {"weight_decay": ocfg["weight_decay"]}
+    if kind == "adam":
+        options.update(betas=tuple(ocfg["betas"]), eps=ocfg["eps"])
+    opt = make_optimizer(kind, lr, **options)
+    scfg = dict(ocfg.get("schedule", {}))
+    skind = scfg.pop("kind", "none")
+    allowed = {
+        "plateau": ("factor", "patience", "threshold", "min_lr"),
+        "step": ("step_size", "gamma"),
+        "cosine": ("T_max", "eta_min"),
+    }.get(skind, ())
+    schedule = make_schedule(opt, skind, **{k: v for k, v in scfg.items() if k in allowed})
+    return opt, schedule
+
+
+def _resolve_out(config_path, out, suffix: str = "") -> pathlib.Path:
+    if out is not None:
+        return pathlib.Path(out)
+    return pathlib.Path("runs") / (pathlib.Path(config_path).stem + suffix)
+
+
+def _check_resume_config(cfg: dict, saved: dict, run_dir: pathlib.Path) -> None:
+    """The config of a resumed run must equal the saved one, except the iteration budget."""
+    a = copy.deepcopy(cfg)
+    b = copy.deepcopy(saved)
+    for d in (a, b):
+        d["run"].pop("iterations", None)
+    if a != b:
+        diffs = []
+
+        def walk(x, y, prefix=""):
+            for key in sorted(set(x) | set(y)):
+                path = f"{prefix}{key}"
+                if isinstance(x.get(key), dict) and isinstance(y.get(key), dict):
+                    walk(x[key], y[key], path + ".")
+                elif x.get(key) != y.get(key):
+                    diffs.append(f"{path}: run has {y.get(key)!r}, given {x.get(key)!r}")
+
+        walk(a, b)
+        raise ValueError(
+            f"--resume {run_dir}: the configuration differs from the run's config.toml "
+            f"(only run.iterations may change): " + "; ".join(diffs)
+        )
+
+
+def _write_outputs(run, out: pathlib.Path, comm, fmt: str) -> list[pathlib.Path]:
+    """Final fields (u, h, g_θ, g*, adjoint) and the comparison plots."""
+    problem = run.problem
+    rf = run.rf
+    n_local = rf.states.array.shape[1]
+    n_owned = problem.n_owned
+    h_local = np.zeros_like(rf.states.array)
+    h_local[:, :n_owned] = run.misfit.data
+    fields_V = {"u": rf.states.array, "h": h_local}
+    if rf.adjoint_states is not None:
+        fields_V["adjoint"] = rf.adjoint_states.array
+    fields_G = {"g_theta": rf.source_values}
+    if run.target_values is not None:
+        fields_G["g_star"] = run.target_values
+    times = problem.time.times
+    written = []
+    written += write_fields(out / "fields", problem, {**fields_V, **fields_G}, times, fmt=fmt)
+    plot_times = run.cfg["run"]["plot_times"]
+    idx = sorted({int(np.argmin(np.abs(times - t))) for t in plot_times})
+    plot_comparison(out / "u_vs_h.png", problem, rf.states.array, h_local, idx, labels=("u", "h"), comm=comm,
+                    title="state u (trained) vs data h")
+    if run.target_values is not None and problem.source_kind == "lagrange" and problem.G.dofmap.index_map.size_local == n_owned:
+        g_local = np.zeros((len(times), n_local))
+        gs_local = np.zeros((len(times), n_local))
+        g_local[:, :n_owned] = rf.source_values
+        gs_local[:, :n_owned] = run.target_values
+        plot_comparison(out / "g_vs_gstar.png", problem, g_local, gs_local, idx, labels=("g_theta", "g*"), comm=comm,
+                        title="network source g_theta vs target g*")
+    return written
+
+
+def train(
+    config: str | pathlib.Path,
+    out: str | pathlib.Path | None = None,
+    resume: str | pathlib.Path | None = None,
+    overrides: Sequence[str] = (),
+    quiet: bool = False,
+    comm: MPI.Comm = MPI.COMM_WORLD,
+    write_outputs: bool = True,
+) -> TrainResult:
+    """Train the network of a configured neural PDE model.
+
+    Args:
+        config: The TOML configuration.
+        out: The run directory (default ``runs/<config stem>``).
+        resume: A run directory to continue from its last checkpoint.
+        overrides: ``key=value`` overrides.
+        quiet: No progress bar.
+        comm: Communicator.
+        write_outputs: Write fields and plots at the end.
+
+    Returns:
+        A summary of the run.
+    """
+    cfg = load_config(config, overrides)
+    if resume is not None:
+        run_dir = pathlib.Path(resume)
+        saved_path = run_dir / "config.toml"
+        if not saved_path.is_file():
+            raise ValueError(f"--resume {run_dir}: no config.toml there; is it a femnpde run directory?")
+        ck_path = run_dir / "checkpoint.npz"
+        if not ck_path.is_file():
+            raise ValueError(f"--resume {run_dir}: no checkpoint.npz there; nothing to resume from")
+        _check_resume_config(cfg, load_config(saved_path), run_dir)
+        out = run_dir
+    out = _resolve_out(config, out)
+    rundir = RunDirectory(out, comm)
+    run = build_run(cfg, comm)
+    rundir.write_text("config.toml", dump_config(cfg))
+    rf, misfit = run.rf, run.misfit
+    opt, schedule = _optimizer_and_schedule(cfg, run.lr)
+    n_iter = cfg["run"]["iterations"]
+    every = cfg["run"]["checkpoint_every"]
+    ck_path = out / "checkpoint.npz"
+    theta = run.network.params.copy()
+    start = 0
+    history_path = out / "history.csv"
+    if resume is not None:
+        ck = load_checkpoint(ck_path, comm)
+        theta = np.array(ck["params"], dtype=np.float64)
+        start = int(ck["epoch"])
+        if opt is not None and ck.get("optimizer_state"):
+            opt.load_state_dict(ck["optimizer_state"])
+        if schedule is not None and ck.get("schedule_state"):
+            schedule.load_state_dict(ck["schedule_state"])
+    history = History(history_path, comm, header_comment=RMSE_NOTE)
+    if resume is not None:
+        history.truncate_after(start - 1)
+    if not quiet:
+        pde = cfg["pde"].get("residual") or cfg["pde"].get("preset")
+        rank0_print(
+            comm,
+            f"femnpde train: {pde}, N={cfg['network']['neurons']}, {run.network.n_params} parameters, "
+            f"{cfg['optimizer']['kind']} lr={run.lr:.4g}, epochs {start}..{n_iter}, {comm.size} rank(s) -> {out}",
+        )
+    t_start = time.perf_counter()
+    best = {"loss": np.inf, "rmse": np.inf}
+    last = {"loss": np.nan, "rmse": np.nan, "epoch": start}
+
+    def record(epoch: int, J: float, grad: np.ndarray, lr: float) -> float:
+        rmse = misfit.relative_rmse(J)
+        row = dict(
+            epoch=epoch,
+            loss=J,
+            relative_rmse=rmse,
+            relative_max_error=misfit.relative_max_error(rf.states),
+            gradient_norm=float(np.linalg.norm(grad)),
+            learning_rate=lr,
+            wall_time=time.perf_counter() - t_start,
+        )
+        history.append(**row)
+        best["loss"] = min(best["loss"], J)
+        best["rmse"] = min(best["rmse"], rmse)
+        last.update(loss=J, rmse=rmse, epoch=epoch)
+        return rmse
+
+    def checkpoint(epoch_next: int, params: np.ndarray) -> None:
+        save_checkpoint(
+            ck_path,
+            comm,
+            epoch=epoch_next,
+            params=params,
+            optimizer_state=opt.state_dict() if opt is not None else {"kind": "lbfgs"},
+            schedule_state=schedule.state_dict() if schedule is not None else None,
+        )
+
+    epoch = start
+    with Progress(n_iter, comm, quiet=quiet, initial=start) as progress:
+        try:
+            if opt is not None:
+                for epoch in range(start, n_iter):
+                    J, grad = rf.value_and_gradient(theta)
+                    if not np.isfinite(J):
+                        raise SolverError(f"the loss is {J} at epoch {epoch}")
+                    rmse = record(epoch, J, grad, opt.lr)
+                    progress.update(J, rmse)
+                    opt.step(theta, grad)
+                    if schedule is not None:
+                        schedule.step(J)
+                    if (epoch + 1) % every == 0 or epoch + 1 == n_iter:
+                        checkpoint(epoch + 1, theta)
+                epoch = n_iter
+            elif n_iter > start:
+                state = {"epoch": start}
+
+                def callback(k, params, J, grad):
+                    e = state["epoch"]
+                    rmse = record(e, J, grad, float("nan"))
+                    progress.update(J, rmse)
+                    state["epoch"] = e + 1
+                    if state["epoch"] % every == 0:
+                        checkpoint(state["epoch"], params)
+                    return state["epoch"] >= n_iter
+
+                result = minimize_lbfgs(
+                    rf.value_and_gradient, theta, max_iterations=n_iter - start, callback=callback,
+                    memory=cfg["optimizer"]["lbfgs_memory"],
+                )
+                theta = np.array(result.params, dtype=np.float64)
+                epoch = state["epoch"]
+                checkpoint(epoch, theta)
+        except SolverError as err:
+            raise SolverError(
+                f"training failed at epoch {epoch}: {err}. The last good checkpoint is kept in {ck_path}; "
+                f"continue with --resume {out}"
+            ) from err
+    wall = time.perf_counter() - t_start
+    # Final state at the trained parameters (with the adjoint for output).
+    J_final = rf(theta)
+    rf.derivative(theta)
+    result = TrainResult(
+        epochs=epoch,
+        final_loss=J_final,
+        final_rmse=misfit.relative_rmse(J_final),
+        best_loss=min(best["loss"], J_final),
+        best_rmse=min(best["rmse"], misfit.relative_rmse(J_final)),
+        wall_time=wall,
+        out=str(out),
+        n_params=run.network.n_params,
+    )
+    if write_outputs:
+        _write_outputs(run, out, comm, cfg["run"]["field_format"])
+        plot_history(history_path, out / "history.png", comm, title=f"{pathlib.Path(config).stem}")
+    if not quiet:
+        rank0_print(
+            comm,
+            f"femnpde train: done {epoch} epochs in {wall:.1f} s; loss {result['final_loss']:.4e}, "
+            f"relative RMSE {result['final_rmse']:.4e} (best {result['best_rmse']:.4e}); outputs in {out}",
+        )
+    run.solver.destroy()
+    run.misfit.destroy()
+    return result
+
+
+def forward(
+    config: str | pathlib.Path,
+    out: str | pathlib.Path | None = None,
+    overrides: Sequence[str] = (),
+    params: str | pathlib.Path | None = None,
+    comm: MPI.Comm = MPI.COMM_WORLD,
+) -> dict:
+    """Solve the configured problem (at the initial or checkpointed parameters) and write the fields."""
+    cfg = load_config(config, overrides)
+    out = _resolve_out(config, out, "-forward")
+    RunDirectory(out, comm).write_text("config.toml", dump_config(cfg))
+    run = build_run(cfg, comm)
+    theta = run.network.params.copy()
+    if params is not None:
+        ck = load_checkpoint(params, comm)
+        theta = np.array(ck["params"], dtype=np.float64)
+        if theta.shape != (run.network.n_params,):
+            raise ValueError(
+                f"--params {params}: the checkpoint has {theta.size} parameters, the configured network "
+                f"has {run.network.n_params}"
+            )
+    J = run.rf(theta)
+    run.rf.derivative(theta)
+    _write_outputs(run, out, comm, cfg["run"]["field_format"])
+    rank0_print(comm, f"femnpde forward: loss {J:.6e}, relative RMSE {run.misfit.relative_rmse(J):.6e}; fields in {out}")
+    run.solver.destroy()
+    run.misfit.destroy()
+    return {"loss": J, "relative_rmse": run.misfit.relative_rmse(J), "out": str(out)}
+
+
+def sweep(
+    config: str | pathlib.Path,
+    widths: Sequence[int],
+    out: str | pathlib.Path | None = None,
+    overrides: Sequence[str] = (),
+    quiet: bool = False,
+    comm: MPI.Comm = MPI.COMM_WORLD,
+) -> list[dict]:
+    """The width study: one training run per N; a summary table and a plot of relative RMSE vs N."""
+    out = _resolve_out(config, out, "-sweep")
+    rundir = RunDirectory(out, comm)
+    rows = []
+    for N in widths:
+        res = train(config, out=out / f"N{N}", overrides=[*overrides, f"network.neurons={N}"], quiet=quiet, comm=comm)
+        rows.append({"N": N, **{k: res[k] for k in ("epochs", "final_rmse", "best_rmse", "final_loss", "wall_time")}})
+    lines = ["N,epochs,final_relative_rmse,best_relative_rmse,final_loss,wall_time_s"]
+    lines += [
+        f"{r['N']},{r['epochs']},{r['final_rmse']:.6e},{r['best_rmse']:.6e},{r['final_loss']:.6e},{r['wall_time']:.2f}"
+        for r in rows
+    ]
+    rundir.write_text("summary.csv", "\n".join(lines) + "\n")
+    table = ["| N | epochs | final rel. RMSE | best rel. RMSE | wall time [s] |", "|---|---|---|---|---|"]
+    table += [
+        f"| {r['N']} | {r['epochs']} | {r['final_rmse']:.4g} | {r['best_rmse']:.4g} | {r['wall_time']:.1f} |" for r in rows
+    ]
+    rundir.write_text("summary.md", "\n".join(table) + "\n")
+    if comm.rank == 0:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5, 4))
+        ax.loglog([r["N"] for r in rows], [r["final_rmse"] for r in rows], "o-", label="final")
+        ax.loglog([r["N"] for r in rows], [r["best_rmse"] for r in rows], "s--", label="best")
+        ax.set_xlabel("neurons N")
+        ax.set_ylabel("relative RMSE")
+        ax.set_title(f"width study: {pathlib.Path(config).stem}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "rmse_vs_N.png", dpi=120)
+        plt.close(fig)
+    if not quiet:
+        rank0_print(comm, "\n".join(table))
+    return rows
+
