@@ -36,6 +36,7 @@ from femnpde.output import (
     load_checkpoint,
     plot_comparison,
     plot_history,
+    plot_width_study,
     rank0_print,
     save_checkpoint,
     write_fields,
@@ -190,7 +191,7 @@ def train(
             opt.load_state_dict(ck["optimizer_state"])
         if schedule is not None and ck.get("schedule_state"):
             schedule.load_state_dict(ck["schedule_state"])
-    history = History(history_path, comm, header_comment=RMSE_NOTE)
+    history = History(history_path, comm, header_comment=RMSE_NOTE, overwrite=resume is None)
     if resume is not None:
         history.truncate_after(start - 1)
     if not quiet:
@@ -355,23 +356,13 @@ def sweep(
         f"| {r['N']} | {r['epochs']} | {r['final_rmse']:.4g} | {r['best_rmse']:.4g} | {r['wall_time']:.1f} |" for r in rows
     ]
     rundir.write_text("summary.md", "\n".join(table) + "\n")
-    if comm.rank == 0:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5, 4))
-        ax.loglog([r["N"] for r in rows], [r["final_rmse"] for r in rows], "o-", label="final")
-        ax.loglog([r["N"] for r in rows], [r["best_rmse"] for r in rows], "s--", label="best")
-        ax.set_xlabel("neurons N")
-        ax.set_ylabel("relative RMSE")
-        ax.set_title(f"width study: {pathlib.Path(config).stem}")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out / "rmse_vs_N.png", dpi=120)
-        plt.close(fig)
+    plot_width_study(
+        [r["N"] for r in rows],
+        {"final": [r["final_rmse"] for r in rows], "best": [r["best_rmse"] for r in rows]},
+        out / "rmse_vs_N.png",
+        comm,
+        title=f"width study: {pathlib.Path(config).stem}",
+    )
     if not quiet:
         rank0_print(comm, "\n".join(table))
     return rows
