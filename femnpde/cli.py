@@ -1,6 +1,6 @@
 """The ``femnpde`` command line.
 
-Subcommands: ``info``, ``smoke``, ``gradcheck``, ``train``, ``forward``,
+Subcommands: ``info``, ``smoke``, ``mesh``, ``gradcheck``, ``train``, ``forward``,
 ``sweep``.  All work under ``mpirun -n K``; only rank 0 prints.  Bad input
 (a config key, a value, a file) exits with code 2 and a message naming what
 was wrong; a failed solve exits with code 3.
@@ -97,6 +97,14 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _cmd_mesh(args: argparse.Namespace) -> int:
+    from femnpde.meshes import format_mesh_info, mesh_info, read_mesh
+
+    data = read_mesh(args.path, _comm())
+    _print0(format_mesh_info(mesh_info(data, degree=args.degree)))
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from femnpde.training import train
 
@@ -147,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=32, help="cells per side (default 32)")
     p.add_argument("--steps", type=int, default=20, help="time steps (default 20)")
     p.set_defaults(func=_cmd_smoke)
+
+    p = sub.add_parser("mesh", help="report cells, vertices, dofs, tags and bounding box of a mesh file")
+    p.add_argument("path", help="a .msh or .xdmf file (or a path without suffix)")
+    p.add_argument("--degree", type=int, default=1, help="Lagrange degree for the dof count (default 1)")
+    p.set_defaults(func=_cmd_mesh)
 
     p = sub.add_parser("gradcheck", help="Taylor test of the adjoint gradient (exit 1 if the rate < 1.9)")
     p.add_argument("config", nargs="?", help="a run configuration (TOML); default: the paper's rectangle")
