@@ -137,6 +137,21 @@ def _parse_widths(text: str) -> list[int]:
     return widths
 
 
+def _single_threaded_blas_under_mpi() -> None:
+    """Under mpirun/srun, default to one BLAS/OpenMP thread per rank (ranks already fill the cores).
+
+    Only sets variables the user has not set, and only before numpy is imported.
+    """
+    import os
+
+    launched = any(
+        int(os.environ.get(var, "1") or 1) > 1 for var in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS")
+    )
+    if launched and "numpy" not in sys.modules:
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(var, "1")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``femnpde`` command."""
     from femnpde import __version__
@@ -204,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``femnpde`` command; returns the exit code."""
+    _single_threaded_blas_under_mpi()
     parser = build_parser()
     args = parser.parse_args(argv)
     from femnpde.solver import SolverError

@@ -83,11 +83,17 @@ def _resolve_out(config_path, out, suffix: str = "") -> pathlib.Path:
 
 
 def _check_resume_config(cfg: dict, saved: dict, run_dir: pathlib.Path) -> None:
-    """The config of a resumed run must equal the saved one, except the iteration budget."""
+    """The config of a resumed run must equal the saved one, except the iteration budget.
+
+    ``optimizer.schedule.T_max`` defaults to the iteration budget, so it is not
+    compared either; the resumed schedule keeps the run's own (its state is in
+    the checkpoint).
+    """
     a = copy.deepcopy(cfg)
     b = copy.deepcopy(saved)
     for d in (a, b):
         d["run"].pop("iterations", None)
+        d.get("optimizer", {}).get("schedule", {}).pop("T_max", None)
     if a != b:
         diffs = []
 
@@ -122,7 +128,7 @@ def _write_outputs(run, out: pathlib.Path, comm, fmt: str) -> list[pathlib.Path]
         fields_G["g_star"] = run.target_values
     times = problem.time.times
     written = []
-    written += write_fields(out / "fields", problem, {**fields_V, **fields_G}, times, fmt=fmt)
+    written += write_fields(out / "fields" / "fields", problem, {**fields_V, **fields_G}, times, fmt=fmt)
     plot_times = run.cfg["run"]["plot_times"]
     idx = sorted({int(np.argmin(np.abs(times - t))) for t in plot_times})
     plot_comparison(out / "u_vs_h.png", problem, rf.states.array, h_local, idx, labels=("u", "h"), comm=comm,
@@ -169,7 +175,10 @@ def train(
         ck_path = run_dir / "checkpoint.npz"
         if not ck_path.is_file():
             raise ValueError(f"--resume {run_dir}: no checkpoint.npz there; nothing to resume from")
-        _check_resume_config(cfg, load_config(saved_path), run_dir)
+        saved = load_config(saved_path)
+        _check_resume_config(cfg, saved, run_dir)
+        saved["run"]["iterations"] = cfg["run"]["iterations"]
+        cfg = saved
         out = run_dir
     out = _resolve_out(config, out)
     rundir = RunDirectory(out, comm)
@@ -297,6 +306,7 @@ def train(
         )
     run.solver.destroy()
     run.misfit.destroy()
+    comm.Barrier()  # every output (rank 0's plots included) exists when train returns
     return result
 
 
@@ -327,6 +337,7 @@ def forward(
     rank0_print(comm, f"femnpde forward: loss {J:.6e}, relative RMSE {run.misfit.relative_rmse(J):.6e}; fields in {out}")
     run.solver.destroy()
     run.misfit.destroy()
+    comm.Barrier()
     return {"loss": J, "relative_rmse": run.misfit.relative_rmse(J), "out": str(out)}
 
 
@@ -365,5 +376,6 @@ def sweep(
     )
     if not quiet:
         rank0_print(comm, "\n".join(table))
+    comm.Barrier()
     return rows
 
