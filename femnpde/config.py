@@ -200,10 +200,12 @@ DEFAULTS: dict[str, Any] = {
     },
     "time": {"T": 1.0, "n_steps": 64, "theta": 1.0},
     "initial_condition": {"kind": "paper", "value": 0.0},
-    "boundary": [{"where": "boundary", "value": 0.0}],
+    "boundary": [{"where": "boundary", "value": 0.0, "time_function": "constant"}],
     "network": {"neurons": 100, "beta": 2.0 / 3.0, "activation": "tanh", "seed": 42},
     "data": {"kind": "synthetic", "target": "difficult", "noise": 0.0, "noise_seed": 0},
     "loss": {"time_rule": "rectangle", "include_initial": True},
+    "observation": {"kind": "field"},
+    "neumann": [],
     "optimizer": {
         "kind": "adam",
         "lr": 0.01,
@@ -234,8 +236,12 @@ _EXTRA_KEYS: dict[str, tuple[str, ...]] = {
     "pde": ("residual",),
     "data": ("path",),
     "solver": ("petsc_options",),
+    "observation": ("subdomain", "sensors", "levels"),
 }
-_BOUNDARY_KEYS = ("where", "value")
+_BOUNDARY_KEYS = ("where", "value", "time_function", "frequency")
+_NEUMANN_KEYS = ("where", "flux")
+_TIME_FUNCTIONS = ("constant", "linear", "sin")
+_OBSERVATION_KINDS = ("field", "subdomain", "sensors")
 _MESH_KINDS = ("rectangle", "box", "file")
 _CELL_TYPES = {"rectangle": ("triangle", "quadrilateral"), "box": ("tetrahedron", "hexahedron")}
 _MESH_SUFFIXES = (".msh", ".xdmf")
@@ -463,6 +469,7 @@ def _all_keys() -> dict[str, list[str]]:
                     out[section].append(k)
                     out[f"{section}.{k}"] = list(sub)
     out["boundary"] = list(_BOUNDARY_KEYS)
+    out["neumann"] = list(_NEUMANN_KEYS)
     return out
 
 
@@ -627,7 +634,83 @@ def _validate_boundary(user: Mapping[str, Any], mesh_kind: str) -> list[dict[str
                              '"boundary", or mesh.kind = "file" with facet tags')
         else:
             raise _error(f"{key}.where", where, f"is {_type_name(where)}", allowed)
-        out.append({"where": where, "value": _float(f"{key}.value", entry.get("value", 0.0))})
+        item = {
+            "where": where,
+            "value": _float(f"{key}.value", entry.get("value", 0.0)),
+            "time_function": _choice(f"{key}.time_function", entry.get("time_function", "constant"), _TIME_FUNCTIONS),
+        }
+        if "frequency" in entry or item["time_function"] == "sin":
+            item["frequency"] = _float(f"{key}.frequency", entry.get("frequency", 1.0), lambda f: f > 0, "a number > 0")
+        out.append(item)
+    return out
+
+
+def _validate_neumann(user: Mapping[str, Any], mesh_kind: str) -> list[dict[str, Any]]:
+    entries = user.get("neumann", [])
+    if not isinstance(entries, (list, tuple)):
+        raise _error("neumann", entries, f"is {_type_name(entries)}", "an array of tables [[neumann]]")
+    out = []
+    for i, entry in enumerate(entries):
+        key = f"neumann[{i}]"
+        if not isinstance(entry, Mapping):
+            raise _error(key, entry, f"is {_type_name(entry)}", "a table with keys where, flux")
+        for k in entry:
+            if k not in _NEUMANN_KEYS:
+                raise _unknown(f"{key}.{k}", str(k), _NEUMANN_KEYS, "neumann")
+        if "where" not in entry:
+            raise ConfigError(f"{key}.where is missing; give the facet tag of the Neumann boundary", f"{key}.where")
+        where = _int(f"{key}.where", entry["where"], 0, "an integer facet tag")
+        if mesh_kind != "file":
+            raise _error(f"{key}.where", where, "is a facet tag, but facet tags need a mesh file with tags",
+                         'mesh.kind = "file" with facet tags')
+        out.append({"where": where, "flux": _float(f"{key}.flux", entry.get("flux", 0.0))})
+    return out
+
+
+def _validate_observation(user: Mapping[str, Any], mesh_kind: str, data_kind: str, n_steps: int) -> dict[str, Any]:
+    sec = _section(user, "observation")
+    out: dict[str, Any] = {}
+    kind = out["kind"] = _choice("observation.kind", _get(sec, "kind", "field"), _OBSERVATION_KINDS)
+    if kind == "subdomain":
+        if "subdomain" not in sec:
+            raise ConfigError('observation.subdomain is missing; observation.kind = "subdomain" needs a cell tag',
+                              "observation.subdomain")
+        out["subdomain"] = _int("observation.subdomain", sec["subdomain"], 0, "an integer cell tag")
+        if mesh_kind != "file":
+            raise _error("observation.subdomain", out["subdomain"],
+                         "is a cell tag, but cell tags need a mesh file with tags", 'mesh.kind = "file"')
+    elif "subdomain" in sec:
+        raise _error("observation.subdomain", sec["subdomain"], f"is only used with kind \"subdomain\" (kind is {kind!r})",
+                     'remove it or set observation.kind = "subdomain"')
+    if kind == "sensors":
+        if "sensors" in sec:
+            pts = sec["sensors"]
+            if not (isinstance(pts, list) and pts and all(isinstance(p, list) and p for p in pts)):
+                raise _error("observation.sensors", pts, "is not a list of points", "a list of [x, y] or [x, y, z] lists")
+            out["sensors"] = [
+                _floats(f"observation.sensors[{i}]", p, "2 or 3 numbers", (2, 3)) for i, p in enumerate(pts)
+            ]
+            if len({len(p) for p in out["sensors"]}) != 1:
+                raise _error("observation.sensors", pts, "mixes points of different dimension", "points of one dimension")
+        elif data_kind != "file":
+            raise ConfigError(
+                'observation.sensors is missing; observation.kind = "sensors" needs sensors = [[x, y], ...] '
+                '(or data.kind = "file" with a file that has the points)',
+                "observation.sensors",
+            )
+    elif "sensors" in sec:
+        raise _error("observation.sensors", sec["sensors"], f"is only used with kind \"sensors\" (kind is {kind!r})",
+                     'remove it or set observation.kind = "sensors"')
+    if "levels" in sec:
+        levels = _ints("observation.levels", sec["levels"], f"a list of time levels in 0..{n_steps}", None, 0)
+        bad = [lv for lv in levels if lv > n_steps]
+        if bad or not levels:
+            raise _error("observation.levels", levels, "has levels outside the time grid" if bad else "is empty",
+                         f"a non-empty list of integers in 0..{n_steps}")
+        out["levels"] = sorted(set(levels))
+    if data_kind == "file" and kind != "sensors":
+        raise _error("data.kind", "file", f"needs observation.kind = \"sensors\" (kind is {kind!r})",
+                     'observation.kind = "sensors" (files hold sensor values per time level)')
     return out
 
 
@@ -652,11 +735,11 @@ def _validate_data(user: Mapping[str, Any]) -> dict[str, Any]:
     if kind == "file":
         if "path" not in sec:
             raise ConfigError('data.path is missing; data.kind = "file" needs data.path = "<file>.npz"', "data.path")
-        path = _str("data.path", sec["path"], "a path to an .npz file")
-        if Path(path).suffix.lower() != ".npz":
-            raise _error("data.path", path, f"has suffix {Path(path).suffix!r}", "a path ending in .npz")
+        path = _str("data.path", sec["path"], "a path to an .npz or .csv file")
+        if Path(path).suffix.lower() not in (".npz", ".csv"):
+            raise _error("data.path", path, f"has suffix {Path(path).suffix!r}", "a path ending in .npz or .csv")
         if not os.path.isfile(path):
-            raise _error("data.path", path, "does not exist (file not found)", "an existing .npz file")
+            raise _error("data.path", path, "does not exist (file not found)", "an existing .npz or .csv file")
         out["path"] = path
     elif "path" in sec:
         raise _error("data.path", sec["path"], 'is only used with data.kind = "file"',
@@ -772,7 +855,7 @@ def validate(cfg: Mapping[str, Any]) -> dict[str, Any]:
         if k not in sections:
             raise _unknown(str(k), str(k), sections, "")
     for k in sections:
-        if k != "boundary" and k in cfg and not isinstance(cfg[k], Mapping):
+        if k not in ("boundary", "neumann") and k in cfg and not isinstance(cfg[k], Mapping):
             raise _error(k, cfg[k], f"is {_type_name(cfg[k])}", f"a table [{k}]")
     user = copy.deepcopy(dict(cfg))
     time = _validate_time(user)
@@ -787,10 +870,15 @@ def validate(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "network": _validate_network(user),
         "data": _validate_data(user),
         "loss": _validate_loss(user),
+        "observation": None,
+        "neumann": _validate_neumann(user, mesh["kind"]),
         "optimizer": _validate_optimizer(user, run["iterations"]),
         "run": run,
         "solver": _validate_solver(user),
     }
+    resolved["observation"] = _validate_observation(
+        user, mesh["kind"], resolved["data"]["kind"], time["n_steps"]
+    )
     return resolved
 
 
@@ -935,11 +1023,12 @@ class Run:
     solver: ThetaSolver
     network: ShallowNetwork
     source: NetworkSource
-    misfit: L2Misfit
+    misfit: Any  # L2Misfit (field, subdomain) or femnpde.observations.PointMisfit (sensors)
     rf: ReducedFunctional
     target: FunctionSource | None
     target_values: np.ndarray | None
     lr: float
+    field_data: np.ndarray | None = None  # synthetic data: the full-field solution h (owned dofs, before noise)
 
     def destroy(self) -> None:
         """Destroy the PETSc objects of the solver and the misfit (collective)."""
@@ -992,11 +1081,11 @@ def _read_msh(path: str, comm: MPI.Comm, gdim: int):
     finally:
         if comm.rank == 0 and gmsh.isInitialized():
             gmsh.finalize()
-    return data.mesh, data.facet_tags
+    return data.mesh, data.facet_tags, data.cell_tags
 
 
-def _build_mesh(mcfg: Mapping[str, Any], comm: MPI.Comm, need_tags: bool):
-    """The mesh and its facet tags (None for built-in meshes or when not needed)."""
+def _build_mesh(mcfg: Mapping[str, Any], comm: MPI.Comm, need_tags: bool, need_cell_tags: bool = False):
+    """The mesh, its facet tags and cell tags (None for built-in meshes or when not needed)."""
     import dolfinx.mesh
 
     kind = mcfg["kind"]
@@ -1005,37 +1094,37 @@ def _build_mesh(mcfg: Mapping[str, Any], comm: MPI.Comm, need_tags: bool):
             comm, [np.array(mcfg["lower"]), np.array(mcfg["upper"])], list(mcfg["cells"]),
             dolfinx.mesh.CellType[mcfg["cell_type"]],
         )
-        return mesh, None
+        return mesh, None, None
     if kind == "box":
         mesh = dolfinx.mesh.create_box(
             comm, [np.array(mcfg["lower"]), np.array(mcfg["upper"])], list(mcfg["cells"]),
             dolfinx.mesh.CellType[mcfg["cell_type"]],
         )
-        return mesh, None
+        return mesh, None, None
     path = mcfg["path"]
     if not os.path.isfile(path):
         raise _error("mesh.path", path, "does not exist (file not found)", "an existing .msh or .xdmf file")
     suffix = Path(path).suffix.lower()
     if suffix == ".msh":
-        mesh, tags = _read_msh(path, comm, mcfg["gdim"])
-        return mesh, tags
+        return _read_msh(path, comm, mcfg["gdim"])
     import dolfinx.io
 
     try:
         with dolfinx.io.XDMFFile(comm, path, "r") as f:
             mesh = f.read_mesh(name=mcfg["name"])
+            tdim = mesh.topology.dim
             tags = None
             if need_tags:
-                tdim = mesh.topology.dim
                 mesh.topology.create_connectivity(tdim - 1, tdim)
                 tags = f.read_meshtags(mesh, name=mcfg["facet_tags"])
+            cell_tags = f.read_meshtags(mesh, name="cell_tags") if need_cell_tags else None
     except Exception as err:
         raise ConfigError(
             f"mesh.path = {_fmt(path)}: reading the XDMF file failed (mesh.name = {_fmt(mcfg['name'])}, "
-            f"mesh.facet_tags = {_fmt(mcfg['facet_tags'])}): {err}",
+            f"mesh.facet_tags = {_fmt(mcfg['facet_tags'])}, cell tags 'cell_tags'): {err}",
             "mesh.path", path,
         ) from err
-    return mesh, tags
+    return mesh, tags, cell_tags
 
 
 def _build_residual(pcfg: Mapping[str, Any]):
@@ -1078,13 +1167,14 @@ def _build_residual(pcfg: Mapping[str, Any]):
     return residual
 
 
-def _dirichlet(bcfg: Sequence[Mapping[str, Any]], tags, comm: MPI.Comm) -> list[Dirichlet]:
+def _dirichlet(bcfg: Sequence[Mapping[str, Any]], tags, comm: MPI.Comm, T: float = 1.0) -> list[Dirichlet]:
     out = []
     present: set[int] | None = None
     for i, entry in enumerate(bcfg):
         where, name = entry["where"], f"boundary[{i}]"
+        value = _time_function(entry, T)
         if where == "boundary":
-            out.append(Dirichlet("boundary", float(entry["value"]), name=name))
+            out.append(Dirichlet("boundary", value, name=name))
             continue
         if tags is None:
             raise _error(f"{name}.where", where, "is a facet tag, but facet tags need a mesh file with tags",
@@ -1096,8 +1186,60 @@ def _dirichlet(bcfg: Sequence[Mapping[str, Any]], tags, comm: MPI.Comm) -> list[
         if int(where) not in present:
             raise _error(f"{name}.where", where, "is not a facet tag of the mesh",
                          f"one of the facet tags {sorted(present)} or \"boundary\"")
-        out.append(Dirichlet((tags, int(where)), float(entry["value"]), name=name))
+        out.append(Dirichlet((tags, int(where)), value, name=name))
     return out
+
+
+def _time_function(entry: Mapping[str, Any], T: float):
+    """The Dirichlet value of a ``[[boundary]]`` entry: a number or a function of t."""
+    value = float(entry["value"])
+    kind = entry.get("time_function", "constant")
+    if kind == "constant":
+        return value
+    if kind == "linear":
+        return lambda t: value * t / T
+    freq = float(entry.get("frequency", 1.0))
+    return lambda t: value * np.sin(2 * np.pi * freq * t / T)
+
+
+def _present_tags(tags, comm: MPI.Comm) -> list[int]:
+    present: set[int] = set()
+    for arr in comm.allgather(np.unique(tags.values) if tags is not None else np.zeros(0, np.int32)):
+        present.update(int(t) for t in arr)
+    return sorted(present)
+
+
+def _with_neumann(residual, ncfg: Sequence[Mapping[str, Any]], mesh, facet_tags, comm: MPI.Comm):
+    """Add ``− Σ flux v ds(tag)`` (a flux γ ∂u/∂n = flux into the domain) to a residual."""
+    if not ncfg:
+        return residual
+    import ufl
+
+    present = _present_tags(facet_tags, comm)
+    for i, entry in enumerate(ncfg):
+        if facet_tags is None or entry["where"] not in present:
+            raise _error(f"neumann[{i}].where", entry["where"], "is not a facet tag of the mesh",
+                         f"one of the facet tags {present}")
+    ds = ufl.Measure("ds", domain=mesh, subdomain_data=facet_tags)
+    terms = [(float(e["flux"]), int(e["where"])) for e in ncfg]
+
+    def with_flux(u, v, g, t, x):
+        form = residual(u, v, g, t, x)
+        for flux, tag in terms:
+            form = form - flux * v * ds(tag)
+        return form
+
+    return with_flux
+
+
+def _bounding_box(mesh) -> tuple[np.ndarray, np.ndarray]:
+    """Global bounding box of the mesh geometry."""
+    x = mesh.geometry.x[:, : mesh.geometry.dim]
+    lo = np.empty(mesh.geometry.dim)
+    hi = np.empty(mesh.geometry.dim)
+    mesh.comm.Allreduce(np.min(x, axis=0, initial=np.inf), lo, op=MPI.MIN)
+    mesh.comm.Allreduce(np.max(x, axis=0, initial=-np.inf), hi, op=MPI.MAX)
+    return lo, hi
 
 
 def _canonical_dof_index(problem: ParabolicProblem) -> tuple[np.ndarray, int]:
@@ -1168,14 +1310,10 @@ def build_run(
             ``data.kind = "file"``.
     """
     cfg = validate(cfg)
-    if cfg["data"]["kind"] == "file":
-        raise ConfigError(
-            "data.kind='file' is not supported yet; use data.kind = \"synthetic\"", "data.kind", "file"
-        )
-    mcfg, pcfg, tcfg = cfg["mesh"], cfg["pde"], cfg["time"]
-    need_tags = any(not isinstance(b["where"], str) for b in cfg["boundary"])
-    mesh, facet_tags = _build_mesh(mcfg, comm, need_tags)
-    residual = _build_residual(pcfg)
+    mcfg, pcfg, tcfg, obs = cfg["mesh"], cfg["pde"], cfg["time"], cfg["observation"]
+    need_tags = any(not isinstance(b["where"], str) for b in cfg["boundary"]) or bool(cfg["neumann"])
+    mesh, facet_tags, cell_tags = _build_mesh(mcfg, comm, need_tags, obs["kind"] == "subdomain")
+    residual = _with_neumann(_build_residual(pcfg), cfg["neumann"], mesh, facet_tags, mesh.comm)
     icfg = cfg["initial_condition"]
     ic: Any = paper_initial_condition if icfg["kind"] == "paper" else float(icfg["value"])
     problem = ParabolicProblem(
@@ -1185,7 +1323,7 @@ def build_run(
         time=TimeGrid(tcfg["T"], tcfg["n_steps"]),
         theta=tcfg["theta"],
         initial_condition=ic,
-        dirichlet=_dirichlet(cfg["boundary"], facet_tags, mesh.comm),
+        dirichlet=_dirichlet(cfg["boundary"], facet_tags, mesh.comm, tcfg["T"]),
         source=pcfg["source"],
         source_degree=pcfg["source_degree"],
     )
@@ -1210,16 +1348,63 @@ def build_run(
     source = NetworkSource(problem, network)
 
     dcfg = cfg["data"]
-    target = FunctionSource(problem, target_source(dcfg["target"], tcfg["T"]))
-    target_values = target.values()
-    states = solver.forward(target_values)
-    data = np.array(states.array[:, : problem.n_owned], dtype=np.float64, copy=True)
-    if dcfg["noise"] > 0:
-        _add_noise(problem, data, dcfg["noise"], dcfg["noise_seed"])
-    states.clear()
-
     lcfg = cfg["loss"]
-    misfit = L2Misfit(problem, data, TimeWeights(rule=lcfg["time_rule"], include_initial=lcfg["include_initial"]))
+    weights = TimeWeights(
+        rule=lcfg["time_rule"],
+        include_initial=lcfg["include_initial"],
+        levels=tuple(obs["levels"]) if "levels" in obs else None,
+    )
+    target = target_values = None
+    n_levels = tcfg["n_steps"] + 1
+    if dcfg["kind"] == "synthetic":
+        bbox = _bounding_box(mesh)
+        target = FunctionSource(problem, target_source(dcfg["target"], tcfg["T"], bbox))
+        target_values = target.values()
+        states = solver.forward(target_values)
+        field_data = np.array(states.array[:, : problem.n_owned], dtype=np.float64, copy=True)
+    else:
+        field_data = None
+    if obs["kind"] == "sensors":
+        from femnpde.observations import PointMisfit, add_noise, load_point_data, synthetic_point_data
+
+        points = np.array(obs["sensors"]) if "sensors" in obs else None
+        if dcfg["kind"] == "file":
+            try:
+                file_points, values = load_point_data(
+                    dcfg["path"], n_levels, None if points is None else len(points), times=problem.time.times,
+                    comm=mesh.comm,
+                )
+            except (OSError, ValueError) as err:
+                raise ConfigError(f"data.path = {_fmt(dcfg['path'])}: {err}", "data.path", dcfg["path"]) from err
+            if points is None:
+                if file_points is None:
+                    raise ConfigError(
+                        f"data.path = {_fmt(dcfg['path'])} has no sensor coordinates; give observation.sensors",
+                        "observation.sensors",
+                    )
+                points = file_points
+            data = values
+        try:
+            if dcfg["kind"] != "file":
+                data = synthetic_point_data(problem, states, points)
+            if dcfg["noise"] > 0:
+                data = add_noise(data, dcfg["noise"], dcfg["noise_seed"])
+            misfit = PointMisfit(problem, points, data, weights)
+        except ValueError as err:
+            raise ConfigError(f"observation.sensors: {err}", "observation.sensors") from err
+    else:
+        data = field_data.copy()
+        if dcfg["noise"] > 0:
+            _add_noise(problem, data, dcfg["noise"], dcfg["noise_seed"])
+        subdomain = None
+        if obs["kind"] == "subdomain":
+            present = _present_tags(cell_tags, mesh.comm)
+            if cell_tags is None or obs["subdomain"] not in present:
+                raise _error("observation.subdomain", obs["subdomain"], "is not a cell tag of the mesh",
+                             f"one of the cell tags {present}")
+            subdomain = (cell_tags, obs["subdomain"])
+        misfit = L2Misfit(problem, data, weights, subdomain=subdomain)
+    solver.states.clear()
     rf = ReducedFunctional(solver, source, misfit, keep_adjoint=True)
     ocfg = cfg["optimizer"]
     lr = reference_learning_rate(ocfg["lr"], ncfg["neurons"], ncfg["beta"]) if ocfg["scale_lr"] else ocfg["lr"]
@@ -1234,4 +1419,5 @@ def build_run(
         target=target,
         target_values=target_values,
         lr=float(lr),
+        field_data=field_data,
     )

@@ -15,7 +15,7 @@ from mpi4py import MPI
 
 from femnpde.problem import Dirichlet, ParabolicProblem, TimeGrid, allen_cahn, heat
 
-__all__ = ["LX", "LY", "TARGETS", "target_source", "paper_mesh", "paper_initial_condition", "paper_problem"]
+__all__ = ["LX", "LY", "TARGETS", "target_source", "moving_gaussian", "paper_mesh", "paper_initial_condition", "paper_problem"]
 
 LX, LY = 0.5, 1.0
 
@@ -40,13 +40,52 @@ TARGETS: dict[str, Callable[[float, np.ndarray, float], np.ndarray]] = {
     "tanh_2": lambda t, x, T: 0.3 * np.tanh(-t / T - x[:, 0] / LX - x[:, 1] / LY + 1.5)
     + 0.25 * np.tanh(t / T - 1.2 * x[:, 0] / LX + 0.5 * x[:, 1] / LY - 0.8),
     "difficult": _difficult,
+    # Domain-agnostic (not from the paper): a Gaussian source circling the
+    # centre of the mesh's bounding box once over [0, T]; see moving_gaussian().
+    "moving_gaussian": None,
 }
 
 
-def target_source(name: str, T: float = 1.0) -> Callable[[float, np.ndarray], np.ndarray]:
-    """The target ``g*(t, x)`` named ``name`` (one of :data:`TARGETS`)."""
+def moving_gaussian(T: float, bbox: tuple[np.ndarray, np.ndarray]) -> Callable[[float, np.ndarray], np.ndarray]:
+    """A Gaussian bump ``5 exp(−|x − c(t)|² / (2 s²))`` whose centre circles the bounding box's centre.
+
+    ``c(t) = m + r (cos 2πt/T, sin 2πt/T, 0)`` with ``m`` the box centre,
+    ``r = 0.3 min(extent_x, extent_y)`` and ``s = 0.1 max(extent)``.
+
+    Args:
+        T: Final time (one revolution).
+        bbox: ``(lower, upper)`` corners of the domain.
+    """
+    lo, hi = (np.asarray(b, dtype=np.float64) for b in bbox)
+    centre = 0.5 * (lo + hi)
+    extent = hi - lo
+    radius = 0.3 * float(np.min(extent[:2]))
+    width = 0.1 * float(np.max(extent))
+
+    def g(t: float, x: np.ndarray) -> np.ndarray:
+        c = centre.copy()
+        c[0] += radius * np.cos(2 * np.pi * t / T)
+        c[1] += radius * np.sin(2 * np.pi * t / T)
+        d2 = np.sum((x[:, : len(c)] - c) ** 2, axis=1)
+        return 5.0 * np.exp(-d2 / (2 * width**2))
+
+    return g
+
+
+def target_source(
+    name: str, T: float = 1.0, bbox: tuple[np.ndarray, np.ndarray] | None = None
+) -> Callable[[float, np.ndarray], np.ndarray]:
+    """The target ``g*(t, x)`` named ``name`` (one of :data:`TARGETS`).
+
+    Args:
+        name: The target's name.
+        T: Final time (targets are functions of t/T).
+        bbox: Domain bounding box, for ``moving_gaussian`` (default: the paper's rectangle).
+    """
     if name not in TARGETS:
         raise ValueError(f"unknown target {name!r}; valid targets: {', '.join(TARGETS)}")
+    if name == "moving_gaussian":
+        return moving_gaussian(T, bbox if bbox is not None else (np.zeros(2), np.array([LX, LY])))
     f = TARGETS[name]
     return lambda t, x: f(t, x, T)
 

@@ -270,7 +270,7 @@ def test_overrides_are_typed(tmp_path):
     assert cfg["network"]["activation"] == "sigmoid"
     assert cfg["optimizer"]["betas"] == [0.8, 0.99]
     assert cfg["loss"]["include_initial"] is False
-    assert cfg["boundary"] == [{"where": "boundary", "value": 1.5}]
+    assert cfg["boundary"] == [{"where": "boundary", "value": 1.5, "time_function": "constant"}]
     assert cfg["solver"]["petsc_options"] == {"ksp_type": "cg", "ksp_rtol": 1e-10}
     assert cfg["optimizer"]["schedule"]["kind"] == "none"
     assert cfg["run"]["plot_times"] == [0.0, 2.0]
@@ -304,11 +304,14 @@ def test_dump_round_trip():
 def test_relative_paths_follow_the_file(tmp_path, monkeypatch):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "d.npz").write_bytes(b"")
-    path = _write(tmp_path / "sub" / "c.toml", '[data]\nkind = "file"\npath = "d.npz"\n')
+    path = _write(
+        tmp_path / "sub" / "c.toml",
+        '[data]\nkind = "file"\npath = "d.npz"\n[observation]\nkind = "sensors"\nsensors = [[0.1, 0.2]]\n',
+    )
     monkeypatch.chdir(tmp_path)
     cfg = load_config("sub/c.toml")
     assert pathlib.Path(cfg["data"]["path"]) == (tmp_path / "sub" / "d.npz").resolve()
-    with pytest.raises(ConfigError, match="not supported yet"):
+    with pytest.raises(ConfigError, match="d.npz"):  # an empty file is not valid sensor data
         build_run(cfg, comm=MPI.COMM_SELF)
     assert load_config(path)["data"]["path"] == cfg["data"]["path"]
 
