@@ -571,6 +571,25 @@ class ShallowNetwork:
         p += self._eta
         return p
 
+    def _separable_factors(self, p: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """Factors of ``exp(-k z)`` on the grid, ``z[n, j] = P[j] + t[n] w_t``, for tanh (k = 2) and sigmoid (k = 1).
+
+        ``exp(-k (P[j] + t_n w_t)) = exp(-k P[j]) * exp(-k t_n w_t)``: the
+        exponentials are taken on the ``n_x x N`` and ``n_t x N`` factors only,
+        and each grid activation costs a product and a division instead of an
+        ``exp``.  Returns None (use the direct formula) for softplus, or when a
+        factor overflows or underflows (a product ``inf * 0`` would be nan).
+        """
+        k = {"tanh": 2.0, "sigmoid": 1.0}.get(self._activation)
+        if k is None:
+            return None
+        with np.errstate(over="ignore", under="ignore"):
+            a = np.exp(-k * p)
+            b = np.exp(np.multiply.outer(-k * t, self._w_t))
+        if not (np.all(np.isfinite(a)) and np.all(a > 0) and np.all(np.isfinite(b)) and np.all(b > 0)):
+            return None
+        return a, b
+
     def _grid_activations(
         self,
         p: np.ndarray,
@@ -578,9 +597,22 @@ class ShallowNetwork:
         blk: tuple[int, int, int, int],
         out: np.ndarray,
         tmp: np.ndarray | None,
+        factors: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
         """Write ``sigma(P[j] + t[n] w_t)`` for one grid block into ``out`` (k, rows, N)."""
         n0, n1, j0, j1 = blk
+        if factors is not None:
+            a, b = factors
+            # exp(-k z) as a product of the factors; the product may overflow to
+            # inf or underflow to 0, which gives the exact limits below.
+            np.multiply(a[None, j0:j1, :], b[n0:n1, None, :], out=out)
+            out += 1.0
+            if self._activation == "tanh":  # 2 / (1 + exp(-2z)) - 1
+                np.divide(2.0, out, out=out)
+                out -= 1.0
+            else:  # sigmoid: 1 / (1 + exp(-z))
+                np.reciprocal(out, out=out)
+            return
         np.add(p[None, j0:j1, :], t[n0:n1, None, None] * self._w_t, out=out)
         _activate_inplace(out, self._activation, tmp)
 
@@ -625,6 +657,7 @@ class ShallowNetwork:
             s_all = self._s_buffer
 
         p = self._spatial_preactivation(x)
+        factors = self._separable_factors(p, t)
         g = np.empty((n_t, n_x))
         cap = max(_CHUNK_ELEMS, n)
         work = np.empty(cap) if s_all is None else None
@@ -639,7 +672,7 @@ class ShallowNetwork:
                 else:
                     s = work[:size].reshape(shape)
                 self._grid_activations(
-                    p, t, blk, s, None if tmp is None else tmp[:size].reshape(shape)
+                    p, t, blk, s, None if tmp is None else tmp[:size].reshape(shape), factors
                 )
                 g[n0:n1, j0:j1] = (s.reshape(-1, n) @ self._c).reshape(shape[:2])
         g *= self._scale
@@ -707,6 +740,7 @@ class ShallowNetwork:
         cap = max(_CHUNK_ELEMS, n)
         q = np.empty(cap)
         p = self._spatial_preactivation(x) if s_all is None else None
+        factors = self._separable_factors(p, t) if s_all is None else None
         work = np.empty(cap) if s_all is None else None
         dc = np.zeros(n)
         acc = np.zeros((n, d + 2))
@@ -720,7 +754,7 @@ class ShallowNetwork:
                     s = s_all[n0:n1, j0:j1]
                 else:
                     s = work[:size].reshape(shape)
-                    self._grid_activations(p, t, blk, s, qb)
+                    self._grid_activations(p, t, blk, s, qb, factors)
                 dc += s.reshape(-1, n).T @ r[n0:n1, j0:j1].reshape(-1)
                 _derivative_from_output(s, qb, self._activation)
                 acc += qb.reshape(-1, n).T @ rhs[n0:n1, j0:j1].reshape(-1, d + 2)
