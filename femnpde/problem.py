@@ -172,6 +172,8 @@ class _Forms:
     # derivatives and no explicit time: the bilinear forms ∂F/∂u^{n-1},
     # ∂F/∂g^n, ∂F/∂g^{n-1} (absent keys: F does not depend on it); else None.
     linear: dict[str, dolfinx.fem.Form] | None = None
+    # The derivative blocks (of "u_prev", "g", "g_prev") that are constant.
+    constant_blocks: dict[str, dolfinx.fem.Form] | None = None
 
 
 class ParabolicProblem:
@@ -326,24 +328,24 @@ class ParabolicProblem:
         jacobian_constant = not (j_coeffs & state) and not ({self.t, self.t_prev} & j_consts)
         # F is affine in u^n iff its Jacobian does not depend on u^n.
         affine = u not in j_coeffs
-        # Fully affine: F = A u + B u_prev + C g + C' g_prev + f0 with constant
-        # A, B, C, C', f0.  Then residuals and adjoint actions are matrix-vector
-        # products with matrices assembled once.
+        # Blocks ∂F/∂u_prev, ∂F/∂g, ∂F/∂g_prev that depend on neither state nor
+        # time are assembled once as matrices: the adjoint actions become
+        # mat-vecs even when the Jacobian is not constant (Allen–Cahn).
         times = {self.t, self.t_prev}
+        constant_blocks = {}
+        for name, wrt in (("u_prev", up), ("g", g), ("g_prev", gp)):
+            if wrt not in coefficients(F):
+                continue
+            dF = ufl.algorithms.expand_derivatives(ufl.derivative(F, wrt, ufl.TrialFunction(wrt.function_space)))
+            if dF.empty() or (coefficients(dF) & state) or (constants(dF) & times):
+                continue
+            constant_blocks[name] = compile_(dF)
+        # Fully affine: F = A u + B u_prev + C g + C' g_prev + f0 with constant
+        # A, B, C, C', f0.  Then residuals are mat-vecs too.
+        all_present = {name for name, wrt in (("u_prev", up), ("g", g), ("g_prev", gp)) if wrt in coefficients(F)}
         linear = None
-        if jacobian_constant and not (constants(F) & times):
-            blocks = {}
-            for name, wrt in (("u_prev", up), ("g", g), ("g_prev", gp)):
-                if wrt not in coefficients(F):
-                    continue
-                dF = ufl.algorithms.expand_derivatives(ufl.derivative(F, wrt, ufl.TrialFunction(wrt.function_space)))
-                if dF.empty():
-                    continue
-                if (coefficients(dF) & state) or (constants(dF) & times):
-                    blocks = None
-                    break
-                blocks[name] = compile_(dF)
-            linear = blocks
+        if jacobian_constant and not (constants(F) & times) and set(constant_blocks) == all_present:
+            linear = constant_blocks
         return _Forms(
             residual=compile_(F),
             jacobian=compile_(J),
@@ -353,6 +355,7 @@ class ParabolicProblem:
             jacobian_constant=jacobian_constant,
             affine=affine,
             linear=linear,
+            constant_blocks=constant_blocks,
         )
 
     @property

@@ -147,19 +147,24 @@ class ThetaSolver:
         }
         self._times = problem.time.times
         self._need_g_prev = forms.adj_gprev is not None or problem.theta < 1.0
+        # Constant derivative blocks (∂F/∂u_prev, ∂F/∂g, ∂F/∂g_prev), assembled once.
+        self._blocks: dict[str, PETSc.Mat] = {}
+        if fast_affine:
+            for name, form in (forms.constant_blocks or {}).items():
+                M = dolfinx.fem.petsc.assemble_matrix(form)
+                M.assemble()
+                self._blocks[name] = M
         self._lin = None
         if forms.linear is not None and fast_affine:
             self._setup_linear()
 
     def _setup_linear(self) -> None:
-        """Assemble A0 (no BCs), ∂F/∂u_prev, ∂F/∂g, ∂F/∂g_prev and f0 = F(0) once."""
+        """Assemble A0 (no BCs) and f0 = F(0) once: F(u) = A0 u + Σ blocks · coefficients + f0."""
         p = self.problem
         forms = p.forms
-        mats = {}
-        for name, form in [("u", forms.jacobian), *forms.linear.items()]:
-            M = dolfinx.fem.petsc.assemble_matrix(form)
-            M.assemble()
-            mats[name] = M
+        A0 = dolfinx.fem.petsc.assemble_matrix(forms.jacobian)
+        A0.assemble()
+        mats = {"u": A0, **self._blocks}
         saved = [f.x.array.copy() for f in (p.u, p.u_prev, p.g, p.g_prev)]
         for f in (p.u, p.u_prev, p.g, p.g_prev):
             f.x.array[:] = 0.0
@@ -205,8 +210,10 @@ class ThetaSolver:
         objs = [self._A, self._b, self._du, self._ksp, self._rhs, self._c, self._r]
         if self._A_adj is not self._A:
             objs += [self._A_adj, self._ksp_adj]
+        objs += list(self._blocks.values())
+        self._blocks = {}
         if self._lin is not None:
-            objs += [*self._lin.values(), self._f0]
+            objs += [self._lin["u"], self._f0]
             self._lin = None
         for obj in objs:
             if obj is not None:
@@ -233,6 +240,14 @@ class ThetaSolver:
                 p.g_prev.x.scatter_forward()
             p.t.value = self._times[n]
             p.t_prev.value = self._times[n - 1]
+
+    @staticmethod
+    def _assemble_action(vec: PETSc.Vec, form) -> None:
+        """Assemble a linear form into ``vec`` (owned entries complete)."""
+        with vec.localForm() as loc:
+            loc.set(0.0)
+        dolfinx.fem.petsc.assemble_vector(vec, form)
+        vec.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
 
     def _assemble_A(self, A: PETSc.Mat) -> None:
         A.zeroEntries()
@@ -409,29 +424,20 @@ class ThetaSolver:
             p.lam.x.scatter_forward()
             if keep_adjoint:
                 self.adjoints.store(n, p.lam.x.array)
-            if self._lin is not None:
-                have_c = "u_prev" in self._lin and n > 1
-                if have_c:
-                    self._lin["u_prev"].multTranspose(lam_vec, c)
-                for name, level in (("g", n), ("g_prev", n - 1)):
-                    if name in self._lin:
-                        self._lin[name].multTranspose(lam_vec, r)
-                        R[level] += r.array_r[:ng]
-                continue
-            if forms.adj_prev is not None and n > 1:
-                with c.localForm() as loc:
-                    loc.set(0.0)
-                dolfinx.fem.petsc.assemble_vector(c, forms.adj_prev)
-                c.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
-                have_c = True
-            else:
-                have_c = False
-            for form, level in ((forms.adj_g, n), (forms.adj_gprev, n - 1)):
+            # Coupling to the previous step, (∂F^n/∂u^{n-1})^T λ^n, for step n-1.
+            have_c = n > 1 and forms.adj_prev is not None
+            if have_c:
+                if "u_prev" in self._blocks:
+                    self._blocks["u_prev"].multTranspose(lam_vec, c)
+                else:
+                    self._assemble_action(c, forms.adj_prev)
+            # Source sensitivities (∂F^n/∂g^n)^T λ^n and (∂F^n/∂g^{n-1})^T λ^n.
+            for name, form, level in (("g", forms.adj_g, n), ("g_prev", forms.adj_gprev, n - 1)):
                 if form is None:
                     continue
-                with r.localForm() as loc:
-                    loc.set(0.0)
-                dolfinx.fem.petsc.assemble_vector(r, form)
-                r.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
+                if name in self._blocks:
+                    self._blocks[name].multTranspose(lam_vec, r)
+                else:
+                    self._assemble_action(r, form)
                 R[level] += r.array_r[:ng]
         return R
