@@ -20,7 +20,8 @@ ENV PATH=/opt/femnpde-venv/bin:$PATH \
     OMPI_ALLOW_RUN_AS_ROOT=1 \
     OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
     OMPI_MCA_btl=self,sm \
-    PRTE_MCA_mapby=:oversubscribe
+    PRTE_MCA_mapby=:oversubscribe \
+    ADIOS2_ALWAYS_USE_MPI=1
 
 WORKDIR /opt/femnpde
 COPY . /opt/femnpde

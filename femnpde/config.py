@@ -77,15 +77,32 @@ Schema (``key``: type, allowed values, default):
 ``[data]``
     * ``kind``: ``"synthetic"`` | ``"file"``; default ``"synthetic"``.
       Synthetic data is the solution of the same discrete problem with the
-      target source.  ``"file"`` is validated (``path`` present, ``.npz``,
-      exists) but :func:`build_run` does not support it yet.
+      target source.  ``"file"`` reads ``path``.
     * ``target``: one of :data:`femnpde.scenarios.TARGETS`; default ``"difficult"``.
     * ``noise``: relative noise level, >= 0: the data becomes
       ``h + noise · max|h| · ξ`` with i.i.d. standard normal ``ξ`` for every
       time level and dof; default 0.0.
     * ``noise_seed``: int >= 0; default 0.
-    * ``path`` (kind ``"file"`` only, required): ``.npz`` holding ``"u"`` of
-      shape ``(n_steps + 1, n_global_dofs)``.
+    * ``path`` (kind ``"file"`` only, required): sensor values per time level
+      in ``.npz``/``.csv`` (see :func:`femnpde.observations.load_point_data`;
+      needs ``observation.kind = "sensors"``), or a space-time field as an
+      adios4dolfinx ``.bp`` checkpoint (see :mod:`femnpde.fielddata`; e.g. the
+      ``fields/u.bp`` a run writes; ``observation.kind`` field or subdomain).
+    * ``name`` (kind ``"file"``, ``.bp``): function name in the file; default ``"h"``.
+
+``[observation]``
+    * ``kind``: ``"field"`` (the whole domain) | ``"subdomain"`` (cells of
+      the cell tag ``subdomain``; needs a mesh file) | ``"sensors"`` (point
+      values at ``sensors = [[x, y], ...]``); default ``"field"``.
+    * ``levels`` (optional): the observed time levels (others weigh 0).
+
+``[[neumann]]`` (array of tables; default none)
+    * ``where``: facet tag; ``flux``: number (``γ ∂u/∂n = flux`` into the
+      domain, i.e. ``− flux v ds(where)`` is added to the residual).
+
+Dirichlet entries (``[[boundary]]``) also take ``time_function`` =
+``"constant"`` | ``"linear"`` (``value · t/T``) | ``"sin"``
+(``value · sin(2π frequency t/T)``) and ``frequency``.
 
 ``[loss]``
     * ``time_rule``: ``"rectangle"`` | ``"trapezoid"``; default ``"rectangle"``.
@@ -234,7 +251,7 @@ DEFAULTS: dict[str, Any] = {
 _EXTRA_KEYS: dict[str, tuple[str, ...]] = {
     "mesh": ("path", "gdim", "name", "facet_tags"),
     "pde": ("residual",),
-    "data": ("path",),
+    "data": ("path", "name"),
     "solver": ("petsc_options",),
     "observation": ("subdomain", "sensors", "levels"),
 }
@@ -708,9 +725,6 @@ def _validate_observation(user: Mapping[str, Any], mesh_kind: str, data_kind: st
             raise _error("observation.levels", levels, "has levels outside the time grid" if bad else "is empty",
                          f"a non-empty list of integers in 0..{n_steps}")
         out["levels"] = sorted(set(levels))
-    if data_kind == "file" and kind != "sensors":
-        raise _error("data.kind", "file", f"needs observation.kind = \"sensors\" (kind is {kind!r})",
-                     'observation.kind = "sensors" (files hold sensor values per time level)')
     return out
 
 
@@ -735,15 +749,19 @@ def _validate_data(user: Mapping[str, Any]) -> dict[str, Any]:
     if kind == "file":
         if "path" not in sec:
             raise ConfigError('data.path is missing; data.kind = "file" needs data.path = "<file>.npz"', "data.path")
-        path = _str("data.path", sec["path"], "a path to an .npz or .csv file")
-        if Path(path).suffix.lower() not in (".npz", ".csv"):
-            raise _error("data.path", path, f"has suffix {Path(path).suffix!r}", "a path ending in .npz or .csv")
-        if not os.path.isfile(path):
-            raise _error("data.path", path, "does not exist (file not found)", "an existing .npz or .csv file")
+        path = _str("data.path", sec["path"], "a path to an .npz, .csv (sensors) or .bp (fields) file")
+        allowed = ".npz or .csv (sensor values per time level) or .bp (an adios4dolfinx field checkpoint)"
+        if Path(path).suffix.lower() not in (".npz", ".csv", ".bp"):
+            raise _error("data.path", path, f"has suffix {Path(path).suffix!r}", f"a path ending in {allowed}")
+        if not os.path.exists(path):
+            raise _error("data.path", path, "does not exist (file not found)", f"an existing {allowed} file")
         out["path"] = path
-    elif "path" in sec:
-        raise _error("data.path", sec["path"], 'is only used with data.kind = "file"',
-                     'remove data.path or set data.kind = "file"')
+        out["name"] = _str("data.name", sec.get("name", "h"), "the function name in the .bp file")
+    else:
+        for k in ("path", "name"):
+            if k in sec:
+                raise _error(f"data.{k}", sec[k], 'is only used with data.kind = "file"',
+                             f'remove data.{k} or set data.kind = "file"')
     return out
 
 
@@ -879,6 +897,16 @@ def validate(cfg: Mapping[str, Any]) -> dict[str, Any]:
     resolved["observation"] = _validate_observation(
         user, mesh["kind"], resolved["data"]["kind"], time["n_steps"]
     )
+    data = resolved["data"]
+    if data["kind"] == "file":
+        field_file = Path(data["path"]).suffix.lower() == ".bp"
+        obs_kind = resolved["observation"]["kind"]
+        if field_file and obs_kind == "sensors":
+            raise _error("data.path", data["path"], 'is field data (.bp), but observation.kind = "sensors"',
+                         'sensor values in .npz/.csv, or observation.kind = "field" / "subdomain"')
+        if not field_file and obs_kind != "sensors":
+            raise _error("data.path", data["path"], f"holds sensor values, but observation.kind = {obs_kind!r}",
+                         'observation.kind = "sensors", or field data in an adios4dolfinx .bp checkpoint')
     return resolved
 
 
@@ -1294,7 +1322,9 @@ def build_run(
     ``np.random.default_rng(data.noise_seed)`` for the whole global array,
     level by level, in an order of the dofs that does not depend on the
     partition, so the data is the same on any number of ranks.
-    ``data.kind = "file"`` is not supported yet and raises :class:`ConfigError`.
+    ``data.kind = "file"`` reads sensor values (``.npz``/``.csv``, with
+    ``observation.kind = "sensors"``) or a space-time field (an adios4dolfinx
+    ``.bp`` checkpoint, function ``data.name``, see :mod:`femnpde.fielddata`).
 
     Args:
         cfg: A configuration (validated and resolved here; may be partial).
@@ -1393,6 +1423,13 @@ def build_run(
         except ValueError as err:
             raise ConfigError(f"observation.sensors: {err}", "observation.sensors") from err
     else:
+        if dcfg["kind"] == "file":
+            from femnpde.fielddata import read_field_data
+
+            try:
+                field_data = read_field_data(dcfg["path"], problem, dcfg["name"])
+            except (OSError, ValueError) as err:
+                raise ConfigError(f"data.path = {_fmt(dcfg['path'])}: {err}", "data.path", dcfg["path"]) from err
         data = field_data.copy()
         if dcfg["noise"] > 0:
             _add_noise(problem, data, dcfg["noise"], dcfg["noise_seed"])

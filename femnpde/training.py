@@ -28,6 +28,7 @@ import numpy as np
 from mpi4py import MPI
 
 from femnpde.config import build_run, dump_config, load_config
+from femnpde.fielddata import write_field_data
 from femnpde.optim import make_optimizer, make_schedule, minimize_lbfgs
 from femnpde.output import (
     History,
@@ -132,6 +133,8 @@ def _write_outputs(run, out: pathlib.Path, comm, fmt: str) -> list[pathlib.Path]
     times = problem.time.times
     written = []
     written += write_fields(out / "fields" / "fields", problem, {**fields_V, **fields_G}, times, fmt=fmt)
+    # The state as a readable checkpoint: the field data of another run (data.kind = "file").
+    written.append(write_field_data(out / "fields" / "u.bp", problem, rf.states.array, name="u"))
     plot_times = run.cfg["run"]["plot_times"]
     idx = sorted({int(np.argmin(np.abs(times - t))) for t in plot_times})
     if h_local is not None:
