@@ -1064,54 +1064,6 @@ class Run:
         self.misfit.destroy()
 
 
-def _read_msh(path: str, comm: MPI.Comm, gdim: int):
-    """Read a Gmsh file on rank 0 and distribute it, as ``dolfinx.io.gmsh.read_from_msh(path, comm, 0, gdim=gdim)``.
-
-    Unlike ``read_from_msh``, gmsh is kept quiet, and a file gmsh cannot read
-    (or without physical groups) raises the same :class:`ConfigError` on every
-    rank instead of leaving the other ranks waiting.
-    """
-    try:
-        import dolfinx.io.gmsh
-        import gmsh
-
-        have = True
-    except ImportError:
-        have = False
-    if not comm.allreduce(have, op=MPI.LAND):
-        raise ConfigError(
-            f"mesh.path = {_fmt(path)}: reading .msh files needs the gmsh Python module on every rank; "
-            "install gmsh or convert the mesh to .xdmf",
-            "mesh.path", path,
-        )
-    problem = None
-    if comm.rank == 0:
-        gmsh.initialize(readConfigFiles=False, interruptible=False)
-        gmsh.option.setNumber("General.Terminal", 0)
-        try:
-            gmsh.model.add("femnpde.config")
-            gmsh.merge(str(path))
-            groups = gmsh.model.getPhysicalGroups()
-            if not groups:
-                problem = "the file has no physical groups (DOLFINx reads only elements of physical groups)"
-            elif max(d for d, _ in groups) > gdim:
-                problem = (
-                    f"the mesh has dimension {max(d for d, _ in groups)} > mesh.gdim = {gdim}; "
-                    "set mesh.gdim = 3"
-                )
-        except Exception as err:  # noqa: BLE001 - gmsh raises plain Exception
-            problem = f"gmsh cannot read it: {err}"
-    problem = comm.bcast(problem, root=0)
-    try:
-        if problem is not None:
-            raise ConfigError(f"mesh.path = {_fmt(path)}: {problem}", "mesh.path", path)
-        data = dolfinx.io.gmsh.model_to_mesh(gmsh.model, comm, 0, gdim=gdim)
-    finally:
-        if comm.rank == 0 and gmsh.isInitialized():
-            gmsh.finalize()
-    return data.mesh, data.facet_tags, data.cell_tags
-
-
 def _build_mesh(mcfg: Mapping[str, Any], comm: MPI.Comm, need_tags: bool, need_cell_tags: bool = False):
     """The mesh, its facet tags and cell tags (None for built-in meshes or when not needed)."""
     import dolfinx.mesh
@@ -1134,7 +1086,13 @@ def _build_mesh(mcfg: Mapping[str, Any], comm: MPI.Comm, need_tags: bool, need_c
         raise _error("mesh.path", path, "does not exist (file not found)", "an existing .msh or .xdmf file")
     suffix = Path(path).suffix.lower()
     if suffix == ".msh":
-        return _read_msh(path, comm, mcfg["gdim"])
+        from femnpde.meshes import read_mesh
+
+        try:
+            data = read_mesh(path, comm, gdim=mcfg["gdim"])
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"mesh.path = {_fmt(path)}: {err}", "mesh.path", path) from err
+        return data.mesh, data.facet_tags, data.cell_tags
     import dolfinx.io
 
     try:

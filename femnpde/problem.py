@@ -17,6 +17,7 @@ discrete adjoint needs (``ufl.derivative`` / ``ufl.adjoint``).
 
 from __future__ import annotations
 
+import inspect
 import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -443,8 +444,6 @@ class ParabolicProblem:
             return
         if not callable(val):
             raise TypeError(f"Dirichlet value {val!r} is not valid; use a number, value(t) or value(t, x)")
-        import inspect
-
         try:
             n_args = len(inspect.signature(val).parameters)
         except (TypeError, ValueError):
