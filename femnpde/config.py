@@ -623,20 +623,30 @@ def _validate_initial_condition(user: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _validate_boundary(user: Mapping[str, Any], mesh_kind: str) -> list[dict[str, Any]]:
-    entries = user.get("boundary", DEFAULTS["boundary"])
-    if isinstance(entries, Mapping):  # a single [boundary] table instead of [[boundary]]
-        raise _error("boundary", entries, "is a table", "an array of tables [[boundary]] (or boundary = [])")
+def _array_of_tables(
+    user: Mapping[str, Any], name: str, keys: Sequence[str], default: list
+) -> list[tuple[str, Mapping[str, Any]]]:
+    """The entries ``(dotted key, table)`` of an array of tables ``[[name]]``, with their keys checked."""
+    entries = user.get(name, default)
+    if isinstance(entries, Mapping):  # a single [name] table instead of [[name]]
+        raise _error(name, entries, "is a table", f"an array of tables [[{name}]] (or {name} = [])")
     if not isinstance(entries, (list, tuple)):
-        raise _error("boundary", entries, f"is {_type_name(entries)}", "an array of tables [[boundary]]")
+        raise _error(name, entries, f"is {_type_name(entries)}", f"an array of tables [[{name}]]")
     out = []
     for i, entry in enumerate(entries):
-        key = f"boundary[{i}]"
+        key = f"{name}[{i}]"
         if not isinstance(entry, Mapping):
-            raise _error(key, entry, f"is {_type_name(entry)}", "a table with keys where, value")
+            raise _error(key, entry, f"is {_type_name(entry)}", f"a table with keys {', '.join(keys)}")
         for k in entry:
-            if k not in _BOUNDARY_KEYS:
-                raise _unknown(f"{key}.{k}", str(k), _BOUNDARY_KEYS, "boundary")
+            if k not in keys:
+                raise _unknown(f"{key}.{k}", str(k), keys, name)
+        out.append((key, entry))
+    return out
+
+
+def _validate_boundary(user: Mapping[str, Any], mesh_kind: str) -> list[dict[str, Any]]:
+    out = []
+    for key, entry in _array_of_tables(user, "boundary", _BOUNDARY_KEYS, DEFAULTS["boundary"]):
         where = entry.get("where", "boundary")
         allowed = '"boundary" (the whole boundary) or an integer facet tag'
         if isinstance(where, str):
@@ -663,17 +673,8 @@ def _validate_boundary(user: Mapping[str, Any], mesh_kind: str) -> list[dict[str
 
 
 def _validate_neumann(user: Mapping[str, Any], mesh_kind: str) -> list[dict[str, Any]]:
-    entries = user.get("neumann", [])
-    if not isinstance(entries, (list, tuple)):
-        raise _error("neumann", entries, f"is {_type_name(entries)}", "an array of tables [[neumann]]")
     out = []
-    for i, entry in enumerate(entries):
-        key = f"neumann[{i}]"
-        if not isinstance(entry, Mapping):
-            raise _error(key, entry, f"is {_type_name(entry)}", "a table with keys where, flux")
-        for k in entry:
-            if k not in _NEUMANN_KEYS:
-                raise _unknown(f"{key}.{k}", str(k), _NEUMANN_KEYS, "neumann")
+    for key, entry in _array_of_tables(user, "neumann", _NEUMANN_KEYS, []):
         if "where" not in entry:
             raise ConfigError(f"{key}.where is missing; give the facet tag of the Neumann boundary", f"{key}.where")
         where = _int(f"{key}.where", entry["where"], 0, "an integer facet tag")
