@@ -84,6 +84,8 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
         )
     dtheta = np.random.default_rng(args.seed + 1).standard_normal(theta0.size)
     result = taylor_test(rf, theta0, dtheta, h0=args.h0, n_steps=args.taylor_steps)
+    rf.solver.destroy()
+    rf.misfit.destroy()
     _print0(f"gradcheck: {label}, {comm.size} rank(s)")
     _print0(f"J(theta)        = {result.J:.15e}")
     _print0(f"|dJ/dtheta|     = {result.gradient_norm:.15e}")
