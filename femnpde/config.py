@@ -158,6 +158,7 @@ import numbers
 import os
 import re
 import tomllib
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -1300,6 +1301,14 @@ def build_run(
     """
     cfg = validate(cfg)
     mcfg, pcfg, tcfg, obs = cfg["mesh"], cfg["pde"], cfg["time"], cfg["observation"]
+    step = tcfg["theta"] * tcfg["T"] / tcfg["n_steps"]
+    if "residual" not in pcfg and pcfg["preset"] == "allen-cahn" and step >= pcfg["epsilon"] ** 2 and comm.rank == 0:
+        warnings.warn(
+            f"Allen-Cahn with theta*dt = {step:.4g} >= epsilon^2 = {pcfg['epsilon'] ** 2:.4g}: a time step may have "
+            "several solutions, Newton may not converge and the loss may be non-smooth in the parameters; "
+            f"use time.n_steps > {int(tcfg['theta'] * tcfg['T'] / pcfg['epsilon'] ** 2)}",
+            stacklevel=2,
+        )
     need_tags = any(not isinstance(b["where"], str) for b in cfg["boundary"]) or bool(cfg["neumann"])
     mesh, facet_tags, cell_tags = _build_mesh(mcfg, comm, need_tags, obs["kind"] == "subdomain")
     residual = _with_neumann(_build_residual(pcfg), cfg["neumann"], mesh, facet_tags, mesh.comm)

@@ -488,3 +488,15 @@ def test_mesh_file_msh_unreadable(comm, shared_tmp_path):
     cfg["mesh"] = {"kind": "file", "path": str(path)}
     with pytest.raises(ConfigError, match="mesh.path"):
         build_run(cfg, comm=comm)
+
+
+def test_allen_cahn_large_step_warns(comm):
+    cfg = _tiny()
+    cfg["pde"] = {"preset": "allen-cahn", "epsilon": 0.2}
+    cfg["time"] = {"n_steps": 2}
+    if comm.rank == 0:
+        with pytest.warns(UserWarning, match="epsilon"):
+            run = build_run(cfg, comm=comm, petsc_options_prefix="cfgtest_acwarn_")
+    else:
+        run = build_run(cfg, comm=comm, petsc_options_prefix="cfgtest_acwarn_")
+    run.destroy()
