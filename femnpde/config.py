@@ -167,6 +167,7 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
+from femnpde.meshes import tags_present
 from femnpde.misfit import L2Misfit, TimeWeights
 from femnpde.network import ACTIVATIONS, ShallowNetwork, reference_learning_rate
 from femnpde.problem import PRESETS, Dirichlet, ParabolicProblem, TimeGrid
@@ -1157,7 +1158,7 @@ def _build_residual(pcfg: Mapping[str, Any]):
 
 def _dirichlet(bcfg: Sequence[Mapping[str, Any]], tags, comm: MPI.Comm, T: float = 1.0) -> list[Dirichlet]:
     out = []
-    present: set[int] | None = None
+    present: list[int] | None = None
     for i, entry in enumerate(bcfg):
         where, name = entry["where"], f"boundary[{i}]"
         value = _time_function(entry, T)
@@ -1168,12 +1169,10 @@ def _dirichlet(bcfg: Sequence[Mapping[str, Any]], tags, comm: MPI.Comm, T: float
             raise _error(f"{name}.where", where, "is a facet tag, but facet tags need a mesh file with tags",
                          '"boundary", or a mesh file (mesh.kind = "file") with facet tags')
         if present is None:
-            present = set()
-            for arr in comm.allgather(np.unique(tags.values)):
-                present.update(int(t) for t in arr)
+            present = tags_present(tags, comm)
         if int(where) not in present:
             raise _error(f"{name}.where", where, "is not a facet tag of the mesh",
-                         f"one of the facet tags {sorted(present)} or \"boundary\"")
+                         f"one of the facet tags {present} or \"boundary\"")
         out.append(Dirichlet((tags, int(where)), value, name=name))
     return out
 
@@ -1190,20 +1189,13 @@ def _time_function(entry: Mapping[str, Any], T: float):
     return lambda t: value * np.sin(2 * np.pi * freq * t / T)
 
 
-def _present_tags(tags, comm: MPI.Comm) -> list[int]:
-    present: set[int] = set()
-    for arr in comm.allgather(np.unique(tags.values) if tags is not None else np.zeros(0, np.int32)):
-        present.update(int(t) for t in arr)
-    return sorted(present)
-
-
 def _with_neumann(residual, ncfg: Sequence[Mapping[str, Any]], mesh, facet_tags, comm: MPI.Comm):
     """Add ``− Σ flux v ds(tag)`` (a flux γ ∂u/∂n = flux into the domain) to a residual."""
     if not ncfg:
         return residual
     import ufl
 
-    present = _present_tags(facet_tags, comm)
+    present = tags_present(facet_tags, comm)
     for i, entry in enumerate(ncfg):
         if facet_tags is None or entry["where"] not in present:
             raise _error(f"neumann[{i}].where", entry["where"], "is not a facet tag of the mesh",
@@ -1403,7 +1395,7 @@ def build_run(
             _add_noise(problem, data, dcfg["noise"], dcfg["noise_seed"])
         subdomain = None
         if obs["kind"] == "subdomain":
-            present = _present_tags(cell_tags, mesh.comm)
+            present = tags_present(cell_tags, mesh.comm)
             if cell_tags is None or obs["subdomain"] not in present:
                 raise _error("observation.subdomain", obs["subdomain"], "is not a cell tag of the mesh",
                              f"one of the cell tags {present}")

@@ -21,6 +21,7 @@ import ufl
 from mpi4py import MPI
 from petsc4py import PETSc
 
+from femnpde.meshes import tags_present
 from femnpde.problem import ParabolicProblem
 
 __all__ = ["TimeWeights", "time_weights", "L2Misfit"]
@@ -109,11 +110,9 @@ class L2Misfit:
             dx = ufl.dx
         else:
             tags, tag = subdomain
-            present = set()
-            for arr in self.comm.allgather(np.unique(tags.values)):
-                present.update(int(x) for x in arr)
+            present = tags_present(tags, self.comm)
             if int(tag) not in present:
-                raise ValueError(f"L2Misfit: cell tag {tag} not found in the mesh; tags present: {sorted(present)}")
+                raise ValueError(f"L2Misfit: cell tag {tag} not found in the mesh; tags present: {present}")
             dx = ufl.Measure("dx", domain=problem.mesh, subdomain_data=tags)(int(tag))
         self._M = dolfinx.fem.petsc.assemble_matrix(dolfinx.fem.form(u * v * dx))
         self._M.assemble()

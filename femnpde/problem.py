@@ -33,6 +33,8 @@ import dolfinx.mesh
 import ufl
 from petsc4py import PETSc
 
+from femnpde.meshes import tags_present
+
 __all__ = [
     "TimeGrid",
     "Dirichlet",
@@ -406,15 +408,10 @@ class ParabolicProblem:
         elif isinstance(where, tuple) and len(where) == 2 and isinstance(where[0], dolfinx.mesh.MeshTags):
             tags, tag = where
             wanted = np.atleast_1d(np.asarray(tag, dtype=np.int32))
-            present = np.unique(tags.values)
-            present_all = set()
-            for arr in self.comm.allgather(present):
-                present_all.update(int(p) for p in arr)
-            missing = [int(t) for t in wanted if int(t) not in present_all]
+            present = tags_present(tags, self.comm)
+            missing = [int(t) for t in wanted if int(t) not in present]
             if missing:
-                raise ValueError(
-                    f"{label}: facet tag(s) {missing} not found in the mesh; tags present: {sorted(present_all)}"
-                )
+                raise ValueError(f"{label}: facet tag(s) {missing} not found in the mesh; tags present: {present}")
             facets = tags.indices[np.isin(tags.values, wanted)]
         elif callable(where):
             facets = dolfinx.mesh.locate_entities_boundary(mesh, fdim, where)
