@@ -27,12 +27,12 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from femnpde.misfit import L2Misfit
-from femnpde.network import ShallowNetwork
-from femnpde.optim import Adam
-from femnpde.reduced import FunctionSource, NetworkSource, ReducedFunctional
-from femnpde.scenarios import paper_problem, target_source
-from femnpde.solver import ThetaSolver
+from femnpde.obs.misfit import L2Misfit
+from femnpde.model.network import ShallowNetwork
+from femnpde.optim.optimizers import Adam
+from femnpde.model.reduced import FunctionSource, NetworkSource, ReducedFunctional
+from femnpde.app.scenarios import paper_problem, target_source
+from femnpde.fem.solver import ThetaSolver
 
 # Reference code (explicit FD, PyTorch), float64, heat, median epoch time [s],
 # 1 thread and 2 threads (../shared/notes/paper-scenario.md).

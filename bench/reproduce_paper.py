@@ -32,8 +32,8 @@ import time
 import numpy as np
 from mpi4py import MPI
 
-from femnpde.output import History
-from femnpde.training import train
+from femnpde.io.output import History
+from femnpde.app.training import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -2,6 +2,6 @@
 
 import sys
 
-from femnpde.cli import main
+from femnpde.app.cli import main
 
 sys.exit(main())

@@ -3,7 +3,7 @@
 Every mesh is built from its gmsh geometry (OpenCASCADE kernel), with
 physical groups for the boundary parts (facet tags) and subdomains (cell
 tags), written as ``NAME.msh`` (MSH 4.1, ASCII) and read back with
-:func:`femnpde.meshes.read_mesh` to write its XDMF twin ``NAME.xdmf`` +
+:func:`femnpde.io.meshes.read_mesh` to write its XDMF twin ``NAME.xdmf`` +
 ``NAME.h5`` (mesh ``"mesh"``, cell tags ``"cell_tags"``, facet tags
 ``"facet_tags"``), which loads without gmsh.  The tags are documented in
 ``meshes/README.md``.
@@ -314,7 +314,7 @@ def generate(name: str, out_dir: Path = HERE, xdmf: bool = True) -> Path:
     if xdmf:
         from mpi4py import MPI
 
-        from femnpde.meshes import read_mesh, write_mesh_xdmf
+        from femnpde.io.meshes import read_mesh, write_mesh_xdmf
 
         data = read_mesh(msh, MPI.COMM_SELF)
         write_mesh_xdmf(out_dir / f"{name}.xdmf", data)

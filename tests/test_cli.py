@@ -2,7 +2,7 @@
 
 import pytest
 
-from femnpde.cli import main
+from femnpde.app.cli import main
 
 
 def test_info_exit_code(capsys):

@@ -1,4 +1,4 @@
-"""Tests for femnpde.config: schema validation, overrides, TOML round trip, build_run."""
+"""Tests for femnpde.app.config: schema validation, overrides, TOML round trip, build_run."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from femnpde.config import DEFAULTS, ConfigError, Run, build_run, dump_config, load_config, validate
+from femnpde.app.config import DEFAULTS, ConfigError, Run, build_run, dump_config, load_config, validate
 
 DEMOS = pathlib.Path(__file__).resolve().parent.parent / "demos"
 DEMO_FILES = ["paper_heat.toml", "paper_allen_cahn.toml", "quickstart.toml"]
@@ -284,7 +284,7 @@ def test_dump_round_trip():
         validate(
             {
                 "boundary": [],
-                "pde": {"residual": "femnpde.problem:heat", "source": "quadrature"},
+                "pde": {"residual": "femnpde.fem.problem:heat", "source": "quadrature"},
                 "solver": {"petsc_options": {"ksp_type": "cg", "pc_type": "hypre", "ksp_rtol": 1e-12,
                                              "ksp_max_it": 100, "ksp_monitor": False, "odd key": 'a "q"\\\n'}},
                 "network": {"beta": 0.7123456789012345},
@@ -362,7 +362,7 @@ def test_build_run_options(comm):
 
 
 def test_custom_residual(comm):
-    cfg = _tiny(pde={"residual": "femnpde.problem:heat", "gamma": 0.02})
+    cfg = _tiny(pde={"residual": "femnpde.fem.problem:heat", "gamma": 0.02})
     run = build_run(cfg, comm=comm, petsc_options_prefix="cfgtest_res_")
     ref = build_run(_tiny(pde={"gamma": 0.02}), comm=comm, petsc_options_prefix="cfgtest_ref_")
     try:
@@ -371,7 +371,7 @@ def test_custom_residual(comm):
     finally:
         run.destroy()
         ref.destroy()
-    for spec, fragment in [("femnpde.no_such_module:f", "no_such_module"), ("femnpde.problem:nope", "nope")]:
+    for spec, fragment in [("femnpde.no_such_module:f", "no_such_module"), ("femnpde.fem.problem:nope", "nope")]:
         with pytest.raises(ConfigError) as info:
             build_run(_tiny(pde={"residual": spec}), comm=comm)
         assert "pde.residual" in str(info.value) and fragment in str(info.value)

@@ -7,13 +7,13 @@ import dolfinx.fem
 import dolfinx.mesh
 from mpi4py import MPI
 
-from femnpde.misfit import L2Misfit, TimeWeights
-from femnpde.network import ShallowNetwork
-from femnpde.problem import Dirichlet, ParabolicProblem, TimeGrid, heat
-from femnpde.reduced import FunctionSource, NetworkSource, ReducedFunctional
-from femnpde.scenarios import paper_problem, target_source
-from femnpde.solver import ThetaSolver
-from femnpde.verification import taylor_test
+from femnpde.obs.misfit import L2Misfit, TimeWeights
+from femnpde.model.network import ShallowNetwork
+from femnpde.fem.problem import Dirichlet, ParabolicProblem, TimeGrid, heat
+from femnpde.model.reduced import FunctionSource, NetworkSource, ReducedFunctional
+from femnpde.app.scenarios import paper_problem, target_source
+from femnpde.fem.solver import ThetaSolver
+from femnpde.model.verification import taylor_test
 
 
 def _reduced(problem, n_neurons=8, seed=3, weights=None, prefix="t_"):

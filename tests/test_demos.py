@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from femnpde.output import History
-from femnpde.training import train
+from femnpde.io.output import History
+from femnpde.app.training import train
 
 DEMO_DIR = pathlib.Path(__file__).resolve().parents[1] / "demos"
 

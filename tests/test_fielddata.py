@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from femnpde.cli import main
-from femnpde.config import build_run, load_config
-from femnpde.fielddata import read_field_data, write_field_data
-from femnpde.reduced import FunctionSource
-from femnpde.scenarios import paper_problem, target_source
-from femnpde.solver import ThetaSolver
+from femnpde.app.cli import main
+from femnpde.app.config import build_run, load_config
+from femnpde.io.fielddata import read_field_data, write_field_data
+from femnpde.model.reduced import FunctionSource
+from femnpde.app.scenarios import paper_problem, target_source
+from femnpde.fem.solver import ThetaSolver
 
 SMALL = "[mesh]\ncells = [5, 10]\n[time]\nn_steps = 4\n[network]\nneurons = 5\n[run]\niterations = 2\n"
 

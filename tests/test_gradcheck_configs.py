@@ -5,7 +5,7 @@ import pathlib
 import pytest
 from mpi4py import MPI
 
-from femnpde.cli import main
+from femnpde.app.cli import main
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

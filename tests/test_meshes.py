@@ -1,4 +1,4 @@
-"""The mesh collection in meshes/ and femnpde.meshes: loading, tags, sizes, errors, PDE solves, gradients."""
+"""The mesh collection in meshes/ and femnpde.io.meshes: loading, tags, sizes, errors, PDE solves, gradients."""
 
 import math
 import shutil
@@ -11,7 +11,7 @@ import ufl
 import dolfinx.fem
 from mpi4py import MPI
 
-from femnpde.meshes import (
+from femnpde.io.meshes import (
     MeshData,
     format_mesh_info,
     mesh_info,
@@ -19,12 +19,12 @@ from femnpde.meshes import (
     tags_present,
     write_mesh_xdmf,
 )
-from femnpde.misfit import L2Misfit
-from femnpde.network import ShallowNetwork
-from femnpde.problem import Dirichlet, ParabolicProblem, TimeGrid, heat
-from femnpde.reduced import FunctionSource, NetworkSource, ReducedFunctional
-from femnpde.solver import ThetaSolver
-from femnpde.verification import taylor_test
+from femnpde.obs.misfit import L2Misfit
+from femnpde.model.network import ShallowNetwork
+from femnpde.fem.problem import Dirichlet, ParabolicProblem, TimeGrid, heat
+from femnpde.model.reduced import FunctionSource, NetworkSource, ReducedFunctional
+from femnpde.fem.solver import ThetaSolver
+from femnpde.model.verification import taylor_test
 
 MESH_DIR = Path(__file__).resolve().parent.parent / "meshes"
 

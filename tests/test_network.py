@@ -1,4 +1,4 @@
-"""Tests for femnpde.network (pure numpy shallow network)."""
+"""Tests for femnpde.model.network (pure numpy shallow network)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from femnpde import network
-from femnpde.network import ACTIVATIONS, ShallowNetwork, reference_learning_rate
+from femnpde.model import network
+from femnpde.model.network import ACTIVATIONS, ShallowNetwork, reference_learning_rate
 
 DIMS = (1, 2, 3)
 

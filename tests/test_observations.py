@@ -6,19 +6,19 @@ import dolfinx.fem
 import dolfinx.geometry
 from mpi4py import MPI
 
-from femnpde.misfit import TimeWeights
-from femnpde.network import ShallowNetwork
-from femnpde.observations import (
+from femnpde.obs.misfit import TimeWeights
+from femnpde.model.network import ShallowNetwork
+from femnpde.obs.points import (
     PointMisfit,
     add_noise,
     load_point_data,
     save_point_data,
     synthetic_point_data,
 )
-from femnpde.reduced import FunctionSource, NetworkSource, ReducedFunctional
-from femnpde.scenarios import LX, LY, paper_problem, target_source
-from femnpde.solver import ThetaSolver
-from femnpde.verification import taylor_test
+from femnpde.model.reduced import FunctionSource, NetworkSource, ReducedFunctional
+from femnpde.app.scenarios import LX, LY, paper_problem, target_source
+from femnpde.fem.solver import ThetaSolver
+from femnpde.model.verification import taylor_test
 
 
 def _interior_points(n, seed=0, margin=0.02):

@@ -1,4 +1,4 @@
-"""Tests for femnpde.optim (numpy/scipy only, no MPI)."""
+"""Tests for femnpde.optim.optimizers (numpy/scipy only, no MPI)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy.optimize import rosen, rosen_der
 
-from femnpde.optim import (
+from femnpde.optim.optimizers import (
     Adam,
     CosineAnnealingLR,
     GradientDescent,

@@ -1,4 +1,4 @@
-"""Tests for femnpde.output (serial and under ``mpirun -n 2``)."""
+"""Tests for femnpde.io.output (serial and under ``mpirun -n 2``)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from femnpde import output
-from femnpde.output import (
+from femnpde.io import output
+from femnpde.io.output import (
     HISTORY_COLUMNS,
     History,
     Progress,
@@ -27,8 +27,8 @@ from femnpde.output import (
     save_checkpoint,
     write_fields,
 )
-from femnpde.scenarios import paper_problem
-from femnpde.solver import ThetaSolver
+from femnpde.app.scenarios import paper_problem
+from femnpde.fem.solver import ThetaSolver
 
 COMM = MPI.COMM_WORLD
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -2,8 +2,8 @@
 
 from mpi4py import MPI
 
-from femnpde.info import environment_info
-from femnpde.smoke import smoke_solve
+from femnpde.app.info import environment_info
+from femnpde.app.smoke import smoke_solve
 
 
 def test_info_reports_versions():

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from femnpde.cli import main
-from femnpde.output import History
-from femnpde.solver import SolverError
-from femnpde.training import forward, sweep, train
+from femnpde.app.cli import main
+from femnpde.io.output import History
+from femnpde.fem.solver import SolverError
+from femnpde.app.training import forward, sweep, train
 
 SMALL = """
 [mesh]
@@ -74,7 +74,7 @@ def test_resume_with_changed_config_is_refused(shared_tmp_path):
 
 
 def test_failure_keeps_last_good_checkpoint(shared_tmp_path, monkeypatch):
-    import femnpde.training as training
+    import femnpde.app.training as training
 
     cfg = _config(shared_tmp_path / "c.toml", iterations=10)
     real_build = training.build_run
@@ -96,7 +96,7 @@ def test_failure_keeps_last_good_checkpoint(shared_tmp_path, monkeypatch):
     monkeypatch.setattr(training, "build_run", failing_build)
     with pytest.raises(SolverError, match="last good checkpoint"):
         train(cfg, out=shared_tmp_path / "run", quiet=True, write_outputs=False)
-    from femnpde.output import load_checkpoint
+    from femnpde.io.output import load_checkpoint
 
     ck = load_checkpoint(shared_tmp_path / "run" / "checkpoint.npz", MPI.COMM_WORLD)
     assert ck["epoch"] == 4  # checkpoints every 2 epochs; epoch 5 failed

@@ -32,7 +32,7 @@ def _err0(msg: str) -> None:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from femnpde.info import environment_info, format_info
+    from femnpde.app.info import environment_info, format_info
 
     info = environment_info(_comm())
     _print0(format_info(info))
@@ -40,7 +40,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_smoke(args: argparse.Namespace) -> int:
-    from femnpde.smoke import smoke_solve
+    from femnpde.app.smoke import smoke_solve
 
     comm = _comm()
     norm = smoke_solve(comm, n=args.n, n_steps=args.steps)
@@ -52,22 +52,22 @@ def _cmd_smoke(args: argparse.Namespace) -> int:
 def _cmd_gradcheck(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from femnpde.verification import taylor_test
+    from femnpde.model.verification import taylor_test
 
     comm = _comm()
     if args.config is not None:
-        from femnpde.config import build_run, load_config
+        from femnpde.app.config import build_run, load_config
 
         cfg = load_config(args.config, args.set)
         run = build_run(cfg, comm)
         rf, theta0 = run.rf, run.network.params.copy()
         label = f"config {args.config}"
     else:
-        from femnpde.misfit import L2Misfit
-        from femnpde.network import ShallowNetwork
-        from femnpde.reduced import FunctionSource, NetworkSource, ReducedFunctional
-        from femnpde.scenarios import paper_problem, target_source
-        from femnpde.solver import ThetaSolver
+        from femnpde.obs.misfit import L2Misfit
+        from femnpde.model.network import ShallowNetwork
+        from femnpde.model.reduced import FunctionSource, NetworkSource, ReducedFunctional
+        from femnpde.app.scenarios import paper_problem, target_source
+        from femnpde.fem.solver import ThetaSolver
 
         problem = paper_problem(
             args.pde, comm=comm, degree=args.degree, theta=args.theta, n_steps=args.steps, nx=args.nx, ny=args.ny
@@ -100,7 +100,7 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
 
 
 def _cmd_mesh(args: argparse.Namespace) -> int:
-    from femnpde.meshes import format_mesh_info, mesh_info, read_mesh
+    from femnpde.io.meshes import format_mesh_info, mesh_info, read_mesh
 
     data = read_mesh(args.path, _comm())
     _print0(format_mesh_info(mesh_info(data, degree=args.degree)))
@@ -108,14 +108,14 @@ def _cmd_mesh(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from femnpde.training import train
+    from femnpde.app.training import train
 
     train(args.config, out=args.out, resume=args.resume, overrides=args.set, quiet=args.quiet)
     return 0
 
 
 def _cmd_forward(args: argparse.Namespace) -> int:
-    from femnpde.training import forward
+    from femnpde.app.training import forward
 
     forward(args.config, out=args.out, overrides=args.set, params=args.params)
     return 0
@@ -123,7 +123,7 @@ def _cmd_forward(args: argparse.Namespace) -> int:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     widths = _parse_widths(args.N)
-    from femnpde.training import sweep
+    from femnpde.app.training import sweep
 
     sweep(args.config, widths, out=args.out, overrides=args.set, quiet=args.quiet)
     return 0
@@ -224,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _single_threaded_blas_under_mpi()
     parser = build_parser()
     args = parser.parse_args(argv)
-    from femnpde.solver import SolverError
+    from femnpde.fem.solver import SolverError
 
     try:
         return int(args.func(args) or 0)

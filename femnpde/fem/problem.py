@@ -33,7 +33,7 @@ import dolfinx.mesh
 import ufl
 from petsc4py import PETSc
 
-from femnpde.meshes import tags_present
+from femnpde.io.meshes import tags_present
 
 __all__ = [
     "TimeGrid",
@@ -185,8 +185,8 @@ class ParabolicProblem:
     The object owns the function spaces, the coefficient Functions of one
     time step (``u``, ``u_prev``, ``g``, ``g_prev``, the adjoint ``lam``),
     the Dirichlet conditions and the compiled forms.  It is the *PDE problem*
-    piece; the time stepping lives in :class:`femnpde.solver.ThetaSolver`, the
-    loss in :mod:`femnpde.misfit` and the network coupling in
+    piece; the time stepping lives in :class:`femnpde.fem.solver.ThetaSolver`, the
+    loss in :mod:`femnpde.obs.misfit` and the network coupling in
     :mod:`femnpde.source`.
 
     Args:

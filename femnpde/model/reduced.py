@@ -2,7 +2,7 @@
 
 :class:`NetworkSource` couples a network to the source space of a problem:
 ``g^n_j = g_θ(t_n, x_j)`` at the owned source dofs.  :class:`ReducedFunctional`
-puts the PDE problem (:class:`~femnpde.solver.ThetaSolver`), the misfit and the
+puts the PDE problem (:class:`~femnpde.fem.solver.ThetaSolver`), the misfit and the
 network together, in the shape of pyadjoint's ``ReducedFunctional``:
 ``rf(theta)`` returns J and ``rf.derivative()`` its gradient, both of the
 *discretised* loss (discretise-then-optimise).
@@ -15,8 +15,8 @@ from collections.abc import Callable
 import numpy as np
 from mpi4py import MPI
 
-from femnpde.problem import ParabolicProblem
-from femnpde.solver import ThetaSolver
+from femnpde.fem.problem import ParabolicProblem
+from femnpde.fem.solver import ThetaSolver
 
 __all__ = ["NetworkSource", "FunctionSource", "ReducedFunctional"]
 
@@ -26,7 +26,7 @@ class NetworkSource:
 
     Args:
         problem: The problem whose source space is sampled.
-        network: A :class:`femnpde.network.ShallowNetwork` with input
+        network: A :class:`femnpde.model.network.ShallowNetwork` with input
             dimension equal to the mesh's geometric dimension.
     """
 
@@ -87,7 +87,7 @@ class ReducedFunctional:
     Args:
         solver: The time stepper of the PDE problem.
         source: The network coupling.
-        misfit: The loss (e.g. :class:`femnpde.misfit.L2Misfit`).
+        misfit: The loss (e.g. :class:`femnpde.obs.misfit.L2Misfit`).
         keep_adjoint: Keep the adjoint field of every level after each
             gradient (see :attr:`adjoint_states`), e.g. to write it out.
     """

@@ -27,10 +27,10 @@ from collections.abc import Sequence
 import numpy as np
 from mpi4py import MPI
 
-from femnpde.config import build_run, dump_config, load_config
-from femnpde.fielddata import write_field_data
-from femnpde.optim import make_optimizer, make_schedule, minimize_lbfgs
-from femnpde.output import (
+from femnpde.app.config import build_run, dump_config, load_config
+from femnpde.io.fielddata import write_field_data
+from femnpde.optim.optimizers import make_optimizer, make_schedule, minimize_lbfgs
+from femnpde.io.output import (
     History,
     Progress,
     RunDirectory,
@@ -42,7 +42,7 @@ from femnpde.output import (
     save_checkpoint,
     write_fields,
 )
-from femnpde.solver import SolverError
+from femnpde.fem.solver import SolverError
 
 __all__ = ["train", "forward", "sweep", "TrainResult"]
 

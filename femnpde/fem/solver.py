@@ -12,7 +12,7 @@ matrices, work vectors, the forward and adjoint KSPs) and runs
   from ``(∂F^{n+1}/∂u^n)^T λ^{n+1}``, and the source sensitivities
   ``(∂F^n/∂g^n)^T λ^n + (∂F^{n+1}/∂g^n)^T λ^{n+1}`` on the source space.
 
-Everything is derived from the UFL residual in :class:`~femnpde.problem.ParabolicProblem`.
+Everything is derived from the UFL residual in :class:`~femnpde.fem.problem.ParabolicProblem`.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import dolfinx.fem
 import dolfinx.fem.petsc
 from petsc4py import PETSc
 
-from femnpde.problem import ParabolicProblem
-from femnpde.storage import MemoryStorage, StateStorage
+from femnpde.fem.problem import ParabolicProblem
+from femnpde.fem.storage import MemoryStorage, StateStorage
 
 __all__ = ["ThetaSolver", "SolverError", "default_linear_solver_options"]
 

@@ -711,7 +711,7 @@ def make_optimizer(kind: str, lr: float, **options: Any) -> GradientDescent | Ad
     if key == "lbfgs":
         raise ValueError(
             "kind='lbfgs' is not a per-epoch optimizer: run L-BFGS with "
-            "femnpde.optim.minimize_lbfgs(fun_and_grad, x0, max_iterations, ...); "
+            "femnpde.optim.optimizers.minimize_lbfgs(fun_and_grad, x0, max_iterations, ...); "
             f"make_optimizer accepts kind in {sorted(_OPTIMIZERS)}"
         )
     if key not in _OPTIMIZERS:

@@ -20,7 +20,7 @@ import pathlib
 import numpy as np
 import dolfinx.fem
 
-from femnpde.problem import ParabolicProblem
+from femnpde.fem.problem import ParabolicProblem
 
 __all__ = ["write_field_data", "read_field_data"]
 

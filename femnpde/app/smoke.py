@@ -11,9 +11,9 @@ import dolfinx.mesh
 import ufl
 from mpi4py import MPI
 
-from femnpde.problem import Dirichlet, ParabolicProblem, TimeGrid, heat
-from femnpde.reduced import FunctionSource
-from femnpde.solver import ThetaSolver
+from femnpde.fem.problem import Dirichlet, ParabolicProblem, TimeGrid, heat
+from femnpde.model.reduced import FunctionSource
+from femnpde.fem.solver import ThetaSolver
 
 __all__ = ["smoke_solve"]
 

@@ -1,9 +1,9 @@
 """Sensor-point observations: ``J = ½ Σ_n w_n Δt Σ_k (u^n(x_k) − d^n_k)²``.
 
-:class:`PointMisfit` has the interface of :class:`femnpde.misfit.L2Misfit`
+:class:`PointMisfit` has the interface of :class:`femnpde.obs.misfit.L2Misfit`
 (``value``, ``add_gradient``, ``max_abs_data``, ``relative_rmse``,
 ``relative_max_error``, ``destroy``), so it plugs into
-:class:`femnpde.reduced.ReducedFunctional` unchanged.  Point evaluation is a
+:class:`femnpde.model.reduced.ReducedFunctional` unchanged.  Point evaluation is a
 linear map: the observation operator ``B`` (one row per sensor, one column
 per global dof of the solution space, ``B[k, j] = φ_j(x_k)``) is assembled
 once as a distributed PETSc AIJ matrix.  Each sensor row is owned by exactly
@@ -36,7 +36,7 @@ Data files (:func:`load_point_data`, :func:`save_point_data`):
   Blank lines and lines starting with ``#`` are ignored.
 
 In both formats a value ``nan`` marks a level without data; such levels must
-not be observed (see :class:`femnpde.misfit.TimeWeights`).
+not be observed (see :class:`femnpde.obs.misfit.TimeWeights`).
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ import dolfinx.geometry
 from mpi4py import MPI
 from petsc4py import PETSc
 
-from femnpde.misfit import TimeWeights, time_weights
-from femnpde.problem import ParabolicProblem
+from femnpde.obs.misfit import TimeWeights, time_weights
+from femnpde.fem.problem import ParabolicProblem
 
 __all__ = [
     "PointMisfit",

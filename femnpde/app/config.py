@@ -78,15 +78,15 @@ Schema (``key``: type, allowed values, default):
     * ``kind``: ``"synthetic"`` | ``"file"``; default ``"synthetic"``.
       Synthetic data is the solution of the same discrete problem with the
       target source.  ``"file"`` reads ``path``.
-    * ``target``: one of :data:`femnpde.scenarios.TARGETS`; default ``"difficult"``.
+    * ``target``: one of :data:`femnpde.app.scenarios.TARGETS`; default ``"difficult"``.
     * ``noise``: relative noise level, >= 0: the data becomes
       ``h + noise · max|h| · ξ`` with i.i.d. standard normal ``ξ`` for every
       time level and dof; default 0.0.
     * ``noise_seed``: int >= 0; default 0.
     * ``path`` (kind ``"file"`` only, required): sensor values per time level
-      in ``.npz``/``.csv`` (see :func:`femnpde.observations.load_point_data`;
+      in ``.npz``/``.csv`` (see :func:`femnpde.obs.points.load_point_data`;
       needs ``observation.kind = "sensors"``), or a space-time field as an
-      adios4dolfinx ``.bp`` checkpoint (see :mod:`femnpde.fielddata`; e.g. the
+      adios4dolfinx ``.bp`` checkpoint (see :mod:`femnpde.io.fielddata`; e.g. the
       ``fields/u.bp`` a run writes; ``observation.kind`` field or subdomain).
     * ``name`` (kind ``"file"``, ``.bp``): function name in the file; default ``"h"``.
 
@@ -112,7 +112,7 @@ Dirichlet entries (``[[boundary]]``) also take ``time_function`` =
     * ``kind``: ``"adam"`` | ``"gd"`` | ``"lbfgs"``; default ``"adam"``.
     * ``lr``: base learning rate, > 0; default 0.01.
     * ``scale_lr``: bool; if true the effective rate is
-      ``lr · N^(2β − 1)`` (:func:`femnpde.network.reference_learning_rate`);
+      ``lr · N^(2β − 1)`` (:func:`femnpde.model.network.reference_learning_rate`);
       default true.
     * ``betas``: two numbers in [0, 1) (Adam); default ``[0.9, 0.999]``.
     * ``eps``: > 0 (Adam); default 1e-8.
@@ -167,13 +167,13 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
-from femnpde.meshes import tags_present
-from femnpde.misfit import L2Misfit, TimeWeights
-from femnpde.network import ACTIVATIONS, ShallowNetwork, reference_learning_rate
-from femnpde.problem import PRESETS, Dirichlet, ParabolicProblem, TimeGrid
-from femnpde.reduced import FunctionSource, NetworkSource, ReducedFunctional
-from femnpde.scenarios import TARGETS, paper_initial_condition, target_source
-from femnpde.solver import ThetaSolver
+from femnpde.io.meshes import tags_present
+from femnpde.obs.misfit import L2Misfit, TimeWeights
+from femnpde.model.network import ACTIVATIONS, ShallowNetwork, reference_learning_rate
+from femnpde.fem.problem import PRESETS, Dirichlet, ParabolicProblem, TimeGrid
+from femnpde.model.reduced import FunctionSource, NetworkSource, ReducedFunctional
+from femnpde.app.scenarios import TARGETS, paper_initial_condition, target_source
+from femnpde.fem.solver import ThetaSolver
 
 __all__ = ["DEFAULTS", "ConfigError", "Run", "build_run", "dump_config", "load_config", "validate"]
 
@@ -1054,7 +1054,7 @@ class Run:
     solver: ThetaSolver
     network: ShallowNetwork
     source: NetworkSource
-    misfit: Any  # L2Misfit (field, subdomain) or femnpde.observations.PointMisfit (sensors)
+    misfit: Any  # L2Misfit (field, subdomain) or femnpde.obs.points.PointMisfit (sensors)
     rf: ReducedFunctional
     target: FunctionSource | None
     target_values: np.ndarray | None
@@ -1089,7 +1089,7 @@ def _build_mesh(mcfg: Mapping[str, Any], comm: MPI.Comm, need_tags: bool, need_c
         raise _error("mesh.path", path, "does not exist (file not found)", "an existing .msh or .xdmf file")
     suffix = Path(path).suffix.lower()
     if suffix == ".msh":
-        from femnpde.meshes import read_mesh
+        from femnpde.io.meshes import read_mesh
 
         try:
             data = read_mesh(path, comm, gdim=mcfg["gdim"])
@@ -1276,7 +1276,7 @@ def build_run(
     partition, so the data is the same on any number of ranks.
     ``data.kind = "file"`` reads sensor values (``.npz``/``.csv``, with
     ``observation.kind = "sensors"``) or a space-time field (an adios4dolfinx
-    ``.bp`` checkpoint, function ``data.name``, see :mod:`femnpde.fielddata`).
+    ``.bp`` checkpoint, function ``data.name``, see :mod:`femnpde.io.fielddata`).
 
     Args:
         cfg: A configuration (validated and resolved here; may be partial).
@@ -1355,7 +1355,7 @@ def build_run(
     else:
         field_data = None
     if obs["kind"] == "sensors":
-        from femnpde.observations import PointMisfit, add_noise, load_point_data, synthetic_point_data
+        from femnpde.obs.points import PointMisfit, add_noise, load_point_data, synthetic_point_data
 
         points = np.array(obs["sensors"]) if "sensors" in obs else None
         if dcfg["kind"] == "file":
@@ -1384,7 +1384,7 @@ def build_run(
             raise ConfigError(f"observation.sensors: {err}", "observation.sensors") from err
     else:
         if dcfg["kind"] == "file":
-            from femnpde.fielddata import read_field_data
+            from femnpde.io.fielddata import read_field_data
 
             try:
                 field_data = read_field_data(dcfg["path"], problem, dcfg["name"])

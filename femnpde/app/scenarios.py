@@ -13,7 +13,7 @@ import numpy as np
 import dolfinx.mesh
 from mpi4py import MPI
 
-from femnpde.problem import Dirichlet, ParabolicProblem, TimeGrid, allen_cahn, heat
+from femnpde.fem.problem import Dirichlet, ParabolicProblem, TimeGrid, allen_cahn, heat
 
 __all__ = ["LX", "LY", "TARGETS", "target_source", "moving_gaussian", "paper_mesh", "paper_initial_condition", "paper_problem"]
 

@@ -52,7 +52,7 @@ def taylor_test(
     """Second-order Taylor remainder test of a gradient.
 
     Args:
-        J: The functional (e.g. a :class:`femnpde.reduced.ReducedFunctional`,
+        J: The functional (e.g. a :class:`femnpde.model.reduced.ReducedFunctional`,
             whose ``derivative()`` is used when ``gradient`` is not given).
         theta: Where to test.
         dtheta: The perturbation direction (the same on all ranks).

@@ -888,7 +888,7 @@ def write_fields(
 
     Args:
         path: Output location without extension.
-        problem: The :class:`~femnpde.problem.ParabolicProblem`.
+        problem: The :class:`~femnpde.fem.problem.ParabolicProblem`.
         fields: Field name (letters, digits, ``_ . -``) -> values.
         times: The times of the levels, shape ``(n_levels,)``.
         fmt: ``"vtx"`` or ``"xdmf"``.

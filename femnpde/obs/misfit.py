@@ -21,8 +21,8 @@ import ufl
 from mpi4py import MPI
 from petsc4py import PETSc
 
-from femnpde.meshes import tags_present
-from femnpde.problem import ParabolicProblem
+from femnpde.io.meshes import tags_present
+from femnpde.fem.problem import ParabolicProblem
 
 __all__ = ["TimeWeights", "time_weights", "L2Misfit"]
 

@@ -1,8 +1,8 @@
 """Reading, writing and describing tagged meshes (gmsh ``.msh`` and XDMF).
 
 A mesh file holds the mesh and, optionally, cell tags (subdomains, e.g. an
-observation region for :class:`femnpde.misfit.L2Misfit` ``subdomain=(cell_tags,
-tag)``) and facet tags (boundary parts, e.g. for :class:`femnpde.problem.Dirichlet`
+observation region for :class:`femnpde.obs.misfit.L2Misfit` ``subdomain=(cell_tags,
+tag)``) and facet tags (boundary parts, e.g. for :class:`femnpde.fem.problem.Dirichlet`
 ``where=(facet_tags, tag)``).  Two formats are read:
 
 * ``.msh`` (gmsh): physical groups of the highest dimension become cell tags,
@@ -143,7 +143,7 @@ def _resolve(path: Path) -> Path:
     if path.is_file():
         raise ValueError(
             f"read_mesh: {path} has the unknown suffix {path.suffix!r}; mesh files must end in {suffixes} "
-            "(gmsh .msh, or XDMF as written by femnpde.meshes.write_mesh_xdmf)"
+            "(gmsh .msh, or XDMF as written by femnpde.io.meshes.write_mesh_xdmf)"
         )
     candidates = [path.with_name(path.name + s) for s in MESH_SUFFIXES]
     for cand in candidates:
@@ -182,7 +182,7 @@ def _read_msh(path: Path, comm: MPI.Comm, gdim: int | None, ghost_mode: dolfinx.
     available = comm.allreduce(_gmsh_available(), op=MPI.LAND)
     if not available:
         twin = path.with_suffix(".xdmf")
-        hint = f"read its XDMF twin {twin}" if twin.is_file() else "convert it to XDMF (femnpde.meshes.write_mesh_xdmf)"
+        hint = f"read its XDMF twin {twin}" if twin.is_file() else "convert it to XDMF (femnpde.io.meshes.write_mesh_xdmf)"
         raise ValueError(
             f"read_mesh: reading {path} needs the gmsh Python module, which is not installed; "
             f"{hint}, or install gmsh (pip install gmsh, or the python3-gmsh package)"
@@ -259,7 +259,7 @@ def _xdmf_grids(path: Path) -> set[str]:
     if XDMF_NAMES["mesh"] not in names:
         raise ValueError(
             f"read_mesh: {path} has no grid named {XDMF_NAMES['mesh']!r} (grids: {sorted(names)}); "
-            "write it with femnpde.meshes.write_mesh_xdmf"
+            "write it with femnpde.io.meshes.write_mesh_xdmf"
         )
     for item in root.iter("DataItem"):
         if item.get("Format") == "HDF" and item.text:

@@ -1,0 +1,1 @@
+"""femnpde.obs."""
