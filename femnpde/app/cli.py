@@ -74,7 +74,7 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
         )
         solver = ThetaSolver(problem, "femnpde_gradcheck_")
         gstar = FunctionSource(problem, target_source(args.target, problem.time.T)).values()
-        data = solver.forward(gstar).array[:, : problem.n_owned].copy()
+        data = solver.forward(gstar).to_array()[:, : problem.n_owned].copy()
         net = ShallowNetwork(args.N, problem.mesh.geometry.dim, seed=args.seed)
         rf = ReducedFunctional(solver, NetworkSource(problem, net), L2Misfit(problem, data))
         theta0 = net.params.copy()

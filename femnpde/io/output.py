@@ -869,7 +869,7 @@ def write_fields(
     """Write time series of fields for ParaView (collective).
 
     Each field is an array of shape ``(n_levels, n_local)`` of local values
-    (owned + ghost) on ``problem.V`` (e.g. ``solver.states.array``), or
+    (owned + ghost) on ``problem.V`` (e.g. ``solver.states.to_array()``), or
     ``(n_levels, n_owned_source)`` of owned values on ``problem.G`` (e.g.
     the network source).  The space is recognised from the shape (``V`` wins
     when both fit, which happens in serial when ``G`` has as many dofs as
