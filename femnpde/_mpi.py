@@ -19,16 +19,18 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-__all__ = ["bounding_box", "collective_check", "on_root", "rank0_print", "tags_present"]
+__all__ = ["bounding_box", "collective_check", "comm_rank", "comm_size", "on_root", "rank0_print", "tags_present"]
 
 _T = TypeVar("_T")
 
 
-def _rank(comm: Any) -> int:
+def comm_rank(comm: Any) -> int:
+    """The rank of ``comm`` (0 for ``None``)."""
     return 0 if comm is None else comm.rank
 
 
-def _size(comm: Any) -> int:
+def comm_size(comm: Any) -> int:
+    """The size of ``comm`` (1 for ``None``)."""
     return 1 if comm is None else comm.size
 
 
@@ -62,13 +64,13 @@ def on_root(comm: Any, fn: Callable[[], _T], what: str = "", broadcast: bool = T
     result: Any = None
     error: BaseException | None = None
     original: BaseException | None = None
-    if _rank(comm) == 0:
+    if comm_rank(comm) == 0:
         try:
             result = fn()
         except Exception as err:  # noqa: BLE001 - re-raised below, on every rank
             original = err
             error = _portable(err, what)
-    if _size(comm) > 1:
+    if comm_size(comm) > 1:
         error = comm.bcast(error, root=0)
         if broadcast and error is None:
             result = comm.bcast(result, root=0)
@@ -81,11 +83,11 @@ def on_root(comm: Any, fn: Callable[[], _T], what: str = "", broadcast: bool = T
 
 def collective_check(comm: Any, error: str | None) -> None:
     """Raise ``ValueError`` on every rank if any rank reports an error message (collective)."""
-    errors = [error] if _size(comm) == 1 else comm.allgather(error)
+    errors = [error] if comm_size(comm) == 1 else comm.allgather(error)
     bad = [(r, e) for r, e in enumerate(errors) if e is not None]
     if bad:
         r, e = bad[0]
-        raise ValueError(e if _size(comm) == 1 else f"{e} (rank {r})")
+        raise ValueError(e if comm_size(comm) == 1 else f"{e} (rank {r})")
 
 
 def rank0_print(comm: Any, *args: Any, **kwargs: Any) -> None:
@@ -96,7 +98,7 @@ def rank0_print(comm: Any, *args: Any, **kwargs: Any) -> None:
         *args: Passed to :func:`print`.
         **kwargs: Passed to :func:`print` (``flush`` defaults to True).
     """
-    if _rank(comm) == 0:
+    if comm_rank(comm) == 0:
         kwargs.setdefault("flush", True)
         print(*args, **kwargs)
 
@@ -113,7 +115,7 @@ def tags_present(tags: Any, comm: Any) -> list[int]:
     """
     local = np.unique(tags.values).tolist() if tags is not None else []
     present: set[int] = set()
-    for values in [local] if _size(comm) == 1 else comm.allgather(local):
+    for values in [local] if comm_size(comm) == 1 else comm.allgather(local):
         present.update(int(v) for v in values)
     return sorted(present)
 
@@ -123,7 +125,7 @@ def bounding_box(comm: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(x, dtype=np.float64)
     lo = np.min(x, axis=0, initial=np.inf)
     hi = np.max(x, axis=0, initial=-np.inf)
-    if _size(comm) == 1:
+    if comm_size(comm) == 1:
         return lo, hi
     from mpi4py import MPI
 
