@@ -209,3 +209,11 @@ def test_quadrature_projector_needs_a_prefix_and_is_a_context_manager():
     with QuadratureProjector(problem, "test_cm_projection_") as proj:
         assert proj.ksp.getOptionsPrefix() == "test_cm_projection_"
     assert proj.ksp.handle == 0
+
+
+def test_public_api_resolves():
+    import femnpde
+
+    for name in femnpde.__all__:
+        assert getattr(femnpde, name) is not None, name
+    assert {"Misfit", "StateStorage", "Adam", "load_config", "build_run", "TrainingLoop"} <= set(femnpde.__all__)

@@ -50,6 +50,14 @@ __all__ = ["validate"]
 _RESIDUAL_SPEC = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
+def _reject_keys(sec: Mapping[str, Any], section: str, keys: Sequence[str], problem: str, fix: str) -> None:
+    """Raise for the first of ``keys`` given in ``sec`` (keys of another kind); ``fix`` may name ``{key}``."""
+    for k in keys:
+        if k in sec:
+            key = f"{section}.{k}"
+            raise _error(key, sec[k], problem, fix.format(key=key))
+
+
 def _validate_mesh(user: Mapping[str, Any]) -> dict[str, Any]:
     sec = _section(user, "mesh")
     out: dict[str, Any] = {}
@@ -72,10 +80,9 @@ def _validate_mesh(user: Mapping[str, Any]) -> dict[str, Any]:
         )
         cell_type = _choice("mesh.cell_type", sec.get("cell_type", defaults["cell_type"]), CELL_TYPES[kind])
         out.update(lower=lower, upper=upper, cells=cells, cell_type=cell_type)
-        for k in ("path", "gdim", "name", "facet_tags"):
-            if k in sec:
-                raise _error(f"mesh.{k}", sec[k], f"is only used with mesh.kind = \"file\" (kind is {format_value(kind)})",
-                             f"remove mesh.{k} or set mesh.kind = \"file\"")
+        _reject_keys(sec, "mesh", ("path", "gdim", "name", "facet_tags"),
+                     f"is only used with mesh.kind = \"file\" (kind is {format_value(kind)})",
+                     'remove {key} or set mesh.kind = "file"')
     else:
         if "path" not in sec:
             raise ConfigError(
@@ -94,10 +101,8 @@ def _validate_mesh(user: Mapping[str, Any]) -> dict[str, Any]:
             raise _error("mesh.gdim", out["gdim"], "is out of range", "2 or 3")
         out["name"] = _str("mesh.name", _get(sec, "mesh.name"))
         out["facet_tags"] = _str("mesh.facet_tags", _get(sec, "mesh.facet_tags"))
-        for k in ("lower", "upper", "cells", "cell_type"):
-            if k in sec:
-                raise _error(f"mesh.{k}", sec[k], 'is not used with mesh.kind = "file"',
-                             f'remove mesh.{k} or use mesh.kind = "rectangle" or "box"')
+        _reject_keys(sec, "mesh", ("lower", "upper", "cells", "cell_type"), 'is not used with mesh.kind = "file"',
+                     'remove {key} or use mesh.kind = "rectangle" or "box"')
     return out
 
 
@@ -278,10 +283,8 @@ def _validate_data(user: Mapping[str, Any]) -> dict[str, Any]:
         out["path"] = path
         out["name"] = _str("data.name", _get(sec, "data.name"), "the function name in the .bp file")
     else:
-        for k in ("path", "name"):
-            if k in sec:
-                raise _error(f"data.{k}", sec[k], 'is only used with data.kind = "file"',
-                             f'remove data.{k} or set data.kind = "file"')
+        _reject_keys(sec, "data", ("path", "name"), 'is only used with data.kind = "file"',
+                     'remove {key} or set data.kind = "file"')
     return out
 
 

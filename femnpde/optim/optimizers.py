@@ -1,25 +1,11 @@
-"""Former home of the optimizers; kept as an alias of :mod:`femnpde.optim` (import from there)."""
+"""Former home of the optimizers: an alias of :mod:`femnpde.optim` (import from there)."""
 
-from femnpde.optim import (
-    Adam,
-    CosineAnnealingLR,
-    GradientDescent,
-    LBFGSResult,
-    ReduceLROnPlateau,
-    StepLR,
-    make_optimizer,
-    make_schedule,
-    minimize_lbfgs,
-)
+from typing import Any
 
-__all__ = [
-    "Adam",
-    "CosineAnnealingLR",
-    "GradientDescent",
-    "LBFGSResult",
-    "ReduceLROnPlateau",
-    "StepLR",
-    "make_optimizer",
-    "make_schedule",
-    "minimize_lbfgs",
-]
+import femnpde.optim as _optim
+
+__all__ = list(_optim.__all__)
+
+
+def __getattr__(name: str) -> Any:
+    return getattr(_optim, name)

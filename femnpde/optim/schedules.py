@@ -65,6 +65,32 @@ class _Schedule:
             setattr(self, name, value)
 
 
+class _ClosedFormSchedule(_Schedule):
+    """A schedule whose rate is a closed form ``_lr(epoch)`` of the epochs done and ``base_lr``.
+
+    ``base_lr`` is the optimizer's ``lr`` at construction.
+    """
+
+    def __init__(self, optimizer: _HasLR) -> None:
+        _check_optimizer(optimizer)
+        self.optimizer = optimizer
+        self.base_lr = float(optimizer.lr)
+        self.last_epoch = 0
+
+    def _lr(self, epoch: int) -> float:
+        raise NotImplementedError
+
+    def step(self, metric: float | None = None) -> None:
+        """Advance one epoch and set the optimizer's ``lr``.
+
+        Args:
+            metric: Ignored; accepted so that all schedules can be stepped
+                uniformly as ``schedule.step(loss)``.
+        """
+        self.last_epoch += 1
+        self.optimizer.lr = self._lr(self.last_epoch)
+
+
 class ReduceLROnPlateau(_Schedule):
     """Reduce the learning rate when a minimised metric stops improving.
 
@@ -167,7 +193,7 @@ class ReduceLROnPlateau(_Schedule):
             self.cooldown_counter = self.cooldown
             self.num_bad_epochs = 0
 
-class StepLR(_Schedule):
+class StepLR(_ClosedFormSchedule):
     """Multiply the learning rate by ``gamma`` every ``step_size`` epochs.
 
     Uses the closed form ``lr = base_lr·gamma**(k // step_size)`` where
@@ -189,24 +215,15 @@ class StepLR(_Schedule):
     _state = (("step_size", _state_period), ("gamma", _state_float), ("base_lr", _state_float), ("last_epoch", _state_int))
 
     def __init__(self, optimizer: _HasLR, step_size: int, gamma: float = 0.1) -> None:
-        _check_optimizer(optimizer)
-        self.optimizer = optimizer
+        super().__init__(optimizer)
         self.step_size = _integer("step_size", step_size, 1)
         self.gamma = _positive("gamma", gamma)
-        self.base_lr = float(optimizer.lr)
-        self.last_epoch = 0
 
-    def step(self, metric: float | None = None) -> None:
-        """Advance one epoch and set the optimizer's ``lr``.
+    def _lr(self, epoch: int) -> float:
+        return self.base_lr * self.gamma ** (epoch // self.step_size)
 
-        Args:
-            metric: Ignored; accepted so that all schedules can be stepped
-                uniformly as ``schedule.step(loss)``.
-        """
-        self.last_epoch += 1
-        self.optimizer.lr = self.base_lr * self.gamma ** (self.last_epoch // self.step_size)
 
-class CosineAnnealingLR(_Schedule):
+class CosineAnnealingLR(_ClosedFormSchedule):
     """Cosine annealing from the initial learning rate to ``eta_min``.
 
     Closed form ``lr = eta_min + (base_lr − eta_min)·(1 + cos(π·k/T_max))/2``
@@ -227,26 +244,14 @@ class CosineAnnealingLR(_Schedule):
     _state = (("T_max", _state_period), ("eta_min", _state_float), ("base_lr", _state_float), ("last_epoch", _state_int))
 
     def __init__(self, optimizer: _HasLR, T_max: int, eta_min: float = 0.0) -> None:  # noqa: N803
-        _check_optimizer(optimizer)
-        self.optimizer = optimizer
+        super().__init__(optimizer)
         self.T_max = _integer("T_max", T_max, 1)
         self.eta_min = _non_negative("eta_min", eta_min)
-        self.base_lr = float(optimizer.lr)
-        self.last_epoch = 0
 
-    def step(self, metric: float | None = None) -> None:
-        """Advance one epoch and set the optimizer's ``lr``.
+    def _lr(self, epoch: int) -> float:
+        k = min(epoch, self.T_max)
+        return self.eta_min + (self.base_lr - self.eta_min) * (1.0 + math.cos(math.pi * k / self.T_max)) / 2.0
 
-        Args:
-            metric: Ignored; accepted so that all schedules can be stepped
-                uniformly as ``schedule.step(loss)``.
-        """
-        self.last_epoch += 1
-        k = min(self.last_epoch, self.T_max)
-        self.optimizer.lr = (
-            self.eta_min
-            + (self.base_lr - self.eta_min) * (1.0 + math.cos(math.pi * k / self.T_max)) / 2.0
-        )
 
 #: Schedule kind -> class (``"none"``: no schedule).
 SCHEDULES: dict[str, type] = {"plateau": ReduceLROnPlateau, "step": StepLR, "cosine": CosineAnnealingLR}
