@@ -48,6 +48,7 @@ _API = {
     "L2Misfit": "femnpde.obs.misfit",
     "PointMisfit": "femnpde.obs.points",
     "add_noise": "femnpde.obs.noise",
+    "add_field_noise": "femnpde.obs.noise",
     "ShallowNetwork": "femnpde.model.network",
     "reference_learning_rate": "femnpde.model.network",
     "NetworkSource": "femnpde.model.reduced",

@@ -24,13 +24,14 @@ from femnpde._mpi import tags_present
 from femnpde.app.checks import _error
 from femnpde.app.scenarios import paper_initial_condition
 from femnpde.app.schema import ConfigError, format_value
-from femnpde.app.synthetic import add_field_noise, synthetic_field, target_for
+from femnpde.app.synthetic import synthetic_field, target_for
 from femnpde.app.validation import validate
 from femnpde.fem.problem import PRESETS, Dirichlet, ParabolicProblem, TimeGrid
 from femnpde.fem.solver import ThetaSolver
 from femnpde.model.network import ShallowNetwork, reference_learning_rate
 from femnpde.model.reduced import FunctionSource, NetworkSource, ReducedFunctional
 from femnpde.obs.misfit import L2Misfit, Misfit, TimeWeights
+from femnpde.obs.noise import add_field_noise
 
 __all__ = ["Run", "build_run"]
 
