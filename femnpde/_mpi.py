@@ -4,6 +4,8 @@
   result, raise its exception on every rank;
 * :func:`collective_check` -- raise on every rank if any rank found an error;
 * :func:`rank0_print` -- print on rank 0 only;
+* :class:`ErrorGuard` -- an error on some ranks only ends every rank, its
+  message printed once;
 * :func:`tags_present` -- the global list of mesh tag values;
 * :func:`bounding_box` -- the global bounding box of distributed points.
 
@@ -14,12 +16,14 @@ A communicator ``None`` means serial.  Every function is collective over
 from __future__ import annotations
 
 import pickle
+import sys
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import numpy as np
 
-__all__ = ["bounding_box", "collective_check", "comm_rank", "comm_size", "on_root", "rank0_print", "tags_present"]
+__all__ = ["ErrorGuard", "bounding_box", "collective_check", "comm_rank", "comm_size", "on_root", "rank0_print", "tags_present"]
 
 _T = TypeVar("_T")
 
@@ -134,3 +138,63 @@ def bounding_box(comm: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     comm.Allreduce(np.ascontiguousarray(lo), glo, op=MPI.MIN)
     comm.Allreduce(np.ascontiguousarray(hi), ghi, op=MPI.MAX)
     return glo, ghi
+
+
+class ErrorGuard:
+    """Ends every rank when an error reaches the top level, with its message printed once.
+
+    An error raised on every rank (a configuration error, an exception
+    broadcast by :func:`on_root`, a failed collective solve) is reported by
+    rank 0 and every rank returns the exit code.  An error raised on some
+    ranks only (user code failing on one rank, a file readable on one node
+    only) would leave the other ranks waiting in their next collective call
+    forever: the failing ranks wait ``grace`` seconds for the others to
+    report too, then print their message and call ``Abort`` on the
+    communicator, which ends every rank with the exit code.
+
+    The agreement uses a private duplicate of the communicator (a
+    non-blocking barrier), so it never matches a collective call of the
+    computation.
+
+    Args:
+        comm: The communicator of the command (collective: every rank
+            constructs the guard).
+        grace: Seconds the failing ranks wait for the others.
+    """
+
+    def __init__(self, comm: Any, grace: float = 2.0) -> None:
+        self._world = comm
+        self._comm = comm.Dup() if comm_size(comm) > 1 else None
+        self.grace = grace
+
+    def fail(self, message: str, code: int) -> int:
+        """Report an error of this rank; returns ``code`` if every rank failed, else aborts every rank.
+
+        Args:
+            message: The complete message (printed to stderr as is).
+            code: The exit code.
+
+        Returns:
+            ``code`` (when every rank reached :meth:`fail`; rank 0 printed the message).
+        """
+        if self._comm is None:
+            print(message, file=sys.stderr, flush=True)
+            return code
+        request = self._comm.Ibarrier()
+        deadline = time.monotonic() + self.grace
+        while not request.Test():
+            if time.monotonic() > deadline:  # some ranks are elsewhere: end them all
+                print(f"{message} (on rank {self._world.rank} of {self._world.size}; ending every rank)",
+                      file=sys.stderr, flush=True)
+                self._world.Abort(code)
+            time.sleep(0.005)
+        if self._world.rank == 0:
+            print(message, file=sys.stderr, flush=True)
+        self.close()
+        return code
+
+    def close(self) -> None:
+        """Free the private communicator (collective; after a successful command)."""
+        if self._comm is not None:
+            self._comm.Free()
+            self._comm = None

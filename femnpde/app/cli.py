@@ -45,11 +45,6 @@ def _print0(*args, **kwargs) -> None:
         print(*args, **kwargs, flush=True)
 
 
-def _err0(msg: str) -> None:
-    if _rank() == 0:
-        print(f"femnpde: error: {msg}", file=sys.stderr, flush=True)
-
-
 def _check_config(path: str, overrides: Sequence[str]) -> int:
     """Validate a configuration (no DOLFINx, PETSc or mpi4py) and print a summary."""
     from femnpde.app.loading import load_config
@@ -282,23 +277,58 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_code(err: BaseException) -> tuple[int, str]:
+    """The exit code and message of an exception that reached the command line.
+
+    2: bad input (ValueError, TypeError, FileNotFoundError: the message names
+    the key, file or option); 3: a solver failure; 130: interrupted; 1: a bug
+    (the message is the traceback).
+    """
+    solver = sys.modules.get("femnpde.fem.solver")  # only a command that loaded it can fail in a solve
+    if solver is not None and isinstance(err, solver.SolverError):
+        return 3, f"femnpde: error: {err}"
+    if isinstance(err, (ValueError, TypeError, FileNotFoundError)):
+        return 2, f"femnpde: error: {err}"
+    if isinstance(err, KeyboardInterrupt):
+        return 130, "femnpde: error: interrupted"
+    if isinstance(err, SystemExit):
+        return 1, (
+            f"femnpde: error: the command ended through SystemExit({err.code!r}) before finishing "
+            "(does user code call sys.exit()?)"
+        )
+    import traceback
+
+    return 1, "".join(traceback.format_exception(err)).rstrip() + "\nfemnpde: error: internal error (a bug)"
+
+
+def _needs_mpi(args: argparse.Namespace) -> bool:
+    """Whether the command loads MPI (validating a configuration does not)."""
+    return not (args.command == "config" or getattr(args, "dry_run", False))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``femnpde`` command; returns the exit code."""
+    """Run the ``femnpde`` command; returns the exit code.
+
+    Under MPI an error on any rank ends every rank with the message printed
+    once (:class:`femnpde._mpi.ErrorGuard`).
+    """
     _single_threaded_blas_under_mpi()
     parser = build_parser()
     args = parser.parse_args(argv)
+    guard = None
+    if _needs_mpi(args):
+        from femnpde._mpi import ErrorGuard
+
+        guard = ErrorGuard(_comm())
     try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        _err0("interrupted")
-        return 130
-    except Exception as err:
-        # A solver failure can only come from a command that loaded the solver module.
-        solver = sys.modules.get("femnpde.fem.solver")
-        if solver is not None and isinstance(err, solver.SolverError):
-            _err0(str(err))
-            return 3
-        if isinstance(err, (ValueError, TypeError, FileNotFoundError)):
-            _err0(str(err))
-            return 2
-        raise
+        code = int(args.func(args) or 0)
+    except BaseException as err:  # noqa: BLE001 - every failure becomes an exit code on every rank
+        code, message = _exit_code(err)
+        if guard is None:
+            if _rank() == 0:
+                print(message, file=sys.stderr, flush=True)
+            return code
+        return guard.fail(message, code)
+    if guard is not None:
+        guard.close()
+    return code
