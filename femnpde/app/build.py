@@ -136,8 +136,8 @@ def _build_residual(pcfg: Mapping[str, Any]):
     module_name, _, attr = spec.partition(":")
     try:
         obj: Any = importlib.import_module(module_name)
-    except Exception as err:
-        raise ConfigError(f"pde.residual = {format_value(spec)}: importing module {module_name!r} failed: {err}",
+    except (Exception, SystemExit, KeyboardInterrupt) as err:  # user code: sys.exit() is an error too
+        raise ConfigError(f"pde.residual = {format_value(spec)}: importing module {module_name!r} failed: {_describe(err)}",
                           "pde.residual", spec) from err
     for part in attr.split("."):
         try:
@@ -156,16 +156,38 @@ def _build_residual(pcfg: Mapping[str, Any]):
         kwargs = {}
     try:
         residual = obj(**kwargs)
-    except Exception as err:
-        raise ConfigError(f"pde.residual = {format_value(spec)}: calling the factory with {kwargs} failed: {err}",
-                          "pde.residual", spec) from err
+    except (Exception, SystemExit, KeyboardInterrupt) as err:  # user code: sys.exit() is an error too
+        raise ConfigError(f"pde.residual = {format_value(spec)}: calling the factory with {kwargs} failed: "
+                          f"{_describe(err)}", "pde.residual", spec) from err
     if not callable(residual):
         raise ConfigError(
             f"pde.residual = {format_value(spec)}: the factory returned {type(residual).__name__}, "
             "expected a callable residual(u, v, g, t, x) -> ufl.Form",
             "pde.residual", spec,
         )
-    return residual
+    return _guarded(residual, spec)
+
+
+def _describe(err: BaseException) -> str:
+    """An exception of user code in words (``sys.exit()`` has an empty message)."""
+    if isinstance(err, SystemExit):
+        return f"it called sys.exit({err.code!r}) (raised SystemExit)"
+    if isinstance(err, KeyboardInterrupt):
+        return "it raised KeyboardInterrupt"
+    return f"{type(err).__name__}: {err}" if not isinstance(err, (ValueError, TypeError)) else str(err)
+
+
+def _guarded(residual, spec: str):
+    """The user's residual, with its failures (``sys.exit()`` included) reported as ``pde.residual`` errors."""
+
+    def call(u, v, g, t, x):
+        try:
+            return residual(u, v, g, t, x)
+        except (Exception, SystemExit, KeyboardInterrupt) as err:
+            raise ConfigError(f"pde.residual = {format_value(spec)}: the residual raised while building the form: "
+                              f"{_describe(err)}", "pde.residual", spec) from err
+
+    return call
 
 
 def _dirichlet(bcfg: Sequence[Mapping[str, Any]], tags, comm: MPI.Comm, T: float = 1.0) -> list[Dirichlet]:
