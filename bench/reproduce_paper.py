@@ -80,6 +80,7 @@ def main() -> None:
             quiet=True,
             comm=comm,
             write_outputs=False,
+            overwrite=True,
         )
         wall = time.perf_counter() - t0
         rmse = History.read(run_dir / "history.csv")["relative_rmse"]
@@ -108,6 +109,7 @@ def main() -> None:
             quiet=True,
             comm=comm,
             write_outputs=False,
+            overwrite=True,
         )
         wall = time.perf_counter() - t0
         best = running_min(History.read(run_dir / "history.csv")["relative_rmse"])

@@ -152,7 +152,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return _check_config(args.config, args.set)
     from femnpde.app.training import train
 
-    train(args.config, out=args.out, resume=args.resume, overrides=args.set, quiet=args.quiet)
+    if args.resume is not None and args.overwrite:
+        raise ValueError("--resume and --overwrite exclude each other: --resume continues the run in DIR, "
+                         "--overwrite replaces the run in --out")
+    train(args.config, out=args.out, resume=args.resume, overrides=args.set, quiet=args.quiet,
+          overwrite=args.overwrite)
     return 0
 
 
@@ -167,7 +171,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     widths = _parse_widths(args.N)
     from femnpde.app.training import sweep
 
-    sweep(args.config, widths, out=args.out, overrides=args.set, quiet=args.quiet)
+    sweep(args.config, widths, out=args.out, overrides=args.set, quiet=args.quiet, overwrite=args.overwrite)
     return 0
 
 
@@ -240,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.add_argument("--out", help="run directory (default runs/<config name>)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace the run held in a non-empty --out directory")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     p.add_argument("--quiet", action="store_true", help="no progress bar (batch jobs)")
     p.add_argument("--dry-run", action="store_true", help="only validate the configuration (no DOLFINx needed)")
@@ -256,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.add_argument("--N", required=True, help="comma-separated neuron counts, e.g. 10,100,500")
     p.add_argument("--out", help="output directory (default runs/<config name>-sweep)")
+    p.add_argument("--overwrite", action="store_true", help="replace the runs held in the output directory")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_sweep)

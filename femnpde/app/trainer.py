@@ -25,7 +25,10 @@ from femnpde.io.checkpoint import save_checkpoint
 from femnpde.io.history import History
 from femnpde.optim import make_optimizer, make_schedule, minimize_lbfgs, schedule_options
 
-__all__ = ["FirstOrderStep", "LBFGSStep", "Step", "TrainingLoop", "make_step"]
+__all__ = ["DIVERGENCE_FACTOR", "FirstOrderStep", "LBFGSStep", "Step", "TrainingLoop", "make_step"]
+
+#: Training stops as diverged (a solver failure, exit 3) when the loss exceeds this factor times the best loss so far.
+DIVERGENCE_FACTOR = 1e6
 
 
 class Step(Protocol):
@@ -52,12 +55,18 @@ class TrainingLoop:
         checkpoint_path: Where checkpoints go.
         every: Checkpoint every this many epochs.
         comm: The communicator.
+        extra: Stored in every checkpoint (e.g. the run's configuration).
+        resumed_from: The epoch of the checkpoint this run resumed from (it
+            is this run's), or None for a new run.
     """
 
     def __init__(self, rf: Any, misfit: Any, history: History, progress: Any, checkpoint_path: pathlib.Path,
-                 every: int, comm: Any) -> None:
+                 every: int, comm: Any, extra: dict[str, Any] | None = None, resumed_from: int | None = None) -> None:
         self.rf, self.misfit, self.history, self.progress = rf, misfit, history, progress
         self.checkpoint_path, self.every, self.comm = checkpoint_path, every, comm
+        self.extra = extra
+        #: The epoch of the last checkpoint this run wrote (or resumed from); None: none yet.
+        self.checkpoint_epoch = resumed_from
         self.step: Step | None = None
         self.epoch = 0
         self.best_loss = np.inf
@@ -65,11 +74,23 @@ class TrainingLoop:
         self.t_start = time.perf_counter()
 
     def evaluate(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
-        """J and ∇J at θ; a non-finite loss is a solver failure."""
+        """J and ∇J at θ, checked by :meth:`check`."""
         J, grad = self.rf.value_and_gradient(theta)
-        if not np.isfinite(J):
-            raise SolverError(f"the loss is {J} at epoch {self.epoch}")
+        self.check(J, grad)
         return J, grad
+
+    def check(self, J: float, grad: np.ndarray) -> None:
+        """Divergence is a solver failure: a non-finite loss or gradient, or a loss above
+        :data:`DIVERGENCE_FACTOR` times the best loss so far."""
+        if not np.isfinite(J):
+            raise SolverError(f"the loss is {J} at epoch {self.epoch} (diverged)")
+        if not np.all(np.isfinite(grad)):
+            raise SolverError(f"the gradient is not finite at epoch {self.epoch} (diverged; loss {J:.6e})")
+        if np.isfinite(self.best_loss) and J > DIVERGENCE_FACTOR * self.best_loss:
+            raise SolverError(
+                f"the loss {J:.6e} at epoch {self.epoch} exceeds {DIVERGENCE_FACTOR:.0e} times the best loss so far "
+                f"({self.best_loss:.6e}): training diverged; lower optimizer.lr"
+            )
 
     def record(self, J: float, grad: np.ndarray, lr: float) -> None:
         """Record epoch ``self.epoch`` (loss, errors, gradient norm, rate, wall time) and advance it."""
@@ -94,7 +115,8 @@ class TrainingLoop:
             return
         optimizer_state, schedule_state = self.step.state()
         save_checkpoint(self.checkpoint_path, self.comm, epoch=self.epoch, params=params,
-                        optimizer_state=optimizer_state, schedule_state=schedule_state)
+                        optimizer_state=optimizer_state, schedule_state=schedule_state, extra=self.extra)
+        self.checkpoint_epoch = self.epoch
 
     def run(self, step: Step, theta: np.ndarray, start: int, stop: int) -> np.ndarray:
         """Run ``step`` for epochs ``start..stop-1``; a solver failure names the epoch and the checkpoint kept."""
@@ -102,10 +124,14 @@ class TrainingLoop:
         try:
             return step.run(self, theta, start, stop)
         except SolverError as err:
-            raise SolverError(
-                f"training failed at epoch {self.epoch}: {err}. The last good checkpoint is kept in "
-                f"{self.checkpoint_path}; continue with --resume {self.checkpoint_path.parent}"
-            ) from err
+            if self.checkpoint_epoch is None:
+                kept = (f"No checkpoint was written (the first was due after epoch {self.every}); "
+                        f"nothing to resume: fix the cause and start again")
+            else:
+                kept = (f"The last good checkpoint (next epoch {self.checkpoint_epoch}) is kept in "
+                        f"{self.checkpoint_path}; after fixing the cause, continue with --resume "
+                        f"{self.checkpoint_path.parent}")
+            raise SolverError(f"training failed at epoch {self.epoch}: {err}. {kept}") from err
 
 
 class FirstOrderStep:
@@ -146,6 +172,7 @@ class LBFGSStep:
             return theta
 
         def callback(k: int, params: np.ndarray, J: float, grad: np.ndarray) -> bool:
+            loop.check(J, grad)
             loop.record(J, grad, float("nan"))
             loop.checkpoint(params)
             return loop.epoch >= stop

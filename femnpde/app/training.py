@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 from mpi4py import MPI
 
-from femnpde._mpi import rank0_print
+from femnpde._mpi import on_root, rank0_print
 from femnpde.app.build import build_run
 from femnpde.app.loading import load_config
 from femnpde.app.progress import Progress
@@ -58,7 +58,50 @@ def _resolve_out(config_path, out, suffix: str = "") -> pathlib.Path:
     return pathlib.Path("runs") / (pathlib.Path(config_path).stem + suffix)
 
 
-def _check_resume_config(cfg: dict, saved: dict, run_dir: pathlib.Path) -> None:
+#: The files a run writes in its directory (a directory holding one of them holds a run).
+RUN_FILES = ("config.toml", "history.csv", "checkpoint.npz")
+
+
+def _prepare_run_dir(out: pathlib.Path, comm, overwrite: bool, resume: bool) -> None:
+    """Refuse a directory holding another run (unless ``overwrite``); remove stale files (rank 0; collective).
+
+    A new run (not ``resume``) needs an empty or new directory; with
+    ``overwrite`` the previous run's config, history and checkpoint are
+    deleted first, so nothing of it can be mistaken for this run's.  Temporary
+    files left by a kill during an atomic write (``.checkpoint.npz.*.tmp``)
+    are removed in every case.
+    """
+
+    def prepare() -> None:
+        if out.is_dir():
+            for name in RUN_FILES:
+                for stray in out.glob(f".{name}.*.tmp"):
+                    stray.unlink(missing_ok=True)
+        if resume or not out.exists():
+            return
+        if not out.is_dir():
+            raise ValueError(f"--out {out}: exists and is not a directory; give a new or empty directory")
+        entries = sorted(p.name for p in out.iterdir())
+        if not entries:
+            return
+        if not overwrite:
+            shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+            raise ValueError(
+                f"--out {out}: the directory is not empty (holds {shown}); a new run needs a new or empty "
+                f"directory: continue that run with --resume {out}, replace it with --overwrite, or choose another --out"
+            )
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+
+    on_root(comm, prepare, "preparing the run directory", broadcast=False)
+
+
+def _config_fingerprint(cfg: dict) -> str:
+    """The configuration as stored in a checkpoint (TOML), to check a resume against."""
+    return dump_config(cfg)
+
+
+def _check_resume_config(cfg: dict, saved: dict, run_dir: pathlib.Path, source: str = "config.toml") -> None:
     """The config of a resumed run must equal the saved one, except the iteration budget.
 
     ``optimizer.schedule.T_max`` defaults to the iteration budget, so it is not
@@ -83,7 +126,7 @@ def _check_resume_config(cfg: dict, saved: dict, run_dir: pathlib.Path) -> None:
 
         walk(a, b)
         raise ValueError(
-            f"--resume {run_dir}: the configuration differs from the run's config.toml "
+            f"--resume {run_dir}: the configuration differs from the run's {source} "
             f"(only run.iterations may change): " + "; ".join(diffs)
         )
 
@@ -134,6 +177,7 @@ def train(
     quiet: bool = False,
     comm: MPI.Comm = MPI.COMM_WORLD,
     write_outputs: bool = True,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train the network of a configured neural PDE model.
 
@@ -145,9 +189,16 @@ def train(
         quiet: No progress bar.
         comm: Communicator.
         write_outputs: Write fields and plots at the end.
+        overwrite: Replace the run held in a non-empty ``out`` (else refused).
 
     Returns:
         A summary of the run.
+
+    Raises:
+        ValueError: Bad input: the configuration, a non-empty ``out`` without
+            ``overwrite``, a checkpoint that does not fit the run.
+        SolverError: A solve failed (the message names the checkpoint kept,
+            if this run wrote one).
     """
     cfg = load_config(config, overrides)
     if resume is not None:
@@ -164,6 +215,7 @@ def train(
         cfg = saved
         out = run_dir
     out = _resolve_out(config, out)
+    _prepare_run_dir(pathlib.Path(out), comm, overwrite, resume is not None)
     rundir = RunDirectory(out, comm)
     with build_run(cfg, comm) as run:
         rundir.write_text("config.toml", dump_config(cfg))
@@ -192,7 +244,14 @@ def _train_run(run, cfg: dict, out: pathlib.Path, resume: bool, quiet: bool, com
     start = 0
     if resume:
         ck = load_checkpoint(ck_path, comm)
-        theta = np.array(ck["params"], dtype=np.float64)
+        theta = checkpoint_params(ck, ck_path, run.network.n_params)
+        saved = (ck.get("extra") or {}).get("config")
+        if saved is not None:  # checkpoints before this field carry no configuration
+            import tomllib
+
+            from femnpde.app.validation import validate
+
+            _check_resume_config(cfg, validate(tomllib.loads(saved)), out, source=f"checkpoint {ck_path}")
         start = int(ck["epoch"])
         step.load_state(ck.get("optimizer_state"), ck.get("schedule_state"))
     history = History(out / "history.csv", comm, header_comment=RMSE_NOTE, overwrite=not resume)
@@ -206,7 +265,8 @@ def _train_run(run, cfg: dict, out: pathlib.Path, resume: bool, quiet: bool, com
             f"{cfg['optimizer']['kind']} lr={run.lr:.4g}, epochs {start}..{n_iter}, {comm.size} rank(s) -> {out}",
         )
     with Progress(n_iter, comm, quiet=quiet, initial=start) as progress:
-        loop = TrainingLoop(rf, misfit, history, progress, ck_path, cfg["run"]["checkpoint_every"], comm)
+        loop = TrainingLoop(rf, misfit, history, progress, ck_path, cfg["run"]["checkpoint_every"], comm,
+                            extra={"config": _config_fingerprint(cfg)}, resumed_from=start if resume else None)
         theta = loop.run(step, theta, start, n_iter)
     wall = time.perf_counter() - loop.t_start
     # Final state at the trained parameters (with the adjoint for output).
@@ -224,6 +284,32 @@ def _train_run(run, cfg: dict, out: pathlib.Path, resume: bool, quiet: bool, com
     )
 
 
+def checkpoint_params(ck: dict, path, n_params: int) -> np.ndarray:
+    """The network parameters of a loaded checkpoint, checked against the configured network.
+
+    Raises:
+        ValueError: The checkpoint's parameters do not have the configured
+            network's size, or are not finite (the message names the file).
+    """
+    theta = np.asarray(ck["params"])
+    if theta.ndim != 1 or theta.size != n_params or not np.issubdtype(theta.dtype, np.floating):
+        raise ValueError(
+            f"checkpoint {path}: its parameters have shape {theta.shape} and dtype {theta.dtype}, the configured "
+            f"network has {n_params} float parameters (network.neurons, the mesh dimension and the checkpoint must "
+            "belong to the same run)"
+        )
+    bad = np.flatnonzero(~np.isfinite(theta))
+    if bad.size:
+        raise ValueError(
+            f"checkpoint {path} is corrupt: {bad.size} of its {theta.size} parameters are not finite (first at "
+            f"index {bad[0]}: {theta[bad[0]]}); start a new run instead of resuming"
+        )
+    epoch = ck.get("epoch")
+    if not isinstance(epoch, int) or epoch < 0:
+        raise ValueError(f"checkpoint {path} is corrupt: epoch {epoch!r} is not a non-negative integer")
+    return np.array(theta, dtype=np.float64)
+
+
 def forward(
     config: str | pathlib.Path,
     out: str | pathlib.Path | None = None,
@@ -238,13 +324,7 @@ def forward(
     with build_run(cfg, comm) as run:
         theta = run.network.params.copy()
         if params is not None:
-            ck = load_checkpoint(params, comm)
-            theta = np.array(ck["params"], dtype=np.float64)
-            if theta.shape != (run.network.n_params,):
-                raise ValueError(
-                    f"--params {params}: the checkpoint has {theta.size} parameters, the configured network "
-                    f"has {run.network.n_params}"
-                )
+            theta = checkpoint_params(load_checkpoint(params, comm), params, run.network.n_params)
         J = run.rf(theta)
         run.rf.derivative(theta)
         _write_outputs(run, out, comm, cfg["run"]["field_format"])
@@ -261,13 +341,15 @@ def sweep(
     overrides: Sequence[str] = (),
     quiet: bool = False,
     comm: MPI.Comm = MPI.COMM_WORLD,
+    overwrite: bool = False,
 ) -> list[dict]:
     """The width study: one training run per N; a summary table and a plot of relative RMSE vs N."""
     out = _resolve_out(config, out, "-sweep")
     rundir = RunDirectory(out, comm)
     rows = []
     for N in widths:
-        res = train(config, out=out / f"N{N}", overrides=[*overrides, f"network.neurons={N}"], quiet=quiet, comm=comm)
+        res = train(config, out=out / f"N{N}", overrides=[*overrides, f"network.neurons={N}"], quiet=quiet, comm=comm,
+                    overwrite=overwrite)
         rows.append({"N": N, **{k: res[k] for k in ("epochs", "final_rmse", "best_rmse", "final_loss", "wall_time")}})
     lines = ["N,epochs,final_relative_rmse,best_relative_rmse,final_loss,wall_time_s"]
     lines += [

@@ -67,6 +67,10 @@ def plot_width_study(
     _save_png(fig, pathlib.Path(out_png))
 
 
+#: The range of values a log-scale history plot draws (wider ranges overflow matplotlib's tick computation).
+_LOG_MIN, _LOG_MAX = 1e-150, 1e150
+
+
 def plot_history(
     history_csv: str | os.PathLike,
     out_png: str | os.PathLike,
@@ -98,11 +102,14 @@ def plot_history(
             y = np.asarray(h.get(key, np.full(epoch.shape, np.nan)), dtype=np.float64)
             ok = np.isfinite(y) & np.isfinite(epoch) & (y > 0)
             if np.any(ok):
+                # Matplotlib's log axis overflows for ranges near the float64 limits (a diverged run):
+                # values are drawn clipped to [1e-150, 1e150]; the title gives the true last value.
                 ax.semilogy(
-                    epoch[ok], y[ok], "-", marker="." if ok.sum() < 50 else None, lw=1.2
+                    epoch[ok], np.clip(y[ok], _LOG_MIN, _LOG_MAX), "-", marker="." if ok.sum() < 50 else None, lw=1.2
                 )
                 last = y[ok][-1]
-                ax.set_title(f"{label} (last {last:.3e})")
+                clipped = " (values clipped)" if np.any((y[ok] < _LOG_MIN) | (y[ok] > _LOG_MAX)) else ""
+                ax.set_title(f"{label} (last {last:.3e}){clipped}")
             else:
                 ax.text(
                     0.5,
