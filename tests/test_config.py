@@ -286,7 +286,7 @@ def test_dump_round_trip():
                 "boundary": [],
                 "pde": {"residual": "femnpde.fem.problem:heat", "source": "quadrature"},
                 "solver": {"petsc_options": {"ksp_type": "cg", "pc_type": "hypre", "ksp_rtol": 1e-12,
-                                             "ksp_max_it": 100, "ksp_monitor": False, "odd key": 'a "q"\\\n'}},
+                                             "ksp_max_it": 100, "ksp_monitor": False, "ksp_odd_value": 'a "q"\\\n'}},
                 "network": {"beta": 0.7123456789012345},
                 "run": {"plot_times": [0.1, 1.0 / 3.0, 1.0]},
             }

@@ -125,7 +125,7 @@ def test_config_reference_is_generated_from_the_schema():
 
 
 def test_dump_uses_tomli_w_and_round_trips():
-    cfg = validate({"boundary": [], "solver": {"petsc_options": {"ksp_type": "cg", "odd key": 'a "q"\\\n'}}})
+    cfg = validate({"boundary": [], "solver": {"petsc_options": {"ksp_type": "cg", "ksp_odd_value": 'a "q"\\\n'}}})
     text = schema.dump_config(cfg)
     assert tomllib.loads(text) == cfg
     assert "_toml_value" not in dir(schema) and "tomli_w" in schema.dump_config.__globals__

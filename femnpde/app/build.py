@@ -22,6 +22,7 @@ from mpi4py import MPI
 
 from femnpde._mpi import tags_present
 from femnpde.app.checks import _error
+from femnpde.app.petsc_options import RunOptions, petsc_reason
 from femnpde.app.scenarios import paper_initial_condition
 from femnpde.app.schema import ConfigError, format_value
 from femnpde.app.synthetic import synthetic_field, target_for
@@ -308,19 +309,36 @@ def build_run(
         petsc_options = {
             k: ("true" if v else "false") if isinstance(v, bool) else str(v) for k, v in scfg["petsc_options"].items()
         }
-    solver = ThetaSolver(
-        problem,
-        petsc_options_prefix,
-        petsc_options,
-        newton_rtol=scfg["newton_rtol"],
-        newton_atol=scfg["newton_atol"],
-        newton_max_it=scfg["newton_max_it"],
-    )
+    from petsc4py import PETSc
+
+    try:
+        with RunOptions(petsc_options_prefix, petsc_options):
+            solver = ThetaSolver(  # the solvers read the options RunOptions set ({}: no defaults added)
+                problem,
+                petsc_options_prefix,
+                None if petsc_options is None else {},
+                newton_rtol=scfg["newton_rtol"],
+                newton_atol=scfg["newton_atol"],
+                newton_max_it=scfg["newton_max_it"],
+            )
+    except PETSc.Error as err:
+        raise _petsc_options_error(err, petsc_options) from err
     try:  # from here on, a failure must not leak the solver's PETSc objects
         return _finish_run(cfg, problem, solver, cell_tags)
+    except PETSc.Error as err:  # the first solve (synthetic data) sets the solvers up
+        solver.destroy()
+        raise _petsc_options_error(err, petsc_options) from err
     except BaseException:
         solver.destroy()
         raise
+
+
+def _petsc_options_error(err: BaseException, options: Mapping[str, str] | None) -> ConfigError:
+    """A PETSc error while the solvers read or apply their options: bad input, with PETSc's reason."""
+    given = ", ".join(f"{k} = {v}" for k, v in (options or {}).items()) or "the defaults"
+    return ConfigError(
+        f"solver.petsc_options ({given}, plus any -femnpde_* command-line options): PETSc rejected the solver "
+        f"options: {petsc_reason(err)}", "solver.petsc_options")
 
 
 def _finish_run(cfg: dict[str, Any], problem: ParabolicProblem, solver: ThetaSolver, cell_tags) -> Run:

@@ -350,7 +350,10 @@ def _validate_solver(user: Mapping[str, Any]) -> dict[str, Any]:
             raise _error("solver.petsc_options", opts, f"is {_type_name(opts)}",
                          'a table of option = value, e.g. {ksp_type = "cg", pc_type = "hypre"}')
         clean: dict[str, Any] = {}
+        from femnpde.app.petsc_options import check_key
+
         for k, v in opts.items():
+            check_key(str(k))
             key = f"solver.petsc_options.{k}"
             if isinstance(v, (bool, np.bool_)):
                 clean[str(k)] = bool(v)
