@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -23,6 +24,7 @@ from mpi4py import MPI
 from femnpde._mpi import tags_present
 from femnpde.app.checks import _error
 from femnpde.app.petsc_options import RunOptions, petsc_reason
+from femnpde.app.resources import check_memory, estimate_memory, memory_budget
 from femnpde.app.scenarios import paper_initial_condition
 from femnpde.app.schema import ConfigError, format_value
 from femnpde.app.synthetic import synthetic_field, target_for
@@ -288,7 +290,19 @@ def build_run(
             stacklevel=2,
         )
     need_tags = any(not isinstance(b["where"], str) for b in cfg["boundary"]) or bool(cfg["neumann"])
+    budget = memory_budget(comm)
+    if mcfg["kind"] != "file":  # before the mesh: its size is known from the configuration
+        cells = [int(c) for c in mcfg["cells"]]
+        simplex = mcfg["cell_type"] in ("triangle", "tetrahedron")
+        n_cells = math.prod(cells) * (math.factorial(len(cells)) if simplex else 1)
+        check_memory(estimate_memory(cfg, n_cells, math.prod(c + 1 for c in cells), len(cells), comm.size), budget,
+                     comm.size, f"mesh.cells = {cells}")
     mesh, facet_tags, cell_tags = _build_mesh(mcfg, comm, need_tags, obs["kind"] == "subdomain")
+    tdim = mesh.topology.dim
+    mesh.topology.create_entities(0)
+    check_memory(estimate_memory(cfg, mesh.topology.index_map(tdim).size_global,
+                                 mesh.topology.index_map(0).size_global, tdim, comm.size), budget, comm.size,
+                 f"{mesh.topology.index_map(tdim).size_global} cells")
     residual = _with_neumann(_build_residual(pcfg), cfg["neumann"], mesh, facet_tags, mesh.comm)
     icfg = cfg["initial_condition"]
     ic: Any = paper_initial_condition if icfg["kind"] == "paper" else float(icfg["value"])
