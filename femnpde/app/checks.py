@@ -84,7 +84,7 @@ def _choice(key: str, v: Any, choices: Sequence[str]) -> str:
     if not isinstance(v, str):
         raise _error(key, v, f"is {_type_name(v)}", allowed)
     if v not in choices:
-        close = difflib.get_close_matches(v, list(choices), n=1)
+        close = difflib.get_close_matches(v, list(choices), n=1) if len(v) <= 100 else []
         hint = f" (did you mean {format_value(close[0])}?)" if close else ""
         raise _error(key, v, f"is not valid{hint}", allowed)
     return v
@@ -134,7 +134,7 @@ def _all_keys() -> dict[str, list[str]]:
 
 
 def _unknown(key: str, name: str, allowed: Sequence[str], where: str) -> ConfigError:
-    close = difflib.get_close_matches(name, list(allowed), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(name, list(allowed), n=1, cutoff=0.6) if len(name) <= 100 else []
     if close:
         prefix = key.rsplit(".", 1)[0] if "." in key else ""
         suggestion = f"{prefix}.{close[0]}" if prefix else close[0]
@@ -145,7 +145,7 @@ def _unknown(key: str, name: str, allowed: Sequence[str], where: str) -> ConfigE
         hint = f" (did you mean {homes[0]!r}?)" if homes else ""
     listing = ", ".join(allowed)
     title = f"[{where}]" if where else "the top level"
-    return ConfigError(f"unknown key {key!r}{hint}; allowed keys in {title}: {listing}", key, None)
+    return ConfigError(f"unknown key {format_value(key)}{hint}; allowed keys in {title}: {listing}", key, None)
 
 
 def _section(cfg: Mapping[str, Any], name: str) -> dict[str, Any]:

@@ -12,6 +12,7 @@ was wrong; a failed solve exits with code 3.
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 from collections.abc import Sequence
 
@@ -200,11 +201,39 @@ def _single_threaded_blas_under_mpi() -> None:
             os.environ.setdefault(var, "1")
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser that prints (usage, errors, help) on rank 0 only and without colour.
+
+    Every rank parses the same arguments and exits with the same code; only
+    rank 0's message reaches the terminal, once.
+    """
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        if "color" in inspect.signature(argparse.ArgumentParser).parameters:  # Python >= 3.14 colours by default
+            kwargs.setdefault("color", False)
+        super().__init__(*args, **kwargs)
+
+    def _print_message(self, message: str, file=None) -> None:
+        if _rank() == 0:
+            super()._print_message(message, file)
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; give an integer >= 1") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is out of range; give an integer >= 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``femnpde`` command."""
     from femnpde import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="femnpde",
         description="Finite-element neural-network PDE models trained with exact discrete adjoints.",
     )
@@ -215,8 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("smoke", help="a minimal heat solve whose norm must not depend on the rank count")
-    p.add_argument("--n", type=int, default=32, help="cells per side (default 32)")
-    p.add_argument("--steps", type=int, default=20, help="time steps (default 20)")
+    p.add_argument("--n", type=_positive_int, default=32, help="cells per side (default 32)")
+    p.add_argument("--steps", type=_positive_int, default=20, help="time steps (default 20)")
     p.set_defaults(func=_cmd_smoke)
 
     p = sub.add_parser("mesh", help="report cells, vertices, dofs, tags and bounding box of a mesh file")
@@ -227,16 +256,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("gradcheck", help="Taylor test of the adjoint gradient (exit 1 if the rate < 1.9)")
     p.add_argument("config", nargs="?", help="a run configuration (TOML); default: the paper's rectangle")
     p.add_argument("--pde", choices=["heat", "allen-cahn"], default="heat")
-    p.add_argument("--N", type=int, default=20, help="neurons (default 20)")
+    p.add_argument("--N", type=_positive_int, default=20, help="neurons (default 20)")
     p.add_argument("--degree", type=int, choices=[1, 2], default=1, help="Lagrange degree")
     p.add_argument("--theta", type=float, choices=[1.0, 0.5], default=1.0, help="1 backward Euler, 0.5 Crank-Nicolson")
-    p.add_argument("--nx", type=int, default=20, help="cells in x (default 20: h = 0.025)")
-    p.add_argument("--ny", type=int, default=40, help="cells in y (default 40)")
-    p.add_argument("--steps", type=int, default=64, help="time steps (default 64)")
+    p.add_argument("--nx", type=_positive_int, default=20, help="cells in x (default 20: h = 0.025)")
+    p.add_argument("--ny", type=_positive_int, default=40, help="cells in y (default 40)")
+    p.add_argument("--steps", type=_positive_int, default=64, help="time steps (default 64)")
     p.add_argument("--target", default="difficult", help="target source of the synthetic data")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--h0", type=float, default=1e-2, help="largest Taylor step")
-    p.add_argument("--taylor-steps", type=int, default=5, help="number of Taylor steps (halving)")
+    p.add_argument("--taylor-steps", type=_positive_int, default=5, help="number of Taylor steps (halving)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     p.set_defaults(func=_cmd_gradcheck)
 

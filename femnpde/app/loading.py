@@ -26,21 +26,21 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
     """``"a.b.c=value"`` -> (["a", "b", "c"], parsed value)."""
     form = 'KEY=VALUE with a dotted KEY, e.g. time.T=2.0, pde.preset=allen-cahn or optimizer.betas=[0.9, 0.99]'
     if not isinstance(text, str) or "=" not in text:
-        raise ConfigError(f"override {text!r} is not valid: expected {form}", str(text), text)
+        raise ConfigError(f"override {format_value(text)} is not valid: expected {form}", str(text), text)
     key, raw = (s.strip() for s in text.split("=", 1))
     parts = key.split(".")
     if not key or not all(_BARE_KEY.fullmatch(p) for p in parts):
         raise ConfigError(
-            f"override {text!r}: key {key!r} is not valid: expected {form} (key parts are letters, digits, _ and -)",
+            f"override {format_value(text)}: key {format_value(key)} is not valid: expected {form} (key parts are letters, digits, _ and -)",
             key, raw,
         )
     if not raw:
-        raise ConfigError(f'override {text!r}: the value is empty; use {key}="" for an empty string', key, raw)
+        raise ConfigError(f'override {format_value(text)}: the value is empty; use {key}="" for an empty string', key, raw)
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError as err:
         if raw[0] in "[{\"'" or "\n" in raw:
-            raise ConfigError(f"override {text!r}: the value {raw!r} is not a valid TOML value ({err})", key, raw) from None
+            raise ConfigError(f"override {format_value(text)}: the value {format_value(raw)} is not a valid TOML value ({err})", key, raw) from None
         value = raw  # a bare word: a string
     return parts, value
 
@@ -55,7 +55,7 @@ def _apply_override(cfg: dict[str, Any], text: str) -> None:
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
                 raise ConfigError(
-                    f"override {text!r}: {'.'.join(parts[:depth])} is an array of {len(node)} entries; "
+                    f"override {format_value(text)}: {'.'.join(parts[:depth])} is an array of {len(node)} entries; "
                     f"{part!r} is not an index 0..{len(node) - 1}",
                     here, value,
                 )
@@ -68,7 +68,7 @@ def _apply_override(cfg: dict[str, Any], text: str) -> None:
             continue
         if not isinstance(node, dict):
             raise ConfigError(
-                f"override {text!r}: {'.'.join(parts[:depth])} = {format_value(node)} is not a table", here, value
+                f"override {format_value(text)}: {'.'.join(parts[:depth])} = {format_value(node)} is not a table", here, value
             )
         default = default.get(part, _MISSING) if isinstance(default, Mapping) else _MISSING
         if last:

@@ -303,8 +303,24 @@ def default(key: str) -> Any:
     return node
 
 
+#: Longest string, and most list items, a message echoes of a value.
+_ECHO_CHARS, _ECHO_ITEMS = 60, 8
+
+
 def format_value(value: Any) -> str:
-    """A value as it would be written inline in TOML (for messages and the reference)."""
+    """A value as it would be written inline in TOML (for messages and the reference).
+
+    Long values are cut to a readable length: strings after 60 characters,
+    lists after 8 items, each with the full length given.
+    """
+    if isinstance(value, str) and len(value) > _ECHO_CHARS:
+        return json.dumps(value[:_ECHO_CHARS], ensure_ascii=False)[:-1] + f'..." ({len(value)} characters)'
+    if isinstance(value, (list, tuple)) and len(value) > _ECHO_ITEMS:
+        shown = ", ".join(format_value(v) for v in value[:_ECHO_ITEMS])
+        return f"[{shown}, ...] ({len(value)} items)"
+    if isinstance(value, Mapping) and len(value) > _ECHO_ITEMS:
+        shown = ", ".join(f"{k} = {format_value(v)}" for k, v in list(value.items())[:_ECHO_ITEMS])
+        return f"{{{shown}, ...}} ({len(value)} entries)"
     if isinstance(value, bool) or type(value).__name__ == "bool_":
         return "true" if value else "false"
     if isinstance(value, numbers.Integral):

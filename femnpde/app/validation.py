@@ -92,7 +92,7 @@ def _validate_mesh(user: Mapping[str, Any]) -> dict[str, Any]:
         path = _str("mesh.path", sec["path"], "a path to a .msh or .xdmf file")
         suffix = Path(path).suffix.lower()
         if suffix not in MESH_SUFFIXES:
-            raise _error("mesh.path", path, f"has suffix {suffix!r}", "a path ending in .msh (Gmsh) or .xdmf")
+            raise _error("mesh.path", path, f"has suffix {format_value(suffix)}", "a path ending in .msh (Gmsh) or .xdmf")
         if not os.path.isfile(path):
             raise _error("mesh.path", path, "does not exist (file not found)", "an existing .msh or .xdmf file")
         out["path"] = path
@@ -277,7 +277,7 @@ def _validate_data(user: Mapping[str, Any]) -> dict[str, Any]:
         path = _str("data.path", sec["path"], "a path to an .npz, .csv (sensors) or .bp (fields) file")
         allowed = ".npz or .csv (sensor values per time level) or .bp (an adios4dolfinx field checkpoint)"
         if Path(path).suffix.lower() not in DATA_SUFFIXES:
-            raise _error("data.path", path, f"has suffix {Path(path).suffix!r}", f"a path ending in {allowed}")
+            raise _error("data.path", path, f"has suffix {format_value(Path(path).suffix)}", f"a path ending in {allowed}")
         if not os.path.exists(path):
             raise _error("data.path", path, "does not exist (file not found)", f"an existing {allowed} file")
         out["path"] = path
