@@ -151,11 +151,14 @@ def _cmd_mesh(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _check_config(args.config, args.set)
-    from femnpde.app.training import train
+    from femnpde.app.loading import load_config
 
+    load_config(args.config, args.set)  # bad configurations fail before DOLFINx is imported (seconds)
     if args.resume is not None and args.overwrite:
         raise ValueError("--resume and --overwrite exclude each other: --resume continues the run in DIR, "
                          "--overwrite replaces the run in --out")
+    from femnpde.app.training import train
+
     train(args.config, out=args.out, resume=args.resume, overrides=args.set, quiet=args.quiet,
           overwrite=args.overwrite)
     return 0
