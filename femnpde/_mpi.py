@@ -6,6 +6,7 @@
 * :func:`rank0_print` -- print on rank 0 only;
 * :class:`ErrorGuard` -- an error on some ranks only ends every rank, its
   message printed once;
+* :class:`FailureAgreement` -- whether every rank failed (may the cleanup be collective?);
 * :func:`tags_present` -- the global list of mesh tag values;
 * :func:`bounding_box` -- the global bounding box of distributed points.
 
@@ -23,7 +24,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-__all__ = ["ErrorGuard", "bounding_box", "collective_check", "comm_rank", "comm_size", "on_root", "rank0_print", "tags_present"]
+__all__ = ["ErrorGuard", "FailureAgreement", "bounding_box", "collective_check", "comm_rank", "comm_size", "on_root", "rank0_print", "tags_present"]
 
 _T = TypeVar("_T")
 
@@ -140,6 +141,47 @@ def bounding_box(comm: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return glo, ghi
 
 
+class FailureAgreement:
+    """Whether every rank failed: decides if the cleanup of a failure may call collective operations.
+
+    Destroying PETSc objects is collective; a rank that failed alone must not
+    do it (the other ranks are elsewhere, in another collective call, and
+    both would wait forever).  :meth:`all_failed` is a non-blocking barrier
+    on a private duplicate of the communicator (it never matches a collective
+    call of the computation), given ``grace`` seconds to complete.
+
+    Args:
+        comm: The communicator (collective: every rank constructs the agreement).
+        grace: Seconds to wait for the other ranks.
+    """
+
+    def __init__(self, comm: Any, grace: float = 2.0) -> None:
+        self.comm = comm
+        self.grace = grace
+        self._private = comm.Dup() if comm_size(comm) > 1 else None
+        self._pending: Any = None
+
+    def all_failed(self) -> bool:
+        """Called by a failing rank: True if every rank of ``comm`` calls it within ``grace`` seconds."""
+        if self._private is None:
+            return True
+        if self._pending is None:  # a second call waits on the same barrier
+            self._pending = self._private.Ibarrier()
+        deadline = time.monotonic() + self.grace
+        while not self._pending.Test():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        self._pending = None
+        return True
+
+    def free(self) -> None:
+        """Free the private communicator (collective; only when every rank gets here)."""
+        if self._private is not None and self._pending is None:
+            self._private.Free()
+        self._private = None
+
+
 class ErrorGuard:
     """Ends every rank when an error reaches the top level, with its message printed once.
 
@@ -164,8 +206,7 @@ class ErrorGuard:
 
     def __init__(self, comm: Any, grace: float = 2.0) -> None:
         self._world = comm
-        self._comm = comm.Dup() if comm_size(comm) > 1 else None
-        self.grace = grace
+        self._agreement = FailureAgreement(comm, grace)
 
     def fail(self, message: str, code: int) -> int:
         """Report an error of this rank; returns ``code`` if every rank failed, else aborts every rank.
@@ -177,24 +218,15 @@ class ErrorGuard:
         Returns:
             ``code`` (when every rank reached :meth:`fail`; rank 0 printed the message).
         """
-        if self._comm is None:
-            print(message, file=sys.stderr, flush=True)
-            return code
-        request = self._comm.Ibarrier()
-        deadline = time.monotonic() + self.grace
-        while not request.Test():
-            if time.monotonic() > deadline:  # some ranks are elsewhere: end them all
-                print(f"{message} (on rank {self._world.rank} of {self._world.size}; ending every rank)",
-                      file=sys.stderr, flush=True)
-                self._world.Abort(code)
-            time.sleep(0.005)
-        if self._world.rank == 0:
+        if not self._agreement.all_failed():  # some ranks are elsewhere: end them all
+            print(f"{message} (on rank {self._world.rank} of {self._world.size}; ending every rank)",
+                  file=sys.stderr, flush=True)
+            self._world.Abort(code)
+        if comm_rank(self._world) == 0:
             print(message, file=sys.stderr, flush=True)
         self.close()
         return code
 
     def close(self) -> None:
         """Free the private communicator (collective; after a successful command)."""
-        if self._comm is not None:
-            self._comm.Free()
-            self._comm = None
+        self._agreement.free()

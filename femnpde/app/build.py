@@ -21,7 +21,7 @@ from typing import Any, Self
 import numpy as np
 from mpi4py import MPI
 
-from femnpde._mpi import tags_present
+from femnpde._mpi import FailureAgreement, tags_present
 from femnpde.app.checks import _error
 from femnpde.app.petsc_options import RunOptions, petsc_reason
 from femnpde.app.resources import check_memory, estimate_memory, memory_budget
@@ -69,17 +69,22 @@ class Run:
     target_values: np.ndarray | None
     lr: float
     field_data: np.ndarray | None = None  # synthetic data: the full-field solution h (owned dofs, before noise)
+    agreement: FailureAgreement | None = None  # decides whether a failure's cleanup may be collective
 
     def destroy(self) -> None:
         """Destroy the PETSc objects of the solver and the misfit (collective)."""
         self.solver.destroy()
         self.misfit.destroy()
+        if self.agreement is not None:
+            self.agreement.free()
 
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.destroy()
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        """Destroy the PETSc objects; after an error only if every rank failed (else the others would wait)."""
+        if exc is None or self.agreement is None or self.agreement.all_failed():
+            self.destroy()
 
 
 def _build_mesh(mcfg: Mapping[str, Any], comm: MPI.Comm, need_tags: bool, need_cell_tags: bool = False):
@@ -280,6 +285,17 @@ def build_run(
             ``data.kind = "file"``.
     """
     cfg = validate(cfg)
+    agreement = FailureAgreement(comm)
+    try:
+        return _build(cfg, comm, petsc_options_prefix, agreement)
+    except BaseException:
+        if agreement.all_failed():  # else another rank is elsewhere: no collective call
+            agreement.free()
+        raise
+
+
+def _build(cfg: dict[str, Any], comm: MPI.Comm, petsc_options_prefix: str, agreement: FailureAgreement) -> Run:
+    """:func:`build_run` for a validated configuration."""
     mcfg, pcfg, tcfg, obs = cfg["mesh"], cfg["pde"], cfg["time"], cfg["observation"]
     step = tcfg["theta"] * tcfg["T"] / tcfg["n_steps"]
     if "residual" not in pcfg and pcfg["preset"] == "allen-cahn" and step >= pcfg["epsilon"] ** 2 and comm.rank == 0:
@@ -338,13 +354,15 @@ def build_run(
     except PETSc.Error as err:
         raise _petsc_options_error(err, petsc_options) from err
     try:  # from here on, a failure must not leak the solver's PETSc objects
-        return _finish_run(cfg, problem, solver, cell_tags)
-    except PETSc.Error as err:  # the first solve (synthetic data) sets the solvers up
-        solver.destroy()
-        raise _petsc_options_error(err, petsc_options) from err
-    except BaseException:
-        solver.destroy()
+        run = _finish_run(cfg, problem, solver, cell_tags)
+    except BaseException as err:
+        if agreement.all_failed():  # destroying is collective: only if no rank is elsewhere
+            solver.destroy()
+        if isinstance(err, PETSc.Error):  # the first solve (synthetic data) sets the solvers up
+            raise _petsc_options_error(err, petsc_options) from err
         raise
+    run.agreement = agreement
+    return run
 
 
 def _petsc_options_error(err: BaseException, options: Mapping[str, str] | None) -> ConfigError:

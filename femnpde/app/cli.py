@@ -318,14 +318,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _exit_code(err: BaseException) -> tuple[int, str]:
     """The exit code and message of an exception that reached the command line.
 
-    2: bad input (ValueError, TypeError, FileNotFoundError: the message names
-    the key, file or option); 3: a solver failure; 130: interrupted; 1: a bug
+    2: bad input (ValueError, TypeError, OSError: the message names the key,
+    file or option); 3: a solver failure; 130: interrupted; 1: a bug
     (the message is the traceback).
     """
     solver = sys.modules.get("femnpde.fem.solver")  # only a command that loaded it can fail in a solve
     if solver is not None and isinstance(err, solver.SolverError):
         return 3, f"femnpde: error: {err}"
-    if isinstance(err, (ValueError, TypeError, FileNotFoundError)):
+    if isinstance(err, (ValueError, TypeError, OSError)):  # OSError: a file or directory that cannot be used
         return 2, f"femnpde: error: {err}"
     if isinstance(err, KeyboardInterrupt):
         return 130, "femnpde: error: interrupted"
