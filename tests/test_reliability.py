@@ -40,9 +40,12 @@ checkpoint_every = {every}
 """
 
 
-def tiny(path: pathlib.Path, iterations: int = 3, every: int = 1, extra: str = "") -> pathlib.Path:
-    """A tiny heat run configuration."""
-    path.write_text(TINY.format(iterations=iterations, every=every) + extra)
+def tiny(path: pathlib.Path, iterations: int = 3, every: int = 1, extra: str = "", mesh: bool = True) -> pathlib.Path:
+    """A tiny heat run configuration (without its [mesh] section if not ``mesh``)."""
+    text = TINY.format(iterations=iterations, every=every)
+    if not mesh:
+        text = text.replace("[mesh]\ncells = [4, 8]\n", "")
+    path.write_text(text + extra)
     return path
 
 
