@@ -25,6 +25,7 @@ def test_gradcheck_bad_target_is_exit_2(capsys):
         assert "nonsense" in err and "difficult" in err
 
 
+@pytest.mark.serial
 def test_unknown_command_is_exit_2():
     with pytest.raises(SystemExit) as exc:
         main(["nonsense"])
