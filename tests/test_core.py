@@ -114,21 +114,6 @@ def test_rank_independence(pde):
     assert all(np.array_equal(g_all[0], g) for g in g_all)
 
 
-def test_constant_jacobian_is_factorised_once():
-    problem = paper_problem("heat", nx=4, ny=8, n_steps=5)
-    assert problem.forms.jacobian_constant and problem.forms.affine
-    rf, theta0 = _reduced(problem, prefix="reuse_")
-    rf(theta0)
-    rf.derivative()
-    A = rf.solver.A
-    state = A.getObjectState() if hasattr(A, "getObjectState") else None
-    rf(theta0 + 0.1)
-    rf.derivative()
-    if state is not None:
-        assert A.getObjectState() == state  # the matrix was not reassembled
-    assert np.all(rf.solver.newton_iterations[1:] == 1)
-
-
 def test_allen_cahn_jacobian_is_not_constant():
     problem = paper_problem("allen-cahn", nx=4, ny=8, n_steps=3)
     assert not problem.forms.jacobian_constant and not problem.forms.affine
