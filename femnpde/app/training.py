@@ -268,10 +268,11 @@ def train(
                 state = {"epoch": start}
 
                 def callback(k, params, J, grad):
+                    nonlocal epoch  # the epoch a failure reports
                     e = state["epoch"]
                     rmse = record(e, J, grad, float("nan"))
                     progress.update(J, rmse)
-                    state["epoch"] = e + 1
+                    state["epoch"] = epoch = e + 1
                     if state["epoch"] % every == 0:
                         checkpoint(state["epoch"], params)
                     return state["epoch"] >= n_iter
