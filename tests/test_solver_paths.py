@@ -192,3 +192,20 @@ def test_bad_user_residual_is_exit_2(shared_tmp_path, capsys, factory, fragments
         for frag in fragments:
             assert frag in err, (frag, err)
         assert "Traceback" not in err
+
+
+def test_linear_solver_failure_is_exit_3_naming_the_prefix(shared_tmp_path, capsys):
+    """One unpreconditioned GMRES iteration cannot solve the step: KSP diverges, the run exits 3."""
+    path = shared_tmp_path / "ksp.toml"
+    if MPI.COMM_WORLD.rank == 0:
+        path.write_text(
+            "[mesh]\ncells = [4, 8]\n[time]\nn_steps = 2\n[network]\nneurons = 3\n[run]\niterations = 1\n"
+            '[solver.petsc_options]\nksp_type = "gmres"\npc_type = "none"\nksp_max_it = 1\nksp_rtol = 1e-12\n'
+        )
+    MPI.COMM_WORLD.Barrier()
+    code = main(["train", str(path), "--quiet", "--out", str(shared_tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 3, err
+    if MPI.COMM_WORLD.rank == 0:
+        assert "forward linear solve at time step 1 failed (KSP converged reason -3)" in err, err
+        assert "femnpde_forward_" in err, err
