@@ -8,7 +8,6 @@ printed rates are checked the same way.
 """
 
 import pathlib
-import re
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ from mpi4py import MPI
 from femnpde.app.cli import main
 from femnpde.app.config import build_run, load_config
 from femnpde.model.verification import taylor_test
+from cli_output import gradcheck_figures
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -105,10 +105,9 @@ def test_gradcheck_command_prints_rates_near_2(shared_tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0, out
     if MPI.COMM_WORLD.rank == 0:
-        rates = [float(m) for m in re.findall(r"^\s*\S+\s+\S+\s+(\d+\.\d{4})\s*$", out, flags=re.M)]
+        rates, norm = gradcheck_figures(out)
         assert len(rates) == 3, out
         assert all(1.9 < r < 2.1 for r in rates), out
-        norm = float(re.search(r"\|dJ/dtheta\|\s*=\s*(\S+)", out).group(1))
         assert norm > 0, out
 
 
