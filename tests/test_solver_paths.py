@@ -45,8 +45,24 @@ def _heat_explicit_time(comm=MPI.COMM_WORLD):
     )
 
 
+def _heat_constant_term(comm=MPI.COMM_WORLD):
+    """Fully affine with a constant term f0 = F(0) != 0 and non-zero Dirichlet data: the mat-vec path adds f0."""
+    import dolfinx.mesh
+
+    mesh = dolfinx.mesh.create_rectangle(comm, [[0.0, 0.0], [0.5, 1.0]], [4, 8])
+
+    def residual(u, v, g, t, x):
+        return (0.01 * ufl.inner(ufl.grad(u), ufl.grad(v)) + u * v - g * v - (0.3 + x[1]) * v) * ufl.dx
+
+    return ParabolicProblem(
+        mesh, residual, time=TimeGrid(1.0, 6), theta=1.0, initial_condition=0.2,
+        dirichlet=[Dirichlet(lambda x: np.isclose(x[1], 0.0), 0.2)],
+    )
+
+
 PROBLEMS = {
     "heat": lambda: paper_problem("heat", nx=4, ny=8, n_steps=6, theta=0.5),
+    "heat_constant_term": _heat_constant_term,
     "heat_explicit_time": _heat_explicit_time,
     "allen_cahn": lambda: paper_problem("allen-cahn", nx=4, ny=8, n_steps=6, theta=0.5),
 }
@@ -71,6 +87,8 @@ def test_fast_paths_equal_plain_assembly(name):
     assert not plain.solver.uses_linear_fast_path and not plain.solver._blocks
     if name == "heat":
         assert fast.solver.uses_linear_fast_path
+    elif name == "heat_constant_term":
+        assert fast.solver.uses_linear_fast_path and not fast.solver._f0_zero
     elif name == "heat_explicit_time":
         assert forms.jacobian_constant and forms.linear is None and not fast.solver.uses_linear_fast_path
         assert fast.solver._blocks  # the source block is still a matrix
