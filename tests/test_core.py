@@ -121,16 +121,20 @@ def test_allen_cahn_jacobian_is_not_constant():
 
 
 def _manufactured_error(degree, n_cells, n_steps, theta, T=0.5, gamma=1.0):
-    """L2 error at T for u = sin(πx) sin(πy) cos(2t) on the unit square."""
+    """L2 error at T for u = sin(πx) sin(πy) (1 + t) on the unit square.
+
+    u is linear in t, so the theta scheme has no time truncation error: the
+    error is the spatial one, O(h^(p+1)), with any number of steps.
+    """
     comm = MPI.COMM_WORLD
     mesh = dolfinx.mesh.create_unit_square(comm, n_cells, n_cells)
 
     def exact(t, x):
-        return np.sin(np.pi * x[0]) * np.sin(np.pi * x[1]) * np.cos(2 * t)
+        return np.sin(np.pi * x[0]) * np.sin(np.pi * x[1]) * (1 + t)
 
     def source(t, x):  # g = u_t − γ Δu, x of shape (npts, gdim)
         s = np.sin(np.pi * x[:, 0]) * np.sin(np.pi * x[:, 1])
-        return s * (-2 * np.sin(2 * t) + gamma * 2 * np.pi**2 * np.cos(2 * t))
+        return s * (1 + gamma * 2 * np.pi**2 * (1 + t))
 
     problem = ParabolicProblem(
         mesh,
@@ -154,13 +158,9 @@ def _manufactured_error(degree, n_cells, n_steps, theta, T=0.5, gamma=1.0):
 
 @pytest.mark.parametrize("degree", [1, 2])
 def test_spatial_convergence(degree):
-    errors = [_manufactured_error(degree, n, n_steps=80, theta=0.5, T=0.2) for n in (4, 8, 16)]
+    errors = [_manufactured_error(degree, n, n_steps=2, theta=0.5, T=0.2) for n in (4, 8, 16)]
     rates = np.log2(np.array(errors[:-1]) / np.array(errors[1:]))
-    assert np.all(rates > degree + 1 - 0.25), rates
+    assert np.all(rates > degree + 1 - 0.25) and np.all(rates < degree + 1 + 0.5), rates
 
 
-@pytest.mark.parametrize("theta,order", [(1.0, 1), (0.5, 2)])
-def test_temporal_convergence(theta, order):
-    errors = [_manufactured_error(2, 24, n_steps=n, theta=theta, T=1.0, gamma=0.1) for n in (8, 16, 32)]
-    rates = np.log2(np.array(errors[:-1]) / np.array(errors[1:]))
-    assert np.all(rates > order - 0.2), rates
+# Temporal orders (BE 1, CN 2) are checked on manufactured Allen-Cahn solutions in test_manufactured.py.
