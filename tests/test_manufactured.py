@@ -142,6 +142,7 @@ def test_spatial_order_allen_cahn_dirichlet_t_neumann(dim, degree, theta, cells)
     assert np.all(rates < degree + 1 + 0.6), (errors, rates)
 
 
+@pytest.mark.serial  # the time truncation does not depend on the partition; the spatial cases run on 2 ranks
 @pytest.mark.parametrize(
     "dim,degree,theta,order",
     [
