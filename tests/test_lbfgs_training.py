@@ -9,7 +9,8 @@ from mpi4py import MPI
 from femnpde.app.config import build_run, load_config
 from femnpde.app.training import train
 from femnpde.fem.solver import SolverError
-from femnpde.io.output import History, load_checkpoint
+from femnpde.io.checkpoint import load_checkpoint
+from femnpde.io.history import History
 
 CONFIG = """
 [mesh]

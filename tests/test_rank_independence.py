@@ -26,7 +26,7 @@ from serial_reference import paper_mesh_pair
 
 
 def _field_misfit(problem, states, subdomain=False):
-    data = states.array[:, : problem.n_owned].copy()
+    data = states.to_array()[:, : problem.n_owned].copy()
     if not subdomain:
         return L2Misfit(problem, data, TimeWeights("trapezoid"))
     mesh = problem.mesh

@@ -19,7 +19,7 @@ from femnpde.app.cli import main
 from femnpde.app.config import build_run, load_config
 from femnpde.app.training import forward, train
 from femnpde.io.fielddata import read_field_data
-from femnpde.io.output import load_checkpoint
+from femnpde.io.checkpoint import load_checkpoint
 
 SMALL = """
 [mesh]
@@ -78,7 +78,7 @@ def test_state_checkpoint_reads_back_as_the_solution(shared_tmp_path, degree, mo
     try:
         J = run.rf(np.asarray(ck["params"]))
         assert J == pytest.approx(res["final_loss"], rel=1e-12)
-        expected = run.rf.states.array[:, : run.problem.n_owned]
+        expected = run.rf.states.to_array()[:, : run.problem.n_owned]
         u = read_field_data(out / "fields" / "u.bp", run.problem, name="u")
         assert u.shape == expected.shape
         scale = np.max(np.abs(expected))

@@ -72,7 +72,7 @@ def _rf(problem, prefix, fast_affine, data=None):
     solver = ThetaSolver(problem, prefix, fast_affine=fast_affine)
     if data is None:
         gstar = FunctionSource(problem, target_source("difficult", problem.time.T)).values()
-        data = solver.forward(gstar).array[:, : problem.n_owned].copy()
+        data = solver.forward(gstar).to_array()[:, : problem.n_owned].copy()
     net = ShallowNetwork(7, problem.mesh.geometry.dim, seed=11)
     return ReducedFunctional(solver, NetworkSource(problem, net), L2Misfit(problem, data)), net.params.copy(), data
 
@@ -96,9 +96,9 @@ def test_fast_paths_equal_plain_assembly(name):
         assert not forms.jacobian_constant and fast.solver._blocks
     theta = theta + 0.3 * np.random.default_rng(0).standard_normal(theta.size)
     J_p, g_p = plain.value_and_gradient(theta)
-    u_p = plain.states.array.copy()
+    u_p = plain.states.to_array().copy()
     J_f, g_f = fast.value_and_gradient(theta)
-    u_f = fast.states.array.copy()
+    u_f = fast.states.to_array().copy()
     assert J_p > 0 and np.linalg.norm(g_p) > 0
     assert abs(J_f - J_p) <= 1e-11 * J_p, (J_f, J_p)
     assert np.linalg.norm(g_f - g_p) <= 1e-10 * np.linalg.norm(g_p)
