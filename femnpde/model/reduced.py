@@ -6,6 +6,14 @@ puts the PDE problem (:class:`~femnpde.fem.solver.ThetaSolver`), the misfit and 
 network together, in the shape of pyadjoint's ``ReducedFunctional``:
 ``rf(theta)`` returns J and ``rf.derivative()`` its gradient, both of the
 *discretised* loss (discretise-then-optimise).
+
+Evaluating ``rf(theta)`` (or ``rf.derivative(theta)``,
+``rf.value_and_gradient(theta)``) at a new θ sets the network's parameters to
+θ: afterwards ``rf.network.params`` holds the last θ evaluated, and the
+source values and states of the last sweep belong to it.  The verification
+functions (:func:`~femnpde.model.verification.taylor_test`,
+:func:`~femnpde.model.verification.finite_difference_check`) restore the
+parameters they found.
 """
 
 from __future__ import annotations
@@ -110,6 +118,11 @@ class ReducedFunctional:
         return self.source.network.n_params
 
     @property
+    def network(self):
+        """The network; its parameters are those of the last θ evaluated."""
+        return self.source.network
+
+    @property
     def comm(self):
         """The problem's communicator."""
         return self.solver.problem.comm
@@ -119,6 +132,10 @@ class ReducedFunctional:
         if theta.shape != (self.n_params,):
             raise ValueError(f"ReducedFunctional: theta has shape {theta.shape}, expected ({self.n_params},)")
         if self._theta is not None and np.array_equal(theta, self._theta):
+            if not np.array_equal(self.source.network.params, theta):
+                # The parameters were changed since (e.g. restored): set them
+                # back to θ, and the activation cache with them.
+                self._g = self.source.values(theta)
             return
         self._theta = theta.copy()
         self._grad = None
@@ -128,7 +145,7 @@ class ReducedFunctional:
         self.n_forward += 1
 
     def __call__(self, theta: np.ndarray) -> float:
-        """The loss J(θ)."""
+        """The loss J(θ); sets the network's parameters to θ (see the module docstring)."""
         self._forward(theta)
         return self._J
 

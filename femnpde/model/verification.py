@@ -1,18 +1,52 @@
-"""Gradient verification: the Taylor test.
+"""Gradient verification: the Taylor test and a finite-difference check.
 
-For a smooth J, ``r(h) = |J(θ + h δθ) − J(θ) − h ∇J(θ)·δθ| = O(h²)``; the rates
-``log2(r(h_k) / r(h_k/2))`` tend to 2 exactly when the gradient is the exact
-gradient of J (a biased gradient gives rate 1).
+Taylor test: for a smooth J, ``r(h) = |J(θ + h δθ) − J(θ) − h ∇J(θ)·δθ| = O(h²)``;
+the rates ``log2(r(h_k) / r(h_k/2))`` tend to 2 when the gradient is the
+gradient of J (a biased gradient gives rate 1).  A small bias (say 1e-5
+relative) only shows in the rates below the crossover step ``h ≈ bias ·
+|∇J·δθ| / |J''|``, usually far below the steps used, so the rates alone can
+pass a wrong gradient.
+
+Finite-difference check: the central differences
+``(J(θ + h d) − J(θ − h d)) / (2h)`` for steps ``h = 1e-2 … 1e-6`` are compared
+with the adjoint's ``∇J(θ)·d``; the best relative agreement over the steps
+(truncation error ``O(h²)`` against round-off ``O(ε J / h)``) is about 1e-10
+for an exact gradient, and stays at the bias for a biased one.  A gradient is
+accepted when the best agreement of every direction is at most
+:data:`FD_TOLERANCE`.
+
+Both tests evaluate J at perturbed parameters; when ``J`` is a
+:class:`~femnpde.model.reduced.ReducedFunctional` (which sets the network's
+parameters to the θ it evaluates), they restore the network's parameters to
+their value before the test, as pyadjoint's ``taylor_test`` does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["TaylorResult", "taylor_test"]
+__all__ = [
+    "FD_TOLERANCE",
+    "RATE_RANGE",
+    "TaylorResult",
+    "FDResult",
+    "taylor_test",
+    "finite_difference_check",
+]
+
+#: Largest accepted best relative error of the finite-difference check (an
+#: exact gradient reaches about 1e-10; a quadrature mismatch between the
+#: residual and its derivatives gave 1e-8 … 1e-5).
+FD_TOLERANCE = 1e-7
+
+#: Accepted range of the Taylor rates.
+RATE_RANGE = (1.9, 2.1)
+
+_TINY = 1e-300
 
 
 @dataclass
@@ -40,6 +74,59 @@ class TaylorResult:
         """The smallest rate."""
         return float(np.min(self.rates))
 
+    def passed(self, rate_range: tuple[float, float] = RATE_RANGE) -> bool:
+        """Whether every rate lies in ``rate_range`` and the gradient is not zero."""
+        lo, hi = rate_range
+        return bool(self.gradient_norm > 0 and np.all(self.rates >= lo) and np.all(self.rates <= hi))
+
+
+@dataclass
+class FDResult:
+    """Outcome of a finite-difference check of a gradient.
+
+    Attributes:
+        steps: The step sizes h.
+        adjoint: ``∇J(θ)·d`` from the gradient, shape ``(n_directions,)``.
+        fd: Central differences ``(J(θ + h d) − J(θ − h d)) / (2h)``, shape
+            ``(n_directions, n_steps)``.
+        errors: ``|fd − adjoint| / max(|adjoint|, tiny)``, shape
+            ``(n_directions, n_steps)``.
+        best: The smallest error over the steps, per direction.
+    """
+
+    steps: np.ndarray
+    adjoint: np.ndarray
+    fd: np.ndarray
+    errors: np.ndarray
+    best: np.ndarray
+
+    @property
+    def worst(self) -> float:
+        """The largest best error over the directions."""
+        return float(np.max(self.best))
+
+    def passed(self, tol: float = FD_TOLERANCE) -> bool:
+        """Whether the best agreement of every direction is at most ``tol``."""
+        return bool(np.all(np.isfinite(self.best)) and self.worst <= tol)
+
+
+@contextlib.contextmanager
+def restored_parameters(J) -> Iterator[None]:
+    """Restore the network parameters of ``J`` (if it has ``J.network``) on exit."""
+    network = getattr(J, "network", None)
+    saved = None if network is None else np.array(network.params, dtype=np.float64, copy=True)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            network.params = saved
+
+
+def _gradient(J, theta: np.ndarray, gradient: np.ndarray | None) -> np.ndarray:
+    if gradient is None:
+        gradient = J.derivative(theta)
+    return np.asarray(gradient, dtype=np.float64)
+
 
 def taylor_test(
     J: Callable[[np.ndarray], float],
@@ -50,6 +137,9 @@ def taylor_test(
     n_steps: int = 5,
 ) -> TaylorResult:
     """Second-order Taylor remainder test of a gradient.
+
+    The network parameters of ``J`` (a :class:`femnpde.model.reduced.ReducedFunctional`)
+    are restored afterwards.
 
     Args:
         J: The functional (e.g. a :class:`femnpde.model.reduced.ReducedFunctional`,
@@ -65,14 +155,14 @@ def taylor_test(
     """
     if n_steps < 2:
         raise ValueError(f"taylor_test: n_steps={n_steps} must be >= 2")
-    theta = np.asarray(theta, dtype=np.float64).copy()
+    theta = np.array(theta, dtype=np.float64, copy=True)
     dtheta = np.asarray(dtheta, dtype=np.float64)
-    J0 = float(J(theta))
-    if gradient is None:
-        gradient = J.derivative(theta)
-    dJ = float(np.dot(gradient, dtheta))
-    steps = h0 * 0.5 ** np.arange(n_steps)
-    rem = np.array([abs(float(J(theta + h * dtheta)) - J0 - h * dJ) for h in steps])
+    with restored_parameters(J):
+        J0 = float(J(theta))
+        gradient = _gradient(J, theta, gradient)
+        dJ = float(np.dot(gradient, dtheta))
+        steps = h0 * 0.5 ** np.arange(n_steps)
+        rem = np.array([abs(float(J(theta + h * dtheta)) - J0 - h * dJ) for h in steps])
     with np.errstate(divide="ignore", invalid="ignore"):
         rates = np.log2(rem[:-1] / rem[1:])
     return TaylorResult(
@@ -83,3 +173,58 @@ def taylor_test(
         gradient_norm=float(np.linalg.norm(gradient)),
         directional_derivative=dJ,
     )
+
+
+def finite_difference_check(
+    rf,
+    theta: np.ndarray,
+    directions: np.ndarray | None = None,
+    *,
+    steps: Sequence[float] = (1e-2, 1e-3, 1e-4, 1e-5, 1e-6),
+    n_directions: int = 2,
+    seed: int = 0,
+    gradient: np.ndarray | None = None,
+) -> FDResult:
+    """Compare the gradient with central finite differences along a few directions.
+
+    The network parameters of ``rf`` are restored afterwards.
+
+    Args:
+        rf: The functional: ``rf(θ) -> float`` and ``rf.derivative(θ)`` (unless
+            ``gradient`` is given), e.g. a :class:`femnpde.model.reduced.ReducedFunctional`.
+        theta: Where to check.
+        directions: The directions d, shape ``(n_directions, n_params)`` (or one
+            direction ``(n_params,)``); they must be the same on every rank.
+            Default: ``n_directions`` standard normal vectors from
+            ``numpy.random.default_rng(seed)`` (the same on every rank).
+        steps: The step sizes h (> 0).
+        n_directions: Number of random directions when ``directions`` is None (>= 1).
+        seed: Seed of the random directions.
+        gradient: ∇J(θ); default ``rf.derivative(theta)``.
+
+    Returns:
+        The directional derivatives, the central differences and their relative errors.
+    """
+    theta = np.array(theta, dtype=np.float64, copy=True)
+    steps_arr = np.asarray(steps, dtype=np.float64).reshape(-1)
+    if steps_arr.size == 0 or not np.all(np.isfinite(steps_arr) & (steps_arr > 0)):
+        raise ValueError(f"finite_difference_check: steps={list(steps)} are not valid; give positive step sizes")
+    if directions is None:
+        if not (isinstance(n_directions, (int, np.integer)) and n_directions >= 1):
+            raise ValueError(f"finite_difference_check: n_directions={n_directions!r} must be an integer >= 1")
+        directions = np.random.default_rng(seed).standard_normal((int(n_directions), theta.size))
+    directions = np.atleast_2d(np.asarray(directions, dtype=np.float64))
+    if directions.ndim != 2 or directions.shape[1] != theta.size:
+        raise ValueError(
+            f"finite_difference_check: directions have shape {np.shape(directions)}, expected "
+            f"(n_directions, {theta.size})"
+        )
+    with restored_parameters(rf):
+        gradient = _gradient(rf, theta, gradient)
+        adjoint = directions @ gradient
+        fd = np.empty((directions.shape[0], steps_arr.size))
+        for i, d in enumerate(directions):
+            for k, h in enumerate(steps_arr):
+                fd[i, k] = (float(rf(theta + h * d)) - float(rf(theta - h * d))) / (2.0 * h)
+    errors = np.abs(fd - adjoint[:, None]) / np.maximum(np.abs(adjoint[:, None]), _TINY)
+    return FDResult(steps=steps_arr, adjoint=adjoint, fd=fd, errors=errors, best=errors.min(axis=1))
