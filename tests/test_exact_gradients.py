@@ -232,3 +232,76 @@ def test_fd_result_api():
     assert all(np.array_equal(all_adj[0], a) for a in all_adj)
     with pytest.raises(ValueError, match="directions"):
         finite_difference_check(rf, theta0, np.ones(3))
+
+
+def exp8g_residual(gamma: float = 0.02):
+    """A residual factory for configurations: ``γ∇u·∇v + u³v/2 − exp(8g) u v − v``."""
+    return _exp8g(None, None)
+
+
+GRADCHECK_CONFIG = """
+[mesh]
+kind = "box"
+upper = [1.0, 1.0, 1.0]
+cells = [3, 3, 3]
+[pde]
+residual = "test_exact_gradients:exp8g_residual"
+[time]
+T = 0.4
+n_steps = 4
+[initial_condition]
+kind = "constant"
+value = 0.0
+[network]
+neurons = 5
+[data]
+target = "moving_gaussian"
+[run]
+iterations = 1
+"""
+
+
+def _write(path, text):
+    if MPI.COMM_WORLD.rank == 0:
+        path.write_text(text)
+    MPI.COMM_WORLD.Barrier()
+    return path
+
+
+def test_gradcheck_config_sees_quadrature_mismatch(shared_tmp_path, monkeypatch, capsys):
+    """`femnpde gradcheck CONFIG`: passes with pinned quadrature; with the residual's derivative forms
+    estimated separately (main before issue 9) the Taylor rates still pass but the FD check fails."""
+    from femnpde.app.cli import main
+    import femnpde.fem.problem as problem_module
+
+    cfg = _write(shared_tmp_path / "exp8g.toml", GRADCHECK_CONFIG)
+    args = ["gradcheck", str(cfg), "--taylor-steps", "3"]
+    assert main(args) == 0
+    monkeypatch.setattr(problem_module, "pin_quadrature_degrees", lambda form: form)
+    capsys.readouterr()
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    if MPI.COMM_WORLD.rank == 0:
+        assert "finite-difference agreement" in out and "Taylor rate" not in out, out
+
+
+def test_gradcheck_fails_on_perturbed_gradient(monkeypatch, capsys):
+    """A gradient biased by 1e-5 (one derivative scaled) passes the Taylor rates but fails gradcheck."""
+    from femnpde.app.cli import main
+
+    args = ["gradcheck", "--pde", "allen-cahn", "--N", "5", "--nx", "4", "--ny", "8", "--steps", "8",
+            "--taylor-steps", "5"]
+    assert main(args) == 0
+    original = NetworkSource.vjp
+    monkeypatch.setattr(NetworkSource, "vjp", lambda self, R: original(self, R * (1 + 1e-5)))
+    capsys.readouterr()
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    if MPI.COMM_WORLD.rank == 0:
+        assert "finite-difference agreement" in out and "Taylor rate" not in out, out
+    monkeypatch.setattr(NetworkSource, "vjp", lambda self, R: 0.0 * original(self, R))
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    if MPI.COMM_WORLD.rank == 0:
+        assert "the gradient is zero" in out, out
+    assert main([*args, "--fd-tol", "-1"]) == 2
