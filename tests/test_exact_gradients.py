@@ -305,3 +305,18 @@ def test_gradcheck_fails_on_perturbed_gradient(monkeypatch, capsys):
     if MPI.COMM_WORLD.rank == 0:
         assert "the gradient is zero" in out, out
     assert main([*args, "--fd-tol", "-1"]) == 2
+
+
+@pytest.mark.skipif(MPI.COMM_WORLD.size == 1, reason="ranks can only drift apart on more than one rank")
+def test_rank_dependent_theta_is_an_error():
+    """θ that differs between ranks (a drifted optimiser) stops with a clear error on every rank."""
+    from femnpde.fem.solver import SolverError
+
+    rf, theta0 = build_case(Case(_sin_source, "square"), prefix="exact_drift_")
+    rf(theta0)
+    drifted = theta0.copy()
+    drifted[0] += 1e-14 * (MPI.COMM_WORLD.rank + 1)  # no rank hits the cache of θ0
+    with pytest.raises(SolverError, match="differs between the MPI ranks"):
+        rf(drifted)
+    rf.solver.destroy()
+    rf.misfit.destroy()

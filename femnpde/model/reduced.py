@@ -18,15 +18,40 @@ parameters they found.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 
 import numpy as np
 from mpi4py import MPI
 
 from femnpde.fem.problem import ParabolicProblem
-from femnpde.fem.solver import ThetaSolver
+from femnpde.fem.solver import SolverError, ThetaSolver
 
-__all__ = ["NetworkSource", "FunctionSource", "ReducedFunctional"]
+__all__ = ["NetworkSource", "FunctionSource", "ReducedFunctional", "check_replicated"]
+
+
+def check_replicated(comm: MPI.Comm, array: np.ndarray, what: str = "theta") -> None:
+    """Raise on every rank unless ``array`` is bitwise identical on all ranks of ``comm``.
+
+    The network parameters are replicated and every rank runs its own copy of
+    the optimiser; a rank-dependent update would otherwise make the ranks
+    solve different problems (or call mismatched collectives).  Costs one
+    allreduce of two integers (a CRC-32 of the bytes).
+
+    Raises:
+        SolverError: The ranks disagree (the same error on every rank).
+    """
+    if comm.size == 1:
+        return
+    crc = zlib.crc32(np.ascontiguousarray(array, dtype=np.float64).tobytes())
+    buf = np.array([crc, -crc], dtype=np.int64)
+    comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.MAX)
+    if buf[0] != -buf[1]:
+        raise SolverError(
+            f"{what} differs between the MPI ranks (it must be replicated: the same on every rank); "
+            "an optimiser or a user update made it rank-dependent. Compute updates from replicated "
+            "values only (the gradient is replicated), or broadcast theta from rank 0."
+        )
 
 
 class NetworkSource:
@@ -131,6 +156,8 @@ class ReducedFunctional:
         theta = np.asarray(theta, dtype=np.float64)
         if theta.shape != (self.n_params,):
             raise ValueError(f"ReducedFunctional: theta has shape {theta.shape}, expected ({self.n_params},)")
+        # Before the cache test: a rank whose θ drifted must not skip the sweep alone.
+        check_replicated(self.comm, theta, "ReducedFunctional: theta")
         if self._theta is not None and np.array_equal(theta, self._theta):
             if not np.array_equal(self.source.network.params, theta):
                 # The parameters were changed since (e.g. restored): set them
