@@ -269,6 +269,7 @@ def train(
 
                 def callback(k, params, J, grad):
                     e = state["epoch"]
+                    rf(params)  # the row describes the accepted iterate (no sweep unless a trial came after it)
                     rmse = record(e, J, grad, float("nan"))
                     progress.update(J, rmse)
                     state["epoch"] = e + 1

@@ -1,0 +1,57 @@
+"""API sharp edges of issue 9: L-BFGS history rows, pre-flight gradient check, docs of callbacks."""
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+import femnpde.app.training as training
+from femnpde.io.output import History
+from femnpde.app.training import train
+
+LBFGS = """
+[mesh]
+cells = [4, 8]
+[time]
+n_steps = 6
+[network]
+neurons = 6
+[optimizer]
+kind = "lbfgs"
+[run]
+iterations = 5
+checkpoint_every = 10
+"""
+
+
+def _write(path, text):
+    if MPI.COMM_WORLD.rank == 0:
+        path.write_text(text)
+    MPI.COMM_WORLD.Barrier()
+    return path
+
+
+def _columns(path):
+    h = History.read(path)
+    return {k: np.asarray(v) for k, v in h.items() if k != "wall_time"}
+
+
+def test_lbfgs_history_rows_describe_the_accepted_iterate(shared_tmp_path, monkeypatch):
+    """An evaluation after the accepted iterate (a line-search trial) must not leak into its history row."""
+    cfg = _write(shared_tmp_path / "lbfgs.toml", LBFGS)
+    train(cfg, out=shared_tmp_path / "plain", quiet=True, write_outputs=False)
+    real = training.minimize_lbfgs
+
+    def with_trial(fun_and_grad, x0, max_iterations, callback=None, **kwargs):
+        def cb(k, params, J, grad):
+            fun_and_grad(params + 0.05)  # another trial point evaluated before the row is written
+            return callback(k, params, J, grad)
+
+        return real(fun_and_grad, x0, max_iterations, callback=cb, **kwargs)
+
+    monkeypatch.setattr(training, "minimize_lbfgs", with_trial)
+    train(cfg, out=shared_tmp_path / "trial", quiet=True, write_outputs=False)
+    plain = _columns(shared_tmp_path / "plain" / "history.csv")
+    trial = _columns(shared_tmp_path / "trial" / "history.csv")
+    assert set(plain) == set(trial)
+    for key in plain:
+        np.testing.assert_allclose(trial[key], plain[key], rtol=1e-12, atol=0, err_msg=key, equal_nan=True)
