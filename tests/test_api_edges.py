@@ -55,3 +55,42 @@ def test_lbfgs_history_rows_describe_the_accepted_iterate(shared_tmp_path, monke
     assert set(plain) == set(trial)
     for key in plain:
         np.testing.assert_allclose(trial[key], plain[key], rtol=1e-12, atol=0, err_msg=key, equal_nan=True)
+
+
+HEAT = """
+[mesh]
+cells = [4, 8]
+[time]
+n_steps = 6
+[network]
+neurons = 5
+[optimizer]
+kind = "adam"
+lr = 0.01
+[run]
+iterations = 2
+checkpoint_every = 10
+"""
+
+
+def test_train_check_gradient(shared_tmp_path, monkeypatch, capsys):
+    """--check-gradient / [run] check_gradient: passes on the run's problem; a wrong gradient stops with exit 3."""
+    from femnpde.app.cli import main
+    from femnpde.model.reduced import NetworkSource
+
+    cfg = _write(shared_tmp_path / "heat.toml", HEAT)
+    assert main(["train", str(cfg), "--out", str(shared_tmp_path / "ok"), "--check-gradient"]) == 0
+    out = capsys.readouterr().out
+    if MPI.COMM_WORLD.rank == 0:
+        assert "gradient check passed" in out, out
+    original = NetworkSource.vjp
+    monkeypatch.setattr(NetworkSource, "vjp", lambda self, R: original(self, R * (1 + 1e-5)))
+    for extra in (["--check-gradient"], ["--set", "run.check_gradient=true"]):
+        assert main(["train", str(cfg), "--out", str(shared_tmp_path / "bad"), *extra]) == 3
+        err = capsys.readouterr().err
+        if MPI.COMM_WORLD.rank == 0:
+            assert "gradient check before the first epoch failed" in err and "finite-difference" in err, err
+        assert not (shared_tmp_path / "bad" / "checkpoint.npz").exists()
+    # Without the check the same (wrong) gradient trains silently.
+    assert main(["train", str(cfg), "--out", str(shared_tmp_path / "bad2"), "--quiet"]) == 0
+    assert main(["train", str(cfg), "--out", str(shared_tmp_path / "bad3"), "--set", "run.check_gradient=3"]) == 2

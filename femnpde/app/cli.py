@@ -103,7 +103,8 @@ def _cmd_mesh(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from femnpde.app.training import train
 
-    train(args.config, out=args.out, resume=args.resume, overrides=args.set, quiet=args.quiet)
+    train(args.config, out=args.out, resume=args.resume, overrides=args.set, quiet=args.quiet,
+          check_gradient=True if args.check_gradient else None)
     return 0
 
 
@@ -200,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     p.add_argument("--quiet", action="store_true", help="no progress bar (batch jobs)")
+    p.add_argument("--check-gradient", action="store_true",
+                   help="check the gradient (Taylor + finite differences) at the initial theta before the first "
+                   "epoch; exit 3 with the figures if it fails (also: [run] check_gradient = true)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("forward", help="solve the configured problem and write the fields")

@@ -135,6 +135,11 @@ Dirichlet entries (``[[boundary]]``) also take ``time_function`` =
     * ``checkpoint_every``: int >= 1; default 50.
     * ``plot_times``: list of numbers in [0, T]; default (dep.) ``[T/4, T/2, T]``.
     * ``field_format``: ``"vtx"`` | ``"xdmf"``; default ``"vtx"``.
+    * ``check_gradient``: bool; default false.  Before the first epoch, run
+      the Taylor test and the finite-difference check of the gradient at the
+      initial θ on the run's own problem and ranks (as ``femnpde gradcheck``);
+      if it fails, print the figures and stop with exit code 3
+      (``femnpde train --check-gradient`` does the same).
 
 ``[solver]``
     * ``petsc_options`` (optional): table of option name -> string, number or
@@ -245,7 +250,13 @@ DEFAULTS: dict[str, Any] = {
             "eta_min": 0.0,
         },
     },
-    "run": {"iterations": 500, "checkpoint_every": 50, "plot_times": [0.25, 0.5, 1.0], "field_format": "vtx"},
+    "run": {
+        "iterations": 500,
+        "checkpoint_every": 50,
+        "plot_times": [0.25, 0.5, 1.0],
+        "field_format": "vtx",
+        "check_gradient": False,
+    },
     "solver": {"newton_rtol": 1e-11, "newton_atol": 1e-13, "newton_max_it": 25},
 }
 
@@ -814,6 +825,7 @@ def _validate_run(user: Mapping[str, Any], T: float) -> dict[str, Any]:
         "plot_times": _floats("run.plot_times", _get(sec, "plot_times", [T / 4, T / 2, T]),
                               f"a list of numbers in [0, T] = [0, {T!r}]", None, lambda f: 0.0 <= f <= T),
         "field_format": _choice("run.field_format", _get(sec, "field_format", "vtx"), ("vtx", "xdmf")),
+        "check_gradient": _bool("run.check_gradient", _get(sec, "check_gradient", False)),
     }
 
 

@@ -150,6 +150,21 @@ def _write_outputs(run, out: pathlib.Path, comm, fmt: str) -> list[pathlib.Path]
     return written
 
 
+def _preflight_gradient_check(rf, theta: np.ndarray, comm, quiet: bool) -> None:
+    """Taylor test + FD check at ``theta`` on the run's problem; SolverError (exit 3) with the figures on failure."""
+    from femnpde.model.verification import check_gradient
+
+    result = check_gradient(rf, theta)
+    if not result.passed:
+        raise SolverError(f"the gradient check before the first epoch failed:\n{result.report()}")
+    if not quiet:
+        rank0_print(
+            comm,
+            f"femnpde train: gradient check passed (min Taylor rate {result.taylor.min_rate:.4f}, "
+            f"best FD agreement {result.fd.worst:.2e})",
+        )
+
+
 def train(
     config: str | pathlib.Path,
     out: str | pathlib.Path | None = None,
@@ -158,6 +173,7 @@ def train(
     quiet: bool = False,
     comm: MPI.Comm = MPI.COMM_WORLD,
     write_outputs: bool = True,
+    check_gradient: bool | None = None,
 ) -> TrainResult:
     """Train the network of a configured neural PDE model.
 
@@ -169,6 +185,11 @@ def train(
         quiet: No progress bar.
         comm: Communicator.
         write_outputs: Write fields and plots at the end.
+        check_gradient: Check the gradient (Taylor + finite differences) at the
+            initial θ before the first epoch; default ``run.check_gradient``.
+
+    Raises:
+        SolverError: A solve failed, or the gradient check failed (exit code 3).
 
     Returns:
         A summary of the run.
@@ -217,6 +238,8 @@ def train(
             f"femnpde train: {pde}, N={cfg['network']['neurons']}, {run.network.n_params} parameters, "
             f"{cfg['optimizer']['kind']} lr={run.lr:.4g}, epochs {start}..{n_iter}, {comm.size} rank(s) -> {out}",
         )
+    if check_gradient if check_gradient is not None else cfg["run"]["check_gradient"]:
+        _preflight_gradient_check(rf, theta, comm, quiet)
     t_start = time.perf_counter()
     best = {"loss": np.inf, "rmse": np.inf}
     last = {"loss": np.nan, "rmse": np.nan, "epoch": start}
