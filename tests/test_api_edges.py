@@ -94,3 +94,62 @@ def test_train_check_gradient(shared_tmp_path, monkeypatch, capsys):
     # Without the check the same (wrong) gradient trains silently.
     assert main(["train", str(cfg), "--out", str(shared_tmp_path / "bad2"), "--quiet"]) == 0
     assert main(["train", str(cfg), "--out", str(shared_tmp_path / "bad3"), "--set", "run.check_gradient=3"]) == 2
+
+
+def test_function_source_takes_dolfinx_point_layout():
+    """FunctionSource callbacks get x of shape (3, npts), as initial conditions and Dirichlet values do."""
+    import dolfinx.mesh
+
+    from femnpde.fem.problem import ParabolicProblem, TimeGrid, heat
+    from femnpde.model.reduced import FunctionSource
+
+    mesh = dolfinx.mesh.create_unit_square(MPI.COMM_WORLD, 3, 3)
+    problem = ParabolicProblem(mesh, heat(), time=TimeGrid(1.0, 2))
+    values = FunctionSource(problem, lambda t, x: x[0] + 10 * x[1] + 100 * x[2] + t).values()
+    pts = problem.source_points()
+    assert values.shape == (3, problem.n_owned_source)
+    np.testing.assert_allclose(values[1], pts[:, 0] + 10 * pts[:, 1] + 0.5)
+    with pytest.raises(ValueError, match=r"shape \(3, "):
+        FunctionSource(problem, lambda t, x: x[:, 0]).values()
+
+
+def test_time_weights_docstring_examples():
+    """TimeWeights documents what time_weights does, with examples that run."""
+    import doctest
+
+    import femnpde.obs.misfit as misfit
+
+    finder = doctest.DocTestFinder()
+    tests = [t for t in finder.find(misfit.TimeWeights, "TimeWeights", globs=vars(misfit)) if t.examples]
+    assert tests, "TimeWeights has no examples"
+    runner = doctest.DocTestRunner()
+    for t in tests:
+        runner.run(t)
+    assert runner.failures == 0 and runner.tries >= 3
+
+
+def test_docstring_module_references_exist():
+    """Every femnpde module named in a docstring (:mod:, :class:, :func:) exists."""
+    import importlib
+    import pathlib
+    import re
+
+    root = pathlib.Path(__file__).resolve().parents[1] / "femnpde"
+    missing = []
+    for path in sorted(root.rglob("*.py")):
+        for name in re.findall(r":(?:mod|class|func|meth|data):`~?(femnpde(?:\.\w+)+)`", path.read_text()):
+            parts = name.split(".")
+            for k in range(len(parts), 1, -1):  # the longest importable module prefix
+                try:
+                    obj = importlib.import_module(".".join(parts[:k]))
+                except ImportError:
+                    continue
+                try:
+                    for attr in parts[k:]:
+                        obj = getattr(obj, attr)
+                except AttributeError:
+                    missing.append(f"{path.relative_to(root.parent)}: {name}")
+                break
+            else:
+                missing.append(f"{path.relative_to(root.parent)}: {name}")
+    assert not missing, missing

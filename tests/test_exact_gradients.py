@@ -154,7 +154,7 @@ def build_case(case: Case, comm=MPI.COMM_WORLD, n_neurons: int = 5, prefix: str 
         source=case.source,
     )
     solver = ThetaSolver(problem, prefix)
-    gstar = FunctionSource(problem, lambda t, x: 0.1 * np.sin(3 * x[:, 0]) * (1 + t)).values()
+    gstar = FunctionSource(problem, lambda t, x: 0.1 * np.sin(3 * x[0]) * (1 + t)).values()
     data = solver.forward(gstar).array[:, : problem.n_owned].copy()
     net = ShallowNetwork(n_neurons, mesh.geometry.dim, seed=7)
     rf = ReducedFunctional(solver, NetworkSource(problem, net), L2Misfit(problem, data))

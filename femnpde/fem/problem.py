@@ -256,7 +256,15 @@ class ParabolicProblem:
     the Dirichlet conditions and the compiled forms.  It is the *PDE problem*
     piece; the time stepping lives in :class:`femnpde.fem.solver.ThetaSolver`, the
     loss in :mod:`femnpde.obs.misfit` and the network coupling in
-    :mod:`femnpde.source`.
+    :mod:`femnpde.model.reduced`.
+
+    Every integral of the theta-step residual :attr:`F_ufl` carries a fixed
+    quadrature degree (:func:`pin_quadrature_degrees`), shared by the Jacobian
+    and all adjoint forms, so the gradient is exact for any residual.
+
+    Point arrays passed to callbacks (``initial_condition``, Dirichlet
+    values, :class:`femnpde.model.reduced.FunctionSource`) have DOLFINx's
+    layout ``(3, npts)``: ``x[0]``, ``x[1]``, ``x[2]``.
 
     Args:
         mesh: Any DOLFINx mesh (2D or 3D, serial or distributed).
@@ -266,8 +274,9 @@ class ParabolicProblem:
         time: The time grid.
         theta: Theta of the time scheme, in [1/2, 1]: 1 backward Euler
             (default), 1/2 Crank–Nicolson.
-        initial_condition: A number, a callable ``x -> values`` (as for
-            ``Function.interpolate``) or a Function on the solution space.
+        initial_condition: A number, a callable ``x -> values`` with ``x`` of
+            shape ``(3, npts)`` (as for ``Function.interpolate``) or a Function
+            on the solution space.
         dirichlet: Dirichlet conditions.
         source: Where the network is sampled: ``"lagrange"`` (the dofs of a
             Lagrange space of the solution's degree) or ``"quadrature"`` (the

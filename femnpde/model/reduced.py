@@ -92,22 +92,37 @@ class NetworkSource:
 class FunctionSource:
     """A known source ``g*(t, x)`` sampled like :class:`NetworkSource` (for synthetic data).
 
+    Point arrays in user callbacks follow DOLFINx's convention everywhere in
+    femnpde (``Function.interpolate``, initial conditions, Dirichlet values,
+    this class): ``x`` has shape ``(3, npts)``, ``x[0]``, ``x[1]``, ``x[2]``
+    are the coordinates (zero beyond the mesh's geometric dimension), and the
+    callback returns ``npts`` values (or a scalar).
+
     Args:
         problem: The problem whose source space is sampled.
-        function: ``function(t, x) -> values`` with ``x`` of shape ``(npts, gdim)``.
+        function: ``function(t, x) -> values`` with ``x`` of shape ``(3, npts)``.
     """
 
     def __init__(self, problem: ParabolicProblem, function: Callable[[float, np.ndarray], np.ndarray]) -> None:
         self.problem = problem
         self.function = function
-        self.points = problem.source_points()
+        points = problem.source_points()
+        self.points = np.zeros((3, points.shape[0]))
+        self.points[: points.shape[1]] = points.T
         self.times = problem.time.times
 
     def values(self) -> np.ndarray:
         """``g*(t_n, x_j)``, shape ``(n_steps + 1, n_owned_source)``."""
-        out = np.empty((len(self.times), len(self.points)))
+        npts = self.points.shape[1]
+        out = np.empty((len(self.times), npts))
         for n, t in enumerate(self.times):
-            out[n] = np.broadcast_to(np.asarray(self.function(float(t), self.points), dtype=np.float64), out[n].shape)
+            value = np.asarray(self.function(float(t), self.points), dtype=np.float64)
+            if value.shape not in ((), (npts,)):
+                raise ValueError(
+                    f"FunctionSource: the function returned shape {value.shape} for x of shape (3, {npts}); "
+                    f"it must return {npts} values (one per point x[:, j]) or a scalar"
+                )
+            out[n] = value
         return out
 
 
