@@ -50,6 +50,9 @@ _API = {
     "ReducedFunctional": "femnpde.model.reduced",
     "TaylorResult": "femnpde.model.verification",
     "taylor_test": "femnpde.model.verification",
+    "FDResult": "femnpde.model.verification",
+    "finite_difference_check": "femnpde.model.verification",
+    "check_gradient": "femnpde.model.verification",
     "read_mesh": "femnpde.io.meshes",
 }
 

@@ -153,3 +153,21 @@ def test_docstring_module_references_exist():
             else:
                 missing.append(f"{path.relative_to(root.parent)}: {name}")
     assert not missing, missing
+
+
+def test_readme_python_api_example_runs(monkeypatch):
+    """The README's Python API example (boundary terms on tags, data layout) runs as written and is exact."""
+    import pathlib
+    import re
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    text = (root / "README.md").read_text()
+    section = text[text.index("## Python API") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(root)
+    scope: dict = {}
+    exec(compile(code, "README.md (Python API)", "exec"), scope)
+    assert np.all(scope["rates"] > 1.9) and np.all(scope["rates"] < 2.1), scope["rates"]
+    assert scope["fd"].worst <= 1e-9, scope["fd"].best
+    assert scope["data"].shape == (scope["problem"].time.n_steps + 1, scope["problem"].n_owned)
+    assert np.array_equal(scope["net"].params, scope["theta"])
