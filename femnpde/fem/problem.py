@@ -211,7 +211,7 @@ def pin_quadrature_degrees(form: ufl.Form) -> ufl.Form:
     degrees: list[int | None] = []
     group_degree: dict[tuple, int] = {}
     for itg in integrals:
-        if "quadrature_degree" in itg.metadata():
+        if itg.metadata().get("quadrature_degree", -1) >= 0:  # set by the user (FFCx: < 0 means estimate)
             degrees.append(None)
             continue
         integrand = apply_derivatives(apply_algebra_lowering(itg.integrand()))
