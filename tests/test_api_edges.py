@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-import femnpde.app.training as training
+import femnpde.app.trainer as trainer
 from femnpde.io.output import History
 from femnpde.app.training import train
 
@@ -39,7 +39,7 @@ def test_lbfgs_history_rows_describe_the_accepted_iterate(shared_tmp_path, monke
     """An evaluation after the accepted iterate (a line-search trial) must not leak into its history row."""
     cfg = _write(shared_tmp_path / "lbfgs.toml", LBFGS)
     train(cfg, out=shared_tmp_path / "plain", quiet=True, write_outputs=False)
-    real = training.minimize_lbfgs
+    real = trainer.minimize_lbfgs
 
     def with_trial(fun_and_grad, x0, max_iterations, callback=None, **kwargs):
         def cb(k, params, J, grad):
@@ -48,7 +48,7 @@ def test_lbfgs_history_rows_describe_the_accepted_iterate(shared_tmp_path, monke
 
         return real(fun_and_grad, x0, max_iterations, callback=cb, **kwargs)
 
-    monkeypatch.setattr(training, "minimize_lbfgs", with_trial)
+    monkeypatch.setattr(trainer, "minimize_lbfgs", with_trial)
     train(cfg, out=shared_tmp_path / "trial", quiet=True, write_outputs=False)
     plain = _columns(shared_tmp_path / "plain" / "history.csv")
     trial = _columns(shared_tmp_path / "trial" / "history.csv")
@@ -117,10 +117,10 @@ def test_time_weights_docstring_examples():
     """TimeWeights documents what time_weights does, with examples that run."""
     import doctest
 
-    import femnpde.obs.misfit as misfit
+    import femnpde.obs.weights as weights
 
     finder = doctest.DocTestFinder()
-    tests = [t for t in finder.find(misfit.TimeWeights, "TimeWeights", globs=vars(misfit)) if t.examples]
+    tests = [t for t in finder.find(weights.TimeWeights, "TimeWeights", globs=vars(weights)) if t.examples]
     assert tests, "TimeWeights has no examples"
     runner = doctest.DocTestRunner()
     for t in tests:
