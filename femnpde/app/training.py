@@ -32,6 +32,7 @@ from femnpde.app.loading import load_config
 from femnpde.app.progress import Progress
 from femnpde.app.schema import dump_config
 from femnpde.app.trainer import TrainingLoop, make_step
+from femnpde.fem.solver import SolverError
 from femnpde.io.checkpoint import load_checkpoint
 from femnpde.io.fielddata import write_field_data
 from femnpde.io.fields import write_fields
