@@ -56,14 +56,15 @@ def main() -> None:
     if args.compare:
         with open(args.compare) as f:
             ref = json.load(f)
-        print(f"{'case':<24} {'rel dJ':>9} {'rel J':>9} {'rel FD':>9} {'rel rem[0]':>10}")
+        print(f"{'case':<24} {'rel dJ':>9} {'rel J':>9} {'rel FD':>9} {'rel rem[0]':>10} {'rel rem[1]':>10} "
+              f"{'rel rem[2]':>10}")
         for name, new in out.items():
             old = ref[name]
             g0, g1 = np.array(old["dJ"]), np.array(new["dJ"])
             print(f"{name:<24} {np.linalg.norm(g1 - g0) / np.linalg.norm(g0):9.1e} "
                   f"{abs(new['J'] - old['J']) / abs(old['J']):9.1e} "
                   f"{abs(new['fd'] - old['fd']) / abs(old['fd']):9.1e} "
-                  f"{abs(new['remainders'][0] - old['remainders'][0]) / abs(old['remainders'][0]):10.1e}")
+                  + " ".join(f"{abs(a - b) / abs(b):10.1e}" for a, b in zip(new["remainders"], old["remainders"])))
 
 
 if __name__ == "__main__":

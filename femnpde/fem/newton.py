@@ -102,21 +102,24 @@ class AcceleratedChord:
     Jacobian at every iteration and backtracking on ‖F‖.
 
     Once SNES's test is met, up to ``polish`` further iterations are taken
-    while each still reduces ‖F‖ tenfold: the final iterate is converged to
-    round-off, as an exact Newton's last (quadratic) step would leave it, so
-    losses, gradients and finite differences do not depend on where the
-    linear convergence happened to cross the tolerance.
+    until ‖F‖ is ``polish_factor`` times below the tolerance met (or stops
+    falling): the final iterate is converged to about round-off, as an exact
+    Newton's last (quadratic) step would leave it, so losses, gradients and
+    finite differences do not depend on where the linear convergence happened
+    to cross the tolerance.
 
     Args:
         step: The owner (its vectors, matrices and callbacks).
         depth: Anderson depth (0: plain chord).
         polish: Maximum extra iterations after convergence.
+        polish_factor: How far below the tolerance they aim.
     """
 
-    def __init__(self, step: "NonlinearStep", depth: int = 3, polish: int = 2) -> None:
+    def __init__(self, step: "NonlinearStep", depth: int = 3, polish: int = 2, polish_factor: float = 1e-3) -> None:
         self.step = step
         self.depth = int(depth)
         self.polish = int(polish)
+        self.polish_factor = float(polish_factor)
 
     def _dots(self, cols: list[np.ndarray], f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The Gram matrix of ``cols`` and their products with ``f`` (one allreduce)."""
@@ -137,6 +140,8 @@ class AcceleratedChord:
         snes.computeFunction(x, F)
         fnorm = F.norm()
         self._report(snes, 0, fnorm, 0.0, 0, x, test=True)
+        rtol, atol, _, _ = snes.getTolerances()
+        target = self.polish_factor * max(atol, rtol * fnorm)
         k = 0
         polished = 0
         last_ratio = 1.0
@@ -145,9 +150,9 @@ class AcceleratedChord:
             if reason < 0:
                 return
             if reason > 0:
-                # Converged: polish towards round-off while iterations still pay
-                # (the discrete adjoint and finite differences see the final iterate).
-                if polished >= self.polish or last_ratio > 0.1:
+                # Converged: polish towards round-off (the discrete adjoint and
+                # finite differences see the final iterate) while it still pays.
+                if polished >= self.polish or last_ratio > 0.5 or fnorm <= target:
                     return
                 polished += 1
                 x_best = x.array_r.copy()
@@ -181,6 +186,10 @@ class AcceleratedChord:
         F, d, P = st._b, st._d, st._P
         ksp = snes.getKSP()
         snes.computeJacobian(x, P, P)
+        if st.refreshed_now:  # secants of the old matrix do not describe the new one
+            self._history[0].clear()
+            self._history[1].clear()
+            self._prev = None
         ksp.setOperators(P, P)
         ksp.solve(F, d)
         lin_its = ksp.getIterationNumber()
@@ -362,6 +371,8 @@ class NonlinearStep:
         self._ksp_adj = ksp_adj
         self._last_norm = 0.0
         self._exact = False
+        self._refreshed = False
+        self.refreshed_now = False
 
     # ----------------------------------------------------------- assembly
     def _assemble_at_zero(self, form) -> PETSc.Vec | None:
@@ -428,13 +439,23 @@ class NonlinearStep:
         if it == 0:
             refresh = self._stale or not self._P_valid
         else:
-            refresh = norm > self.refresh_ratio * self._last_norm
+            # Refresh when the residual falls slowly; not while polishing a
+            # converged iterate, whose contraction is limited by round-off.
+            # Slow contraction: refresh once per step; if even then the residual
+            # falls by less than 4x per iteration, refresh at every iteration
+            # (exact Newton) for the rest of the step.
+            iterating = snes.getConvergedReason() == 0
+            ratio = norm / self._last_norm if self._last_norm > 0 else 0.0
+            slow = ratio > self.refresh_ratio
+            refresh = iterating and (slow and (not self._refreshed or ratio > 0.25) or self.refresh_ratio <= 0)
         self._last_norm = norm
+        self.refreshed_now = bool(refresh or self._exact)
         if refresh or self._exact:
             self._load(x)
             self._jacobian_into(self._P)
             self._P_valid = True
             self._stale = False
+            self._refreshed = True
             self.stats.factorisations += 1
 
     # -------------------------------------------------------------- solve
@@ -460,6 +481,7 @@ class NonlinearStep:
         from femnpde.fem.solver import SolverError
 
         self._step_constant()
+        self._refreshed = False
         x = self._x
         self._uvec.copy(self._x0)  # the initial guess
         try:
@@ -483,10 +505,7 @@ class NonlinearStep:
                 f"residual {self._snes.getFunctionNorm():.3e}; last linear solve: KSP reason {ksp_reason(ksp_r)}; "
                 f"reduce the time step or tune -{self.prefix}forward_snes_* / -{self.prefix}forward_ksp_* options"
             )
-        its = self._snes.getIterationNumber()
-        if its > 0 and self._snes.getFunctionNorm() > self.refresh_ratio * self._last_norm:
-            self._stale = True  # slow at the end: the next step starts with a fresh Jacobian
-        return its
+        return self._snes.getIterationNumber()
 
     def _count_forward(self) -> None:
         s = self.stats
