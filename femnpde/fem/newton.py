@@ -334,6 +334,8 @@ class NonlinearStep:
         self._P.setOptionsPrefix(f"{prefix}forward_")
         self._J = self._A_bc.duplicate(copy=True)
         self._J.setOptionsPrefix(f"{prefix}adjoint_")
+        self._N = self._A_bc.duplicate(copy=False)  # ∂N/∂u without boundary conditions
+        self._bc_rows = (self._bc_owned + self._A_bc.getOwnershipRange()[0]).astype(PETSc.IntType)
         self._P_valid = False
         self._stale = True
 
@@ -406,13 +408,20 @@ class NonlinearStep:
         vec.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
 
     def _jacobian_into(self, M: PETSc.Mat) -> None:
-        """M = constant part (Dirichlet rows identity) + ∂N/∂u at the current coefficients."""
+        """M = constant part (Dirichlet rows identity) + ∂N/∂u at the current coefficients.
+
+        ∂N/∂u is assembled without boundary conditions (faster than DOLFINx's
+        per-entry Dirichlet skipping) and its Dirichlet rows and columns are
+        zeroed afterwards.
+        """
         self._A_bc.copy(M, structure=PETSc.Mat.Structure.SAME_NONZERO_PATTERN)
         if self._nl_jac is not None:
-            form = self._nl_jac
-            _cpp.fem.petsc.assemble_matrix(M, form._cpp_object, pack_constants(form), pack_coefficients(form),
-                                           self._bcs_cpp)
-        M.assemble()
+            form, Nm = self._nl_jac, self._N
+            Nm.zeroEntries()
+            _cpp.fem.petsc.assemble_matrix(Nm, form._cpp_object, pack_constants(form), pack_coefficients(form), [])
+            Nm.assemble()
+            Nm.zeroRowsColumns(self._bc_rows, diag=0.0)
+            M.axpy(1.0, Nm, structure=PETSc.Mat.Structure.SAME_NONZERO_PATTERN)
 
     def _load(self, x: PETSc.Vec) -> None:
         """Make problem.u (with ghosts) equal to x."""
@@ -570,7 +579,7 @@ class NonlinearStep:
 
     def destroy(self) -> None:
         """Destroy the PETSc objects (collective)."""
-        objs = [self._snes, self._ksp_adj, self._A_bc, self._P, self._J, self._b, self._c, self._d, self._x, self._x0, self._f0]
+        objs = [self._snes, self._ksp_adj, self._A_bc, self._P, self._J, self._N, self._b, self._c, self._d, self._x, self._x0, self._f0]
         objs += list(self._blocks.values())
         for obj in objs:
             if obj is not None:
