@@ -99,10 +99,9 @@ def test_gradients_equal_the_pre_issue12_values(name):
     g_ref = np.array(ref["dJ"])
     assert abs(J - ref["J"]) <= 1e-9 * abs(ref["J"])
     assert np.linalg.norm(dJ - g_ref) <= 1e-9 * np.linalg.norm(g_ref)
-    # The largest remainder to 1e-9; the smaller ones are differences of J values
-    # that agree to ~1e-13 only, so they agree to J's round-off divided by their size.
-    assert abs(tt.remainders[0] - ref["remainders"][0]) <= 1e-9 * ref["remainders"][0]
-    assert np.allclose(tt.remainders, ref["remainders"], rtol=1e-6, atol=0)
+    # Remainders are differences of J values that the reference itself reproduces
+    # only to ~1e-13 (main on 1 vs 2 ranks: remainders differ by up to 2.3e-9).
+    assert np.allclose(tt.remainders, ref["remainders"], rtol=5e-9, atol=0)
     assert abs(fd - ref["fd"]) <= 1e-9 * abs(ref["fd"])
     assert np.all(tt.rates > 1.9)
     solver.destroy()
