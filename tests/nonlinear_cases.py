@@ -19,7 +19,7 @@ from femnpde.model.network import ShallowNetwork
 from femnpde.model.reduced import FunctionSource, NetworkSource, ReducedFunctional
 from femnpde.obs.misfit import L2Misfit
 
-__all__ = ["CASES", "build_problem", "reduced"]
+__all__ = ["CASES", "build_problem", "reduced", "checks"]
 
 
 def _nonlinear_diffusion(comm):
@@ -98,3 +98,22 @@ def reduced(problem, solver, n_neurons: int = 8, seed: int = 3):
     misfit = L2Misfit(problem, data)
     net = ShallowNetwork(n_neurons, problem.mesh.geometry.dim, seed=seed)
     return ReducedFunctional(solver, NetworkSource(problem, net), misfit), net.params.copy()
+
+
+def checks(name: str, comm=MPI.COMM_WORLD, prefix: str = "ref_") -> dict:
+    """Loss, gradient, Taylor remainders (3 steps from h = 1e-2) and a central FD (h = 1e-5) of case ``name``."""
+    from femnpde.fem.solver import ThetaSolver
+    from femnpde.model.verification import taylor_test
+
+    problem = build_problem(name, comm)
+    solver = ThetaSolver(problem, f"{prefix}{name}_")
+    rf, theta0 = reduced(problem, solver)
+    J = rf(theta0)
+    dJ = rf.derivative()
+    dtheta = np.random.default_rng(5).standard_normal(theta0.size)
+    tt = taylor_test(rf, theta0, dtheta, gradient=dJ, n_steps=3)
+    h = 1e-5
+    fd = (rf(theta0 + h * dtheta) - rf(theta0 - h * dtheta)) / (2 * h)
+    solver.destroy()
+    return {"J": J, "dJ": dJ.tolist(), "remainders": tt.remainders.tolist(), "rates": tt.rates.tolist(), "fd": fd,
+            "dd": float(dJ @ dtheta)}

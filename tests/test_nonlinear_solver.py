@@ -15,7 +15,7 @@ import dolfinx.fem.petsc
 from mpi4py import MPI
 from petsc4py import PETSc
 
-from nonlinear_cases import CASES, build_problem, reduced
+from nonlinear_cases import CASES, build_problem, checks, reduced
 
 from femnpde.app.scenarios import paper_problem, target_source
 from femnpde.fem.forms import split_residual
@@ -85,32 +85,21 @@ def test_gradients_equal_the_pre_issue12_values(name):
     if not path.exists():
         pytest.skip(f"no reference values for {MPI.COMM_WORLD.size} ranks")
     ref = json.loads(path.read_text())[name]
-    from femnpde.model.verification import taylor_test
-
-    problem = build_problem(name)
-    solver = ThetaSolver(problem, f"ref_{name}_")
-    rf, theta0 = reduced(problem, solver)
-    J = rf(theta0)
-    dJ = rf.derivative()
-    dtheta = np.random.default_rng(5).standard_normal(theta0.size)
-    tt = taylor_test(rf, theta0, dtheta, gradient=dJ, n_steps=3)
-    h = 1e-5
-    fd = (rf(theta0 + h * dtheta) - rf(theta0 - h * dtheta)) / (2 * h)
-    g_ref = np.array(ref["dJ"])
-    assert abs(J - ref["J"]) <= 1e-9 * abs(ref["J"])
-    assert np.linalg.norm(dJ - g_ref) <= 1e-9 * np.linalg.norm(g_ref)
+    new = checks(name)
+    g, g_ref = np.array(new["dJ"]), np.array(ref["dJ"])
+    assert abs(new["J"] - ref["J"]) <= 1e-9 * abs(ref["J"])
+    assert np.linalg.norm(g - g_ref) <= 1e-9 * np.linalg.norm(g_ref)
     # Remainders are differences of J values that the reference itself reproduces
     # only to ~1e-13 (main on 1 vs 2 ranks: remainders differ by up to 2.3e-9).
-    assert np.allclose(tt.remainders, ref["remainders"], rtol=5e-9, atol=0)
-    assert abs(fd - ref["fd"]) <= 1e-9 * abs(ref["fd"])
-    assert np.all(tt.rates > 1.9)
-    solver.destroy()
+    assert np.allclose(new["remainders"], ref["remainders"], rtol=5e-9, atol=0)
+    assert abs(new["fd"] - ref["fd"]) <= 1e-9 * abs(ref["fd"])
+    assert np.all(np.array(new["rates"]) > 1.9)
 
 
 def test_lagged_matrix_gives_the_exact_newton_result():
     """Default (lagged, accelerated chord) and exact Newton (refresh every iteration) agree to round-off."""
     out = []
-    for ratio in (0.05, 0.0):
+    for ratio in (0.03, 0.0):
         problem = build_problem("ac_p2_cn")
         solver = ThetaSolver(problem, f"lag_{ratio}_".replace(".", "p"), jacobian_refresh_ratio=ratio)
         rf, theta0 = reduced(problem, solver)

@@ -116,7 +116,7 @@ class AcceleratedChord:
         polish_factor: How far below the tolerance they aim.
     """
 
-    def __init__(self, step: "NonlinearStep", depth: int = 0, polish: int = 2, polish_factor: float = 1e-3) -> None:
+    def __init__(self, step: "NonlinearStep", depth: int = 0, polish: int = 2, polish_factor: float = 1e-2) -> None:
         self.step = step
         self.depth = int(depth)
         self.polish = int(polish)
@@ -285,8 +285,8 @@ class NonlinearStep:
         rtol: float,
         atol: float,
         max_it: int,
-        refresh_ratio: float = 0.05,
-        adjoint_refresh_its: int = 8,
+        refresh_ratio: float = 0.03,
+        adjoint_refresh_its: int = 12,
         anderson_depth: int = 0,
     ) -> None:
         p = problem

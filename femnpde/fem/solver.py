@@ -95,7 +95,7 @@ class ThetaSolver:
         newton_atol: float = 1e-13,
         newton_max_it: int = 25,
         fast_affine: bool = True,
-        jacobian_refresh_ratio: float = 0.05,
+        jacobian_refresh_ratio: float = 0.03,
     ) -> None:
         if not isinstance(petsc_options_prefix, str) or not petsc_options_prefix:
             raise ValueError("ThetaSolver: petsc_options_prefix must be a non-empty string, e.g. 'femnpde_'")
