@@ -207,7 +207,8 @@ def test_forward_step_recomputes_a_level():
     states = solver.forward(g)
     u3 = states.load(3).copy()
     solver.forward_step(3, g, u_prev=states.load(2).copy())
-    assert np.allclose(problem.u.x.array, u3, rtol=0, atol=1e-14)
+    # The lagged Newton matrix differs between the two solves: equal to the solver's round-off polish.
+    assert np.allclose(problem.u.x.array, u3, rtol=0, atol=1e-12 * np.abs(u3).max())
     solver.destroy()
 
 

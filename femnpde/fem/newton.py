@@ -116,7 +116,7 @@ class AcceleratedChord:
         polish_factor: How far below the tolerance they aim.
     """
 
-    def __init__(self, step: "NonlinearStep", depth: int = 0, polish: int = 2, polish_factor: float = 1e-2) -> None:
+    def __init__(self, step: "NonlinearStep", depth: int = 0, polish: int = 3, polish_factor: float = 1e-4) -> None:
         self.step = step
         self.depth = int(depth)
         self.polish = int(polish)
