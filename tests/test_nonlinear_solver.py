@@ -123,7 +123,8 @@ def test_factorisation_is_reused_across_sweeps():
     st = solver.statistics
     assert st["forward_steps"] == 64 and st["adjoint_steps"] == 64
     assert st["factorisations"] <= 32  # main: one per Newton iteration and adjoint step, 256 here
-    assert st["forward_krylov_iterations"] == st["newton_iterations"]  # one triangular solve each
+    # One triangular solve per iteration (plus at most one per step for a discarded polishing iteration).
+    assert st["newton_iterations"] <= st["forward_krylov_iterations"] <= st["newton_iterations"] + 64
     assert st["adjoint_krylov_iterations"] <= 64 * 12
     solver.destroy()
 
