@@ -123,7 +123,6 @@ class ThetaSolver:
             self._A = dolfinx.fem.petsc.create_matrix(forms.jacobian)
             self._A.setOptionsPrefix(f"{self.prefix}forward_")
             self._ksp = _make_ksp(comm, f"{self.prefix}forward_", options)
-            self._A_adj = self._A
             self._ksp_adj = self._ksp
         else:
             self._step = NonlinearStep(
@@ -135,7 +134,7 @@ class ThetaSolver:
                 max_it=self.newton_max_it,
                 refresh_ratio=jacobian_refresh_ratio,
             )
-            self._A = self._A_adj = None
+            self._A = None
             self._ksp = self._step.snes.getKSP()
             self._ksp_adj = self._step.adjoint_ksp
         self._rhs = dolfinx.fem.petsc.create_vector(problem.V)
@@ -249,7 +248,7 @@ class ThetaSolver:
         for obj in objs:
             if obj is not None:
                 obj.destroy()
-        self._A = self._A_adj = self._ksp = self._ksp_adj = None
+        self._A = self._ksp = self._ksp_adj = None
 
     # ------------------------------------------------------------- helpers
     def _set_step(
