@@ -245,3 +245,18 @@ def test_coefficients_consistent_after_fast_path_sweeps():
     solver.adjoint(g, lambda n, u, out: out.__iadd__(u))
     _check_consistent(problem, g, 1)
     solver.destroy()
+
+
+def test_adjoint_krylov_failure_names_step_time_and_reason():
+    problem = paper_problem("allen-cahn", nx=4, ny=8, n_steps=16)
+    o = PETSc.Options()
+    o["kfail_adjoint_ksp_max_it"] = 1
+    o["kfail_adjoint_ksp_rtol"] = 1e-300
+    solver = ThetaSolver(problem, "kfail_")
+    for k in ("kfail_adjoint_ksp_max_it", "kfail_adjoint_ksp_rtol"):
+        o.delValue(k)
+    g = FunctionSource(problem, target_source("difficult")).values()
+    solver.forward(g)
+    with pytest.raises(SolverError, match=r"adjoint linear solve at time step 16 \(t = 1\).*DIVERGED_(MAX_IT|ITS)"):
+        solver.adjoint(g, lambda n, u, out: out.__iadd__(u))
+    solver.destroy()

@@ -373,7 +373,7 @@ class NonlinearStep:
         if self._snes.getType() != PETSc.SNES.Type.PYTHON:
             s.forward_krylov_iterations += self._snes.getLinearSolveIterations()
 
-    def adjoint_solve(self, rhs: PETSc.Vec, lam: PETSc.Vec, n: int) -> None:
+    def adjoint_solve(self, rhs: PETSc.Vec, lam: PETSc.Vec, n: int, t: float) -> None:
         """Solve ``(∂F^n/∂u^n)^T lam = rhs`` at the loaded state ``u^n`` (exact Jacobian)."""
         from femnpde.fem.solver import SolverError
 
@@ -391,7 +391,7 @@ class NonlinearStep:
         self.stats.adjoint_krylov_iterations += its
         if reason < 0:
             raise SolverError(
-                f"adjoint linear solve at time step {n} failed: KSP converged reason {ksp_reason(reason)} "
+                f"adjoint linear solve at time step {n} (t = {t:.6g}) failed: KSP converged reason {ksp_reason(reason)} "
                 f"({int(reason)}) after {its} iterations; check the options under '{self.prefix}adjoint_'"
             )
         if its > self.adjoint_refresh_its:

@@ -27,7 +27,7 @@ import dolfinx.fem
 import dolfinx.fem.petsc
 from petsc4py import PETSc
 
-from femnpde.fem.newton import NonlinearStep, options_with_defaults
+from femnpde.fem.newton import NonlinearStep, ksp_reason, options_with_defaults
 from femnpde.fem.problem import ParabolicProblem
 from femnpde.fem.storage import MemoryStorage, StateStorage
 
@@ -322,8 +322,9 @@ class ThetaSolver:
         if reason < 0:
             kind = "adjoint" if transpose else "forward"
             raise SolverError(
-                f"{kind} linear solve at time step {n} failed (KSP converged reason {reason}); "
-                f"check the linear solver options under '{ksp.getOptionsPrefix()}'"
+                f"{kind} linear solve at time step {n} (t = {self._times[n]:.6g}) failed (KSP converged reason "
+                f"{ksp_reason(reason)} ({int(reason)})); check the linear solver options under "
+                f"'{ksp.getOptionsPrefix()}'"
             )
 
     # ------------------------------------------------------------- forward
@@ -459,7 +460,7 @@ class ThetaSolver:
             if step is None:
                 self._solve(self._ksp_adj, rhs, lam_vec, n, transpose=True)
             else:
-                step.adjoint_solve(rhs, lam_vec, n)
+                step.adjoint_solve(rhs, lam_vec, n, self._times[n])
             p.lam.x.scatter_forward()
             if keep_adjoint:
                 self.adjoints.store(n, p.lam.x.array)
