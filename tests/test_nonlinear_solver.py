@@ -260,3 +260,13 @@ def test_adjoint_krylov_failure_names_step_time_and_reason():
     with pytest.raises(SolverError, match=r"adjoint linear solve at time step 16 \(t = 1\).*DIVERGED_(MAX_IT|ITS)"):
         solver.adjoint(g, lambda n, u, out: out.__iadd__(u))
     solver.destroy()
+
+
+@pytest.mark.parametrize("name,symmetric", [("ac_p1_be", True), ("nonlinear_diffusion_p2", False)])
+def test_symmetry_detection(name, symmetric):
+    """Allen–Cahn's step Jacobian is symmetric (the adjoint uses plain solves); (a + b u²)∇u·∇v gives a
+    non-symmetric one (transpose solves)."""
+    problem = build_problem(name)
+    solver = ThetaSolver(problem, f"sym_{name}_")
+    assert solver._step.symmetric is symmetric
+    solver.destroy()

@@ -19,7 +19,8 @@ than ``refresh_ratio`` per iteration.  Newton converges to the same tolerances
 as an exact Newton (the residual is always exact), so the discrete adjoint
 stays exact.  The adjoint assembles the exact Jacobian at the stored state
 (constant part copied, remainder assembled) and solves its transpose with
-GMRES preconditioned by the same factorisation (``PCApplyTranspose``), under
+GMRES preconditioned by the same factorisation (``PCApplyTranspose``; plain
+solves when the Jacobian is symmetric, as for Allen–Cahn), under
 ``{prefix}adjoint_ksp_*``.
 """
 
@@ -221,10 +222,28 @@ class NonlinearStep:
         options_with_defaults(ksp_adj, f"{prefix}adjoint_", adj_defaults)
         ksp_adj.setPC(self._ksp.getPC())
         self._ksp_adj = ksp_adj
+        # A symmetric step Jacobian (Allen–Cahn, nonlinear diffusion is not)
+        # lets the adjoint use plain solves, cheaper than transpose solves.
+        self.symmetric = self._jacobian_is_symmetric()
         self._last_norm = 0.0
         self._exact = False
         self._refreshed = False
         self.refreshed_now = False
+
+    def _jacobian_is_symmetric(self) -> bool:
+        """Whether the step Jacobian is symmetric (tested once, at a random state; coefficients restored)."""
+        p = self.problem
+        fs = (p.u, p.u_prev, p.g, p.g_prev)
+        saved = [f.x.array.copy() for f in fs]
+        rng = np.random.default_rng(2024 + p.comm.rank)
+        for f in fs:
+            f.x.array[:] = rng.uniform(-1.0, 1.0, f.x.array.size)
+            f.x.scatter_forward()
+        self._jacobian_into(self._J)
+        symmetric = bool(self._J.isSymmetric(1e-12 * self._J.norm(PETSc.NormType.FROBENIUS)))
+        for f, a in zip(fs, saved):
+            f.x.array[:] = a
+        return symmetric
 
     # ----------------------------------------------------------- assembly
     def _assemble_at_zero(self, form) -> PETSc.Vec | None:
@@ -384,7 +403,10 @@ class NonlinearStep:
             self.stats.factorisations += 1
         ksp = self._ksp_adj
         ksp.setOperators(self._J, self._P)
-        ksp.solveTranspose(rhs, lam)
+        if self.symmetric:
+            ksp.solve(rhs, lam)
+        else:
+            ksp.solveTranspose(rhs, lam)
         reason = ksp.getConvergedReason()
         its = ksp.getIterationNumber()
         self.stats.adjoint_steps += 1
