@@ -209,7 +209,11 @@ def test_taylor_and_fd_restore_parameters():
     finite_difference_check(rf, rf.network.params, d, steps=(1e-3,))
     assert np.array_equal(rf.network.params, theta0)
     J1, g1 = rf.value_and_gradient(rf.network.params)
-    assert J1 == J0 and np.array_equal(g1, g0)
+    # The solver reuses factorisations across evaluations (a lagged Newton
+    # matrix as preconditioner), so a repeated evaluation agrees to round-off,
+    # not bitwise; the parameters themselves are restored bitwise (above).
+    assert abs(J1 - J0) <= 1e-14 * abs(J0)
+    assert np.linalg.norm(g1 - g0) <= 1e-13 * np.linalg.norm(g0)
     # rf(θ) sets the network's parameters to θ (documented).
     rf(theta0 + 0.01 * d)
     assert np.array_equal(rf.network.params, theta0 + 0.01 * d)
