@@ -92,8 +92,8 @@ def test_fast_paths_equal_plain_assembly(name):
     elif name == "heat_explicit_time":
         assert forms.jacobian_constant and forms.linear is None and not fast.solver.uses_linear_fast_path
         assert fast.solver._blocks  # the source block is still a matrix
-    else:
-        assert not forms.jacobian_constant and fast.solver._blocks
+    else:  # nonlinear: the Newton step of issue 12 (constant blocks only where it does not own the step)
+        assert not forms.jacobian_constant
     theta = theta + 0.3 * np.random.default_rng(0).standard_normal(theta.size)
     J_p, g_p = plain.value_and_gradient(theta)
     u_p = plain.states.to_array().copy()
@@ -187,7 +187,7 @@ def test_newton_failure_is_exit_3_naming_the_step(shared_tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 3, err
     if MPI.COMM_WORLD.rank == 0:
-        assert "Newton did not converge at time step 1" in err, err
+        assert "did not converge at time step 1 " in err and "Newton" in err, err
         assert "Traceback" not in err
 
 
@@ -225,5 +225,5 @@ def test_linear_solver_failure_is_exit_3_naming_the_prefix(shared_tmp_path, caps
     err = capsys.readouterr().err
     assert code == 3, err
     if MPI.COMM_WORLD.rank == 0:
-        assert "forward linear solve at time step 1 failed (KSP converged reason -3)" in err, err
+        assert "forward linear solve at time step 1 " in err and "(-3)" in err, err
         assert "femnpde_forward_" in err, err
