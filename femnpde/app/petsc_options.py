@@ -1,11 +1,13 @@
 """PETSc options of a run: every option given is used or rejected.
 
 ``[solver] petsc_options`` holds per-solver keys (``ksp_type``,
-``pc_type``, ...) that apply to the forward and the adjoint linear solver,
-read under ``{prefix}forward_`` and ``{prefix}adjoint_``
-(``femnpde_forward_ksp_type``).  :func:`check_key` rejects keys that cannot
+``pc_type``, ``snes_*``, ...) of the forward solver, read under
+``{prefix}forward_`` (``femnpde_forward_ksp_type``; see
+:class:`femnpde.fem.solver.ThetaSolver`: the adjoint reuses the forward
+factorisation, and keeps its own Krylov method, ``{prefix}adjoint_ksp_*``, for
+nonlinear problems).  :func:`check_key` rejects keys that cannot
 be such a key (a leading ``-``, spaces, a solver prefix written out) without
-PETSc; :class:`RunOptions` inserts the options under both prefixes before the
+PETSc; :class:`RunOptions` inserts the options under the forward prefix before the
 solvers call ``setFromOptions``, then rejects any option -- from the
 configuration or from the command line under ``{prefix}`` -- that no solver
 read, and turns PETSc's errors about invalid values into messages that name
@@ -22,15 +24,14 @@ from femnpde.app.schema import ConfigError, format_value
 
 __all__ = ["SOLVER_PREFIXES", "RunOptions", "check_key", "petsc_reason"]
 
-#: The sub-prefixes of the linear solvers of a run (after the run's prefix).
+#: The sub-prefixes of the solvers of a run (after the run's prefix); ``[solver] petsc_options`` go to the first.
 SOLVER_PREFIXES = ("forward_", "adjoint_")
 
 _KEY = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _VALID_FORM = (
     "per-solver keys without '-' and without a solver prefix, e.g. ksp_type, pc_type, ksp_rtol, "
-    "pc_factor_mat_solver_type; they apply to both linear solvers (prefixes femnpde_forward_ and "
-    "femnpde_adjoint_); for one solver only, give -femnpde_forward_KEY VALUE or -femnpde_adjoint_KEY VALUE on the "
-    "command line"
+    "pc_factor_mat_solver_type, snes_rtol; they apply to the forward solver (prefix femnpde_forward_); the adjoint "
+    "solver's own options go in PETSC_OPTIONS as -femnpde_adjoint_KEY VALUE"
 )
 
 
@@ -65,7 +66,7 @@ class RunOptions:
     """The PETSc options of one run's solvers, inserted for their ``setFromOptions`` and checked after.
 
     Use as a context manager around the construction of the solvers: the
-    options of the configuration are set under every solver prefix (an
+    options of the configuration are set under the forward prefix (an
     option already given on the command line wins) and removed on exit; on a
     normal exit, an option the solvers never read is an error.
 
@@ -83,12 +84,12 @@ class RunOptions:
         self._inserted: list[str] = []
 
     def __enter__(self) -> RunOptions:
+        given = self._db.getAll()  # (hasName would mark an option as used)
         for key, value in self.options.items():
-            for sub in SOLVER_PREFIXES:
-                name = f"{self.prefix}{sub}{key}"
-                if not self._db.hasName(name):
-                    self._db[name] = value
-                    self._inserted.append(name)
+            name = f"{self.prefix}{SOLVER_PREFIXES[0]}{key}"
+            if name not in given:
+                self._db[name] = value
+                self._inserted.append(name)
         return self
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
@@ -108,11 +109,11 @@ class RunOptions:
         """
         used = self._db.used
         for key in self.options:
-            if not any(used(f"{self.prefix}{sub}{key}") for sub in SOLVER_PREFIXES):
+            if not used(f"{self.prefix}{SOLVER_PREFIXES[0]}{key}"):
                 raise ConfigError(
                     f"solver.petsc_options.{key} = {format_value(self.options[key])} was not read by any solver "
-                    f"(as {self.prefix}forward_{key} / {self.prefix}adjoint_{key}): it is not an option of the "
-                    f"configured linear solvers; allowed: {_VALID_FORM}",
+                    f"(as {self.prefix}forward_{key}): it is not an option of the configured solver; "
+                    f"allowed: {_VALID_FORM}",
                     f"solver.petsc_options.{key}", self.options[key],
                 )
         inserted = set(self._inserted)
