@@ -86,11 +86,12 @@ def test_train_check_gradient(shared_tmp_path, monkeypatch, capsys):
     original = NetworkSource.vjp
     monkeypatch.setattr(NetworkSource, "vjp", lambda self, R: original(self, R * (1 + 1e-5)))
     for extra in (["--check-gradient"], ["--set", "run.check_gradient=true"]):
-        assert main(["train", str(cfg), "--out", str(shared_tmp_path / "bad"), *extra]) == 3
+        bad = shared_tmp_path / f"bad-{len(extra)}"  # a new directory each (a non-empty --out is refused)
+        assert main(["train", str(cfg), "--out", str(bad), *extra]) == 3
         err = capsys.readouterr().err
         if MPI.COMM_WORLD.rank == 0:
             assert "gradient check before the first epoch failed" in err and "finite-difference" in err, err
-        assert not (shared_tmp_path / "bad" / "checkpoint.npz").exists()
+        assert not (bad / "checkpoint.npz").exists()
     # Without the check the same (wrong) gradient trains silently.
     assert main(["train", str(cfg), "--out", str(shared_tmp_path / "bad2"), "--quiet"]) == 0
     assert main(["train", str(cfg), "--out", str(shared_tmp_path / "bad3"), "--set", "run.check_gradient=3"]) == 2

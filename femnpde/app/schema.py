@@ -310,18 +310,20 @@ def default(key: str) -> Any:
     return node
 
 
-#: Longest string, and most list items, a message echoes of a value.
-_ECHO_CHARS, _ECHO_ITEMS = 60, 8
+#: Longest string (its head and tail are kept: file names stay visible), and most list items, a message echoes.
+_ECHO_CHARS, _ECHO_ITEMS = 200, 8
 
 
 def format_value(value: Any) -> str:
     """A value as it would be written inline in TOML (for messages and the reference).
 
-    Long values are cut to a readable length: strings after 60 characters,
-    lists after 8 items, each with the full length given.
+    Long values are cut to a readable length: strings over 200 characters
+    keep their first 120 and last 60, lists their first 8 items, each with
+    the full length given.
     """
     if isinstance(value, str) and len(value) > _ECHO_CHARS:
-        return json.dumps(value[:_ECHO_CHARS], ensure_ascii=False)[:-1] + f'..." ({len(value)} characters)'
+        head, tail = json.dumps(value[:120], ensure_ascii=False), json.dumps(value[-60:], ensure_ascii=False)
+        return f'{head[:-1]}...{tail[1:]} ({len(value)} characters)'
     if isinstance(value, (list, tuple)) and len(value) > _ECHO_ITEMS:
         shown = ", ".join(format_value(v) for v in value[:_ECHO_ITEMS])
         return f"[{shown}, ...] ({len(value)} items)"
