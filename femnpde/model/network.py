@@ -49,6 +49,9 @@ from typing import Any
 
 import numpy as np
 
+from femnpde.model._threads import default_threads, run_ranges
+from femnpde.model.base import Model, as_points, as_times
+
 __all__ = ["ACTIVATIONS", "ShallowNetwork", "reference_learning_rate"]
 
 ACTIVATIONS: tuple[str, ...] = ("tanh", "sigmoid", "softplus")
@@ -226,7 +229,7 @@ class _GridCache:
 # ---------------------------------------------------------------------------
 
 
-class ShallowNetwork:
+class ShallowNetwork(Model):
     """Shallow network ``g(t, x) = N**-beta * sum_i c_i sigma(w_t,i t + w_i.x + eta_i)``.
 
     Reference initialisation: ``c ~ U(-1, 1)`` and ``w_t, w_x, eta ~ N(0, 1)``,
@@ -251,6 +254,10 @@ class ShallowNetwork:
             recomputes the activations block by block from the stored ``t``
             and ``x`` (same result, roughly one extra forward pass of work).
             ``0`` disables the activation cache entirely.  Default 4 GiB.
+        threads: Threads over blocks of the grid in :meth:`evaluate_grid`
+            and :meth:`vjp_grid` (the results do not depend on it); default
+            :func:`femnpde.model._threads.default_threads` (``FEMNPDE_NUM_THREADS``,
+            else ``OMP_NUM_THREADS``, else the available CPUs).
 
     Raises:
         ValueError: If an argument is invalid; the message names the
@@ -266,8 +273,11 @@ class ShallowNetwork:
         seed: int | None = 42,
         *,
         max_cache_bytes: int = _DEFAULT_MAX_CACHE_BYTES,
+        threads: int | None = None,
     ) -> None:
         self._configure(n_neurons, input_dim, beta, activation, max_cache_bytes)
+        if threads is not None:
+            self.threads = threads
         self._reference_init(_check_seed(seed))
 
     # -- construction helpers ------------------------------------------------
@@ -286,6 +296,7 @@ class ShallowNetwork:
         self._beta = _check_beta(beta)
         self._activation = _check_activation(activation)
         self._max_cache_bytes = _check_max_cache_bytes(max_cache_bytes)
+        self._threads = default_threads()
         self._scale = float(self._n) ** (-self._beta)
         n, d = self._n, self._d
         self._params = np.zeros(n * (3 + d), dtype=np.float64)
@@ -342,6 +353,17 @@ class ShallowNetwork:
     def scale(self) -> float:
         """Output scaling ``N ** -beta``."""
         return self._scale
+
+    @property
+    def threads(self) -> int:
+        """Threads of the grid evaluation and its VJP (results do not depend on it)."""
+        return self._threads
+
+    @threads.setter
+    def threads(self, value: int) -> None:
+        if not _is_int(value) or value < 1:
+            raise ValueError(f"threads must be an integer >= 1, got {value!r}")
+        self._threads = int(value)
 
     @property
     def n_params(self) -> int:
@@ -421,6 +443,7 @@ class ShallowNetwork:
         new._configure(
             self._n, self._d, self._beta, self._activation, self._max_cache_bytes
         )
+        new._threads = self._threads
         np.copyto(new._params, self._params)
         return new
 
@@ -433,22 +456,10 @@ class ShallowNetwork:
     # -- input checking -------------------------------------------------------
 
     def _as_times(self, t: np.ndarray, name: str = "t") -> np.ndarray:
-        arr = np.ascontiguousarray(t, dtype=np.float64)
-        if arr.ndim != 1:
-            raise ValueError(
-                f"{name} must be a 1-D array of times, got shape {arr.shape}"
-            )
-        return arr
+        return as_times(t, name)
 
     def _as_points(self, x: np.ndarray, name: str = "x") -> np.ndarray:
-        arr = np.ascontiguousarray(x, dtype=np.float64)
-        if arr.ndim == 1 and self._d == 1:
-            arr = arr.reshape(-1, 1)
-        if arr.ndim != 2 or arr.shape[1] != self._d:
-            raise ValueError(
-                f"{name} must have shape (n_points, {self._d}), got shape {arr.shape}"
-            )
-        return arr
+        return as_points(x, self._d, name)
 
     # -- pointwise evaluation ---------------------------------------------------
 
@@ -660,21 +671,27 @@ class ShallowNetwork:
         factors = self._separable_factors(p, t)
         g = np.empty((n_t, n_x))
         cap = max(_CHUNK_ELEMS, n)
-        work = np.empty(cap) if s_all is None else None
-        tmp = np.empty(cap) if self._activation == "softplus" else None
-        with np.errstate(over="ignore", under="ignore"):
-            for blk in _grid_blocks(n_t, n_x, n):
-                n0, n1, j0, j1 = blk
-                shape = (n1 - n0, j1 - j0, n)
-                size = shape[0] * shape[1] * n
-                if s_all is not None:
-                    s = s_all[n0:n1, j0:j1]
-                else:
-                    s = work[:size].reshape(shape)
-                self._grid_activations(
-                    p, t, blk, s, None if tmp is None else tmp[:size].reshape(shape), factors
-                )
-                g[n0:n1, j0:j1] = (s.reshape(-1, n) @ self._c).reshape(shape[:2])
+        blocks = list(_grid_blocks(n_t, n_x, n))
+
+        def work_on(lo: int, hi: int) -> None:
+            # Scratch per thread; every block writes its own slice of g.
+            work = np.empty(cap) if s_all is None else None
+            tmp = np.empty(cap) if self._activation == "softplus" else None
+            with np.errstate(over="ignore", under="ignore"):
+                for blk in blocks[lo:hi]:
+                    n0, n1, j0, j1 = blk
+                    shape = (n1 - n0, j1 - j0, n)
+                    size = shape[0] * shape[1] * n
+                    if s_all is not None:
+                        s = s_all[n0:n1, j0:j1]
+                    else:
+                        s = work[:size].reshape(shape)
+                    self._grid_activations(
+                        p, t, blk, s, None if tmp is None else tmp[:size].reshape(shape), factors
+                    )
+                    g[n0:n1, j0:j1] = (s.reshape(-1, n) @ self._c).reshape(shape[:2])
+
+        run_ranges(work_on, len(blocks), self._threads)
         g *= self._scale
 
         if cache:
@@ -731,34 +748,65 @@ class ShallowNetwork:
                 f"got shape {r.shape}"
             )
 
-        # rhs[n, j] = (r, r t_n, r x_j): sigma'(S)^T rhs gives d_eta, d_wt, d_wx.
-        rhs = np.empty((n_t, n_x, d + 2))
-        rhs[..., 0] = r
-        np.multiply(r, t[:, None], out=rhs[..., 1])
-        np.multiply(r[..., None], x[None, :, :], out=rhs[..., 2:])
+        # rx[k, n, j] = r[n, j] x_j[k]: sigma'(S)^T rx gives d_wx; per time
+        # level u_n = sigma'(S_n)^T r_n gives d_eta = sum_n u_n and
+        # d_wt = sum_n t_n u_n (t_n is constant on a level).  Matrix-vector
+        # products and a GEMM with d rows, far cheaper than one GEMM with the
+        # d + 2 columns (r, r t, r x) that BLAS handles poorly.
+        rx = np.empty((d, n_t, n_x))
+        np.multiply(r[None, :, :], x.T[:, None, :], out=rx)
 
         cap = max(_CHUNK_ELEMS, n)
-        q = np.empty(cap)
         p = self._spatial_preactivation(x) if s_all is None else None
         factors = self._separable_factors(p, t) if s_all is None else None
-        work = np.empty(cap) if s_all is None else None
+        blocks = list(_grid_blocks(n_t, n_x, n))
+        # Per-block contributions, summed in block order below: the result
+        # does not depend on the number of threads.
+        nb = len(blocks)
+        dc_parts = np.empty((nb, n))
+        eta_parts = np.empty((nb, n))
+        wt_parts = np.empty((nb, n))
+        wx_parts = np.empty((nb, d, n))
+
+        def work_on(lo: int, hi: int) -> None:
+            q = np.empty(cap)
+            work = np.empty(cap) if s_all is None else None
+            u = np.empty((max(1, _CHUNK_ELEMS // max(n_x * n, 1)), 1, n))
+            with np.errstate(over="ignore", under="ignore"):
+                for b in range(lo, hi):
+                    blk = blocks[b]
+                    n0, n1, j0, j1 = blk
+                    k, rows = n1 - n0, j1 - j0
+                    shape = (k, rows, n)
+                    size = k * rows * n
+                    qb = q[:size].reshape(shape)
+                    if s_all is not None:
+                        s = s_all[n0:n1, j0:j1]
+                    else:
+                        s = work[:size].reshape(shape)
+                        self._grid_activations(p, t, blk, s, qb, factors)
+                    rb = r[n0:n1, j0:j1]
+                    # The derivative pass first: it reads the cached block from
+                    # memory once, the product below finds it in the CPU cache.
+                    _derivative_from_output(s, qb, self._activation)
+                    np.matmul(rb.reshape(-1), s.reshape(-1, n), out=dc_parts[b])
+                    ub = u[:k]
+                    np.matmul(rb[:, None, :], qb, out=ub)
+                    np.sum(ub[:, 0, :], axis=0, out=eta_parts[b])
+                    np.matmul(t[n0:n1], ub[:, 0, :], out=wt_parts[b])
+                    np.matmul(rx[:, n0:n1, j0:j1].reshape(d, -1), qb.reshape(-1, n), out=wx_parts[b])
+
+        run_ranges(work_on, nb, self._threads)
         dc = np.zeros(n)
-        acc = np.zeros((n, d + 2))
-        with np.errstate(over="ignore", under="ignore"):
-            for blk in _grid_blocks(n_t, n_x, n):
-                n0, n1, j0, j1 = blk
-                shape = (n1 - n0, j1 - j0, n)
-                size = shape[0] * shape[1] * n
-                qb = q[:size].reshape(shape)
-                if s_all is not None:
-                    s = s_all[n0:n1, j0:j1]
-                else:
-                    s = work[:size].reshape(shape)
-                    self._grid_activations(p, t, blk, s, qb, factors)
-                dc += s.reshape(-1, n).T @ r[n0:n1, j0:j1].reshape(-1)
-                _derivative_from_output(s, qb, self._activation)
-                acc += qb.reshape(-1, n).T @ rhs[n0:n1, j0:j1].reshape(-1, d + 2)
-        return self._assemble_gradient(dc, acc[:, 1], acc[:, 2:], acc[:, 0])
+        aeta = np.zeros(n)
+        awt = np.zeros(n)
+        awx = np.zeros((d, n))
+        for b in range(nb):
+            dc += dc_parts[b]
+            aeta += eta_parts[b]
+            awt += wt_parts[b]
+            awx += wx_parts[b]
+        return self._assemble_gradient(dc, awt, awx.T, aeta)
 
     def clear_cache(self) -> None:
         """Discard the cache kept by :meth:`evaluate_grid` and free its memory."""
