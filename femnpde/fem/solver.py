@@ -136,6 +136,8 @@ class ThetaSolver:
         self.states: StateStorage = MemoryStorage(self.n_levels, n_local)
         self.adjoints: MemoryStorage | None = None
         self.newton_iterations = np.zeros(self.n_levels, dtype=np.int32)
+        #: ``dJ/dc`` of the constants named in the last :meth:`adjoint` call.
+        self.constant_gradient: dict[str, float] = {}
         owned = problem.bc_dofs
         self._bc_owned = owned[owned < problem.n_owned]
         # Persistent views of the coefficient arrays (the property access is slow).
@@ -179,6 +181,38 @@ class ThetaSolver:
         self._f0 = f0
         self._f0_zero = f0.norm() == 0.0
         self._vec_of = {"u_prev": p.u_prev.x.petsc_vec, "g": p.g.x.petsc_vec, "g_prev": p.g_prev.x.petsc_vec}
+
+    def set_constants(self, values: dict[str, float]) -> None:
+        """Set named constants of the residual (``problem.constants``); reassemble what depends on them.
+
+        The matrices assembled once (constant Jacobian and its factorisation,
+        constant derivative blocks, the affine fast path) are rebuilt only
+        when a value actually changes.
+
+        Raises:
+            KeyError: A name is not a constant of the problem.
+        """
+        consts = self.problem.constants
+        changed = False
+        for name, value in values.items():
+            if name not in consts:
+                raise KeyError(f"ThetaSolver.set_constants: {name!r} is not a constant of the problem; "
+                               f"constants: {sorted(consts)}")
+            if float(consts[name].value) != float(value):
+                consts[name].value = value
+                changed = True
+        if not changed:
+            return
+        self._A_current = False
+        forms = self.problem.forms
+        for name, M in self._blocks.items():
+            M.zeroEntries()
+            dolfinx.fem.petsc.assemble_matrix(M, forms.constant_blocks[name])
+            M.assemble()
+        if self._lin is not None:
+            self._lin["u"].destroy()
+            self._f0.destroy()
+            self._setup_linear()
 
     @property
     def uses_linear_fast_path(self) -> bool:
@@ -377,6 +411,7 @@ class ThetaSolver:
         source: np.ndarray,
         misfit_gradient: Callable[[int, np.ndarray, np.ndarray], None],
         keep_adjoint: bool = False,
+        constants: tuple[str, ...] = (),
     ) -> np.ndarray:
         """Run the adjoint sweep backwards in time.
 
@@ -386,6 +421,9 @@ class ThetaSolver:
             misfit_gradient: ``misfit_gradient(n, u_owned, out_owned)`` adds
                 ``∂J/∂u^n`` (owned entries) to ``out_owned``.
             keep_adjoint: Keep ``λ^n`` of every level in :attr:`adjoints`.
+            constants: Names of residual constants whose gradient
+                ``dJ/dc = Σ_n λ^n · ∂F^n/∂c`` is accumulated during the sweep
+                into :attr:`constant_gradient` (summed over ranks).
 
         Returns:
             ``dJ/dg`` on the owned source dofs at every level,
@@ -405,6 +443,12 @@ class ThetaSolver:
         rhs, c, r = self._rhs, self._c, self._r
         lam_vec = p.lam.x.petsc_vec
         have_c = False
+        const_forms = forms.constant_adjoints or {}
+        unknown = [name for name in constants if name not in p.constants]
+        if unknown:
+            raise KeyError(f"ThetaSolver.adjoint: {unknown} are not constants of the problem; "
+                           f"constants: {sorted(p.constants)}")
+        dc = np.zeros(len(constants))
         for n in range(N, 0, -1):
             u_n = self.states.load(n)
             self._set_step(n, source, u_n)
@@ -424,6 +468,15 @@ class ThetaSolver:
             p.lam.x.scatter_forward()
             if keep_adjoint:
                 self.adjoints.store(n, p.lam.x.array)
+            if constants:
+                if self._lin is not None:  # the mat-vec path skipped what assembly reads
+                    p.g.x.scatter_forward()
+                    p.g_prev.x.scatter_forward()
+                    p.t.value = self._times[n]
+                    p.t_prev.value = self._times[n - 1]
+                for k, name in enumerate(constants):
+                    if name in const_forms:
+                        dc[k] += dolfinx.fem.assemble_scalar(const_forms[name])
             # Coupling to the previous step, (∂F^n/∂u^{n-1})^T λ^n, for step n-1.
             have_c = n > 1 and forms.adj_prev is not None
             if have_c:
@@ -440,4 +493,8 @@ class ThetaSolver:
                 else:
                     self._assemble_action(r, form)
                 R[level] += r.array_r[:ng]
+        if constants:
+            total = np.empty_like(dc)
+            p.comm.Allreduce(dc, total)
+            self.constant_gradient = dict(zip(constants, total.tolist()))
         return R
