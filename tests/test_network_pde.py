@@ -23,7 +23,7 @@ from femnpde.model.verification import taylor_test
 from femnpde.obs.misfit import L2Misfit
 
 
-def _fd_best(rf, theta, v, steps=(1e-3, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6)):
+def _fd_best(rf, theta, v, steps=(1e-4, 1e-5, 1e-6)):
     """Best relative error of central differences against the adjoint directional derivative."""
     exact = float(rf.derivative(theta) @ v)
     errs = [abs((rf(theta + h * v) - rf(theta - h * v)) / (2 * h) - exact) / abs(exact) for h in steps]

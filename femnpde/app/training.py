@@ -196,7 +196,7 @@ def train(
     n_iter = cfg["run"]["iterations"]
     every = cfg["run"]["checkpoint_every"]
     ck_path = out / "checkpoint.npz"
-    theta = run.network.params.copy()
+    theta = run.rf.initial_theta()
     start = 0
     history_path = out / "history.csv"
     if resume is not None:
@@ -214,7 +214,7 @@ def train(
         pde = cfg["pde"].get("residual") or cfg["pde"].get("preset")
         rank0_print(
             comm,
-            f"femnpde train: {pde}, N={cfg['network']['neurons']}, {run.network.n_params} parameters, "
+            f"femnpde train: {pde}, {run.network!r}, {run.rf.n_params} parameters, "
             f"{cfg['optimizer']['kind']} lr={run.lr:.4g}, epochs {start}..{n_iter}, {comm.size} rank(s) -> {out}",
         )
     t_start = time.perf_counter()
@@ -248,6 +248,8 @@ def train(
             schedule_state=schedule.state_dict() if schedule is not None else None,
         )
 
+    lower, upper = rf.bounds
+    has_bounds = bool(np.any(np.isfinite(lower)) or np.any(np.isfinite(upper)))
     epoch = start
     with Progress(n_iter, comm, quiet=quiet, initial=start) as progress:
         try:
@@ -259,6 +261,8 @@ def train(
                     rmse = record(epoch, J, grad, opt.lr)
                     progress.update(J, rmse)
                     opt.step(theta, grad)
+                    if has_bounds:  # projected step: physical parameters stay within their bounds
+                        np.clip(theta, lower, upper, out=theta)
                     if schedule is not None:
                         schedule.step(J)
                     if (epoch + 1) % every == 0 or epoch + 1 == n_iter:
@@ -278,7 +282,7 @@ def train(
 
                 result = minimize_lbfgs(
                     rf.value_and_gradient, theta, max_iterations=n_iter - start, callback=callback,
-                    memory=cfg["optimizer"]["lbfgs_memory"],
+                    memory=cfg["optimizer"]["lbfgs_memory"], bounds=rf.bounds if has_bounds else None,
                 )
                 theta = np.array(result.params, dtype=np.float64)
                 epoch = state["epoch"]
@@ -300,7 +304,8 @@ def train(
         best_rmse=min(best["rmse"], misfit.relative_rmse(J_final)),
         wall_time=wall,
         out=str(out),
-        n_params=run.network.n_params,
+        n_params=rf.n_params,
+        parameters=rf.split(theta)[1],
     )
     if write_outputs:
         _write_outputs(run, out, comm, cfg["run"]["field_format"])
@@ -311,6 +316,9 @@ def train(
             f"femnpde train: done {epoch} epochs in {wall:.1f} s; loss {result['final_loss']:.4e}, "
             f"relative RMSE {result['final_rmse']:.4e} (best {result['best_rmse']:.4e}); outputs in {out}",
         )
+        if result["parameters"]:
+            rank0_print(comm, "femnpde train: physical parameters " + ", ".join(
+                f"{k} = {v:.10g}" for k, v in result["parameters"].items()))
     run.solver.destroy()
     run.misfit.destroy()
     comm.Barrier()  # every output (rank 0's plots included) exists when train returns
@@ -329,14 +337,14 @@ def forward(
     out = _resolve_out(config, out, "-forward")
     RunDirectory(out, comm).write_text("config.toml", dump_config(cfg))
     run = build_run(cfg, comm)
-    theta = run.network.params.copy()
+    theta = run.rf.initial_theta()
     if params is not None:
         ck = load_checkpoint(params, comm)
         theta = np.array(ck["params"], dtype=np.float64)
-        if theta.shape != (run.network.n_params,):
+        if theta.shape != (run.rf.n_params,):
             raise ValueError(
                 f"--params {params}: the checkpoint has {theta.size} parameters, the configured network "
-                f"has {run.network.n_params}"
+                f"and trainable physical parameters have {run.rf.n_params}"
             )
     J = run.rf(theta)
     run.rf.derivative(theta)
