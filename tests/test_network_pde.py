@@ -105,15 +105,13 @@ CASES = ["mlp", "jax", "two", "two_quadrature", "gamma", "epsilon"]
 def test_taylor_and_finite_differences(name):
     rf, theta0 = _case(name, MPI.COMM_WORLD)
     v = np.random.default_rng(7).standard_normal(theta0.size)
-    if rf.trainable_parameters:
-        v[-len(rf.trainable_parameters):] *= 0.1 * np.abs(theta0[-len(rf.trainable_parameters):])
     result = taylor_test(rf, theta0, v, h0=1e-2, n_steps=4)
     assert result.gradient_norm > 0
     assert np.all(result.rates > 1.9) and np.all(result.rates < 2.1), result.rates
     assert _fd_best(rf, theta0, v) <= 1e-8
     if rf.trainable_parameters:  # the constant's own derivative, alone
         e = np.zeros_like(theta0)
-        e[-1] = abs(theta0[-1])
+        e[-1] = 1.0
         assert _fd_best(rf, theta0, e) <= 1e-8
     rf.solver.destroy()
 
@@ -138,7 +136,7 @@ def test_changing_a_constant_rebuilds_the_assembled_matrices():
     assert rf.solver.uses_linear_fast_path
     J_first = rf(theta0)
     theta = theta0.copy()
-    theta[-1] = 0.05
+    theta[-1] = 0.05 / 0.02  # gamma = 0.05
     J_new = rf(theta)
     problem = _problem(comm, heat(0.05), theta=0.5)
     ref = ReducedFunctional(ThetaSolver(problem, "netpde_ref_"), NetworkSource(problem, ShallowNetwork(6, 2, seed=3)),
@@ -153,8 +151,10 @@ def test_changing_a_constant_rebuilds_the_assembled_matrices():
 def test_bounds_and_bad_parameters():
     rf, theta0 = _case("gamma", MPI.COMM_WORLD)
     lo, hi = rf.bounds
-    assert lo.shape == theta0.shape and np.all(np.isinf(lo[:-1])) and lo[-1] == 1e-4 and hi[-1] == 1.0
-    assert rf.trainable_parameters == ("gamma",) and theta0[-1] == 0.02
+    # θ holds gamma / |initial|: the bounds are scaled alike.
+    assert lo.shape == theta0.shape and np.all(np.isinf(lo[:-1])) and lo[-1] == 1e-4 / 0.02 and hi[-1] == 1.0 / 0.02
+    assert rf.trainable_parameters == ("gamma",) and theta0[-1] == 1.0
+    assert rf.split(theta0)[1] == {"gamma": 0.02}
     with pytest.raises(ValueError, match="not constants of the problem"):
         ReducedFunctional(rf.solver, rf.source, rf.misfit, parameters=[PhysicalParameter("beta", 1.0)])
     with pytest.raises(ValueError, match="outside the bounds"):
@@ -163,3 +163,24 @@ def test_bounds_and_bad_parameters():
     with pytest.raises(ValueError, match="output"):
         NetworkSource(problem, MLP(2, [3], n_outputs=2))
     rf.solver.destroy()
+
+
+def test_gamma_recovery_short():
+    """L-BFGS-B learns the source (a tanh the network can represent) and recovers gamma = 0.01 from 0.02."""
+    from femnpde.optim.optimizers import minimize_lbfgs
+
+    comm = MPI.COMM_WORLD
+    problem = ParabolicProblem(
+        paper_mesh(comm, 6, 12), _heat_gamma, time=TimeGrid(1.0, 16), initial_condition=paper_initial_condition,
+        dirichlet=[Dirichlet("boundary", 0.0)], constants={"gamma": 0.01},
+    )
+    solver = ThetaSolver(problem, "netpde_recovery_")
+    data = solver.forward(FunctionSource(problem, target_source("tanh_1", 1.0)).values()).array[:, : problem.n_owned]
+    rf = ReducedFunctional(solver, NetworkSource(problem, ShallowNetwork(10, 2, seed=1)), L2Misfit(problem, data.copy()),
+                           parameters=[PhysicalParameter("gamma", 0.02, bounds=(1e-4, 1.0))])
+    J0 = rf(rf.initial_theta())
+    result = minimize_lbfgs(rf.value_and_gradient, rf.initial_theta(), 400, bounds=rf.bounds)
+    gamma = rf.split(result.params)[1]["gamma"]
+    assert rf(result.params) < 1e-5 * J0
+    assert abs(gamma - 0.01) <= 5e-3 * 0.01, gamma
+    solver.destroy()

@@ -9,6 +9,12 @@ functional appends the trainable ones to the model's parameters,
 :meth:`femnpde.fem.solver.ThetaSolver.adjoint`).  Bounds are honoured by
 L-BFGS-B and by the projected first-order optimisers of the training driver.
 
+θ holds ``c / scale`` (``scale`` defaults to ``|initial|``, or 1 if that is
+0): the entries are O(1) like the network's, which the optimisers' step
+sizes and L-BFGS' initial Hessian guess assume (a diffusivity of 0.01 next
+to O(1) weights otherwise makes L-BFGS crawl).  ``rf.split(θ)`` returns the
+physical values.
+
 In a run configuration::
 
     [parameters]
@@ -35,12 +41,21 @@ class PhysicalParameter:
         initial: Initial value (the value in the problem when not trainable).
         trainable: Whether it is part of θ.
         bounds: ``(lower, upper)``; None for no bound on that side.
+        scale: θ holds ``value / scale``; default ``|initial|`` (1 if 0).
     """
 
     name: str
     initial: float
     trainable: bool = True
     bounds: tuple[float | None, float | None] = (None, None)
+    scale: float | None = None
+
+    @property
+    def theta_scale(self) -> float:
+        """The scale actually used (``scale``, else ``|initial|``, else 1)."""
+        if self.scale is not None:
+            return float(self.scale)
+        return abs(float(self.initial)) or 1.0
 
     def __post_init__(self) -> None:
         if not (isinstance(self.name, str) and self.name.isidentifier()):
@@ -50,6 +65,8 @@ class PhysicalParameter:
         lo, hi = self.bounds
         if lo is not None and hi is not None and not float(lo) < float(hi):
             raise ValueError(f"PhysicalParameter {self.name}: bounds {list(self.bounds)} need lower < upper")
+        if self.scale is not None and not (math.isfinite(float(self.scale)) and float(self.scale) > 0):
+            raise ValueError(f"PhysicalParameter {self.name}: scale = {self.scale!r} must be a finite number > 0")
         if (lo is not None and self.initial < lo) or (hi is not None and self.initial > hi):
             raise ValueError(
                 f"PhysicalParameter {self.name}: initial = {self.initial!r} is outside the bounds {list(self.bounds)}"
@@ -78,13 +95,13 @@ def check_parameters(parameters: Sequence[PhysicalParameter], constants: Sequenc
 def parameter_bounds(
     n_model: int, parameters: Sequence[PhysicalParameter]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Lower and upper bounds of θ (``-inf``/``inf`` where unbounded)."""
+    """Lower and upper bounds of θ (``-inf``/``inf`` where unbounded; scaled like θ)."""
     train = [p for p in parameters if p.trainable]
     lo = np.full(n_model + len(train), -np.inf)
     hi = np.full(n_model + len(train), np.inf)
     for k, p in enumerate(train):
         if p.bounds[0] is not None:
-            lo[n_model + k] = float(p.bounds[0])
+            lo[n_model + k] = float(p.bounds[0]) / p.theta_scale
         if p.bounds[1] is not None:
-            hi[n_model + k] = float(p.bounds[1])
+            hi[n_model + k] = float(p.bounds[1]) / p.theta_scale
     return lo, hi

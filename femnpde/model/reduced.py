@@ -127,6 +127,7 @@ class ReducedFunctional:
         self.keep_adjoint = keep_adjoint
         self.parameters = check_parameters(parameters, tuple(getattr(solver.problem, "constants", {})))
         self._trainable = tuple(p.name for p in self.parameters if p.trainable)
+        self._scales = np.array([p.theta_scale for p in self.parameters if p.trainable])
         fixed = {p.name: p.initial for p in self.parameters if not p.trainable}
         if fixed:
             solver.set_constants(fixed)
@@ -153,14 +154,16 @@ class ReducedFunctional:
         return parameter_bounds(self.source.network.n_params, self.parameters)
 
     def initial_theta(self) -> np.ndarray:
-        """θ from the model's current parameters and the physical parameters' initial values."""
+        """θ from the model's current parameters and the physical parameters' initial values (scaled)."""
         init = {p.name: p.initial for p in self.parameters}
-        return np.concatenate([self.source.network.get_params(), [init[n] for n in self._trainable]])
+        values = np.array([init[n] for n in self._trainable], dtype=np.float64)
+        return np.concatenate([self.source.network.get_params(), values / self._scales])
 
     def split(self, theta: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
-        """``(model parameters, {name: value} of the trainable physical parameters)``."""
+        """``(model parameters, {name: physical value} of the trainable physical parameters)``."""
         n = self.source.network.n_params
-        return theta[:n], dict(zip(self._trainable, (float(c) for c in theta[n:])))
+        values = np.asarray(theta[n:], dtype=np.float64) * self._scales
+        return theta[:n], dict(zip(self._trainable, values.tolist()))
 
     @property
     def comm(self):
@@ -206,7 +209,7 @@ class ReducedFunctional:
             grad = self.source.vjp(R)
             if self._trainable:
                 dc = self.solver.constant_gradient
-                grad = np.concatenate([grad, [dc[n] for n in self._trainable]])
+                grad = np.concatenate([grad, np.array([dc[n] for n in self._trainable]) * self._scales])
             self._grad = grad
             self.n_adjoint += 1
         return self._grad.copy()
