@@ -69,10 +69,37 @@ Schema (``key``: type, allowed values, default):
     array (``boundary = []``) means no Dirichlet condition.
 
 ``[network]``
-    * ``neurons``: int >= 1; default 100.
-    * ``beta``: scaling exponent in the open interval (0.5, 1); default 2/3.
+    * ``kind`` (optional): ``"shallow"`` (default; the paper's network) |
+      ``"mlp"`` (deep numpy network) | ``"jax"`` (a user JAX model); see
+      :mod:`femnpde.model.build`.
+    * ``neurons``: int >= 1; default 100 (``"shallow"``).
+    * ``beta``: scaling exponent in the open interval (0.5, 1); default 2/3
+      (``"shallow"``; ``"mlp"`` with ``output_scale = "mean-field"``).
     * ``activation``: ``"tanh"`` | ``"sigmoid"`` | ``"softplus"``; default ``"tanh"``.
     * ``seed``: int >= 0, seed of the initialisation; default 42.
+    * ``hidden`` (``"mlp"``, required): hidden widths, e.g. ``[64, 64]``.
+    * ``init`` (``"mlp"``): ``"glorot"`` (default) | ``"he"`` | ``"paper"``.
+    * ``output_scale`` (``"mlp"``): ``"none"`` (default) | ``"mean-field"``
+      (the last hidden width to the power ``-beta``).
+    * ``factory`` (``"jax"``, required): ``"package.module:function"``
+      returning ``(apply, params)`` (see :mod:`femnpde.model.jax_model`);
+      ``options``: a table of keyword arguments for it.
+    * ``outputs`` (``"mlp"``, ``"jax"``): number of network-fed coefficients;
+      default 1.  With ``m > 1`` a custom ``pde.residual`` indexes them as
+      ``g[0], .., g[m-1]``.
+
+``[parameters]`` (optional): named constants of the residual learnt with the
+network (:mod:`femnpde.model.parameters`), one inline table per name, e.g.
+``gamma = { initial = 0.02, trainable = true, bounds = [1e-4, 1] }``.  Names:
+the preset's parameters (``gamma``; ``gamma``, ``epsilon``) or, with
+``pde.residual``, keyword arguments of the residual
+``residual(u, v, g, t, x, name=...)``.  Synthetic data use the ``[pde]``
+values (for a custom residual: ``true``, required with synthetic data).
+    * ``initial``: number (default: the ``[pde]`` value of a preset parameter).
+    * ``trainable``: bool; default true.
+    * ``bounds``: ``[lower, upper]`` (L-BFGS-B; projected Adam/GD steps); optional.
+    * ``scale``: > 0, θ holds ``value / scale``; default ``|initial|``.
+    * ``true`` (custom residual): the value the synthetic data are made with.
 
 ``[data]``
     * ``kind``: ``"synthetic"`` | ``"file"``; default ``"synthetic"``.
@@ -151,7 +178,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import importlib
 import inspect
 import math
 import numbers
@@ -169,7 +195,11 @@ from mpi4py import MPI
 
 from femnpde.io.meshes import tags_present
 from femnpde.obs.misfit import L2Misfit, TimeWeights
-from femnpde.model.network import ACTIVATIONS, ShallowNetwork, reference_learning_rate
+from femnpde.model.base import Model
+from femnpde.model.build import MODEL_KINDS, build_model, import_object
+from femnpde.model.mlp import INITIALISATIONS, OUTPUT_SCALES
+from femnpde.model.network import ACTIVATIONS, reference_learning_rate
+from femnpde.model.parameters import PhysicalParameter
 from femnpde.fem.problem import PRESETS, Dirichlet, ParabolicProblem, TimeGrid
 from femnpde.model.reduced import FunctionSource, NetworkSource, ReducedFunctional
 from femnpde.app.scenarios import TARGETS, paper_initial_condition, target_source
@@ -251,6 +281,7 @@ DEFAULTS: dict[str, Any] = {
 
 # Keys allowed besides those in DEFAULTS (optional or kind-specific).
 _EXTRA_KEYS: dict[str, tuple[str, ...]] = {
+    "network": ("kind", "hidden", "init", "output_scale", "factory", "options", "outputs"),
     "mesh": ("path", "gdim", "name", "facet_tags"),
     "pde": ("residual",),
     "data": ("path", "name"),
@@ -731,15 +762,106 @@ def _validate_observation(user: Mapping[str, Any], mesh_kind: str, data_kind: st
     return out
 
 
+_NETWORK_KIND_KEYS = {
+    "shallow": (),
+    "mlp": ("hidden", "init", "output_scale", "outputs"),
+    "jax": ("factory", "options", "outputs"),
+}
+
+
 def _validate_network(user: Mapping[str, Any]) -> dict[str, Any]:
     sec = _section(user, "network")
-    return {
+    out = {
         "neurons": _int("network.neurons", _get(sec, "neurons", 100), 1),
         "beta": _float("network.beta", _get(sec, "beta", 2.0 / 3.0), lambda f: 0.5 < f < 1.0,
                        "a number in the open interval (0.5, 1)"),
         "activation": _choice("network.activation", _get(sec, "activation", "tanh"), ACTIVATIONS),
         "seed": _int("network.seed", _get(sec, "seed", 42), 0),
     }
+    if "kind" not in sec:
+        for key in _EXTRA_KEYS["network"]:
+            if key in sec:
+                raise _error(f"network.{key}", sec[key], 'is not used by the default kind "shallow"',
+                             'network.kind = "mlp" or "jax"')
+        return out
+    kind = out["kind"] = _choice("network.kind", sec["kind"], MODEL_KINDS)
+    for key in _EXTRA_KEYS["network"]:
+        if key in sec and key != "kind" and key not in _NETWORK_KIND_KEYS[kind]:
+            users = [k for k, keys in _NETWORK_KIND_KEYS.items() if key in keys]
+            raise _error(f"network.{key}", sec[key], f"is not used with kind {kind!r}",
+                         f"remove it, or network.kind = {' or '.join(repr(u) for u in users)}")
+    if kind != "shallow":
+        out["outputs"] = _int("network.outputs", _get(sec, "outputs", 1), 1)
+    if kind == "mlp":
+        if "hidden" not in sec:
+            raise ConfigError('network.hidden is missing; network.kind = "mlp" needs hidden = [64, 64] (widths)',
+                              "network.hidden")
+        out["hidden"] = _ints("network.hidden", sec["hidden"], "a non-empty list of integers >= 1, e.g. [64, 64]")
+        if not out["hidden"]:
+            raise _error("network.hidden", sec["hidden"], "is empty", "a non-empty list of integers >= 1")
+        out["init"] = _choice("network.init", _get(sec, "init", "glorot"), INITIALISATIONS)
+        out["output_scale"] = _choice("network.output_scale", _get(sec, "output_scale", "none"), OUTPUT_SCALES)
+    elif kind == "jax":
+        if "factory" not in sec:
+            raise ConfigError('network.factory is missing; network.kind = "jax" needs factory = "package.module:function"',
+                              "network.factory")
+        spec = _str("network.factory", sec["factory"], '"package.module:function"')
+        if not _RESIDUAL_SPEC.fullmatch(spec):
+            raise _error("network.factory", spec, "is not of the form package.module:function",
+                         'e.g. "femnpde.model.jax_model:mlp_factory"')
+        out["factory"] = spec
+        options = _get(sec, "options", {})
+        if not isinstance(options, Mapping):
+            raise _error("network.options", options, f"is {_type_name(options)}", "a table of keyword arguments")
+        out["options"] = dict(options)
+    return out
+
+
+_PARAMETER_KEYS = ("initial", "trainable", "bounds", "scale", "true")
+
+
+def _validate_parameters(user: Mapping[str, Any], pcfg: Mapping[str, Any]) -> dict[str, Any]:
+    sec = user["parameters"]
+    if not isinstance(sec, Mapping):
+        raise _error("parameters", sec, f"is {_type_name(sec)}", "a table [parameters] of name = { initial = ... }")
+    preset_names = () if "residual" in pcfg else PRESETS[pcfg["preset"]][1]
+    out: dict[str, Any] = {}
+    for name, entry in sec.items():
+        key = f"parameters.{name}"
+        if preset_names and name not in preset_names:
+            raise _error(key, entry, f"is not a parameter of the preset {pcfg['preset']!r}",
+                         ", ".join(preset_names) + " (or a custom pde.residual taking the name as a keyword)")
+        if not str(name).isidentifier() or name in ("u", "v", "g", "t", "x"):
+            raise _error(key, entry, "has a name that is not a residual keyword",
+                         "a Python identifier other than u, v, g, t, x")
+        if not isinstance(entry, Mapping):
+            raise _error(key, entry, f"is {_type_name(entry)}", "a table, e.g. { initial = 0.02, bounds = [1e-4, 1] }")
+        for k in entry:
+            if k not in _PARAMETER_KEYS:
+                raise _unknown(f"{key}.{k}", str(k), _PARAMETER_KEYS, key)
+        if "true" in entry and preset_names:
+            raise _error(f"{key}.true", entry["true"], "is only used with a custom pde.residual",
+                         f"set pde.{name} (the value the synthetic data are made with)")
+        res: dict[str, Any] = {}
+        if "initial" in entry:
+            res["initial"] = _float(f"{key}.initial", entry["initial"])
+        elif preset_names:
+            res["initial"] = float(pcfg[name])
+        else:
+            raise ConfigError(f"{key}.initial is missing; give initial = <number>", f"{key}.initial")
+        res["trainable"] = _bool(f"{key}.trainable", _get(entry, "trainable", True))
+        if "bounds" in entry:
+            lo, hi = _floats(f"{key}.bounds", entry["bounds"], "[lower, upper] with lower < upper", (2,))
+            if not lo < hi or not lo <= res["initial"] <= hi:
+                raise _error(f"{key}.bounds", entry["bounds"], "does not hold lower < upper with the initial value "
+                             f"{res['initial']!r} inside", "[lower, upper] with lower <= initial <= upper")
+            res["bounds"] = [lo, hi]
+        if "scale" in entry:
+            res["scale"] = _float(f"{key}.scale", entry["scale"], lambda f: f > 0, "a number > 0")
+        if "true" in entry:
+            res["true"] = _float(f"{key}.true", entry["true"])
+        out[str(name)] = res
+    return out
 
 
 def _validate_data(user: Mapping[str, Any]) -> dict[str, Any]:
@@ -871,7 +993,7 @@ def validate(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """
     if not isinstance(cfg, Mapping):
         raise ConfigError(f"the configuration must be a table (dict), got {_type_name(cfg)}")
-    sections = list(DEFAULTS)
+    sections = [*DEFAULTS, "parameters"]
     for k in cfg:
         if k not in sections:
             raise _unknown(str(k), str(k), sections, "")
@@ -900,6 +1022,15 @@ def validate(cfg: Mapping[str, Any]) -> dict[str, Any]:
     resolved["observation"] = _validate_observation(
         user, mesh["kind"], resolved["data"]["kind"], time["n_steps"]
     )
+    if "parameters" in user:
+        resolved["parameters"] = _validate_parameters(user, resolved["pde"])
+        missing = [n for n, p in resolved["parameters"].items()
+                   if "residual" in resolved["pde"] and "true" not in p and resolved["data"]["kind"] == "synthetic"]
+        if missing:
+            raise ConfigError(
+                f"parameters.{missing[0]}.true is missing; synthetic data with a custom pde.residual need the "
+                "value they are made with", f"parameters.{missing[0]}.true",
+            )
     data = resolved["data"]
     if data["kind"] == "file":
         field_file = Path(data["path"]).suffix.lower() == ".bp"
@@ -1052,7 +1183,7 @@ class Run:
     cfg: dict[str, Any]
     problem: ParabolicProblem
     solver: ThetaSolver
-    network: ShallowNetwork
+    network: Model
     source: NetworkSource
     misfit: Any  # L2Misfit (field, subdomain) or femnpde.obs.points.PointMisfit (sensors)
     rf: ReducedFunctional
@@ -1116,23 +1247,23 @@ def _build_mesh(mcfg: Mapping[str, Any], comm: MPI.Comm, need_tags: bool, need_c
     return mesh, tags, cell_tags
 
 
-def _build_residual(pcfg: Mapping[str, Any]):
+def _build_residual(pcfg: Mapping[str, Any], constants: Sequence[str] = ()):
+    """The residual; the names in ``constants`` become keyword arguments (problem constants)."""
     if "residual" not in pcfg:
         factory, names = PRESETS[pcfg["preset"]]
-        return factory(**{k: pcfg[k] for k in names})
+        if not constants:
+            return factory(**{k: pcfg[k] for k in names})
+        fixed = {k: pcfg[k] for k in names if k not in constants}
+
+        def residual(u, v, g, t, x, **consts):
+            return factory(**fixed, **consts)(u, v, g, t, x)
+
+        return residual
     spec = pcfg["residual"]
-    module_name, _, attr = spec.partition(":")
     try:
-        obj: Any = importlib.import_module(module_name)
-    except Exception as err:
-        raise ConfigError(f"pde.residual = {_fmt(spec)}: importing module {module_name!r} failed: {err}",
-                          "pde.residual", spec) from err
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise ConfigError(f"pde.residual = {_fmt(spec)}: module {module_name!r} has no attribute {attr!r}",
-                              "pde.residual", spec) from None
+        obj: Any = import_object(spec, "pde.residual")
+    except ImportError as err:
+        raise ConfigError(str(err), "pde.residual", spec) from err
     if not callable(obj):
         raise ConfigError(f"pde.residual = {_fmt(spec)} is not callable; it must name a residual factory",
                           "pde.residual", spec)
@@ -1203,8 +1334,8 @@ def _with_neumann(residual, ncfg: Sequence[Mapping[str, Any]], mesh, facet_tags,
     ds = ufl.Measure("ds", domain=mesh, subdomain_data=facet_tags)
     terms = [(float(e["flux"]), int(e["where"])) for e in ncfg]
 
-    def with_flux(u, v, g, t, x):
-        form = residual(u, v, g, t, x)
+    def with_flux(u, v, g, t, x, **constants):
+        form = residual(u, v, g, t, x, **constants)
         for flux, tag in terms:
             form = form - flux * v * ds(tag)
         return form
@@ -1303,7 +1434,12 @@ def build_run(
         )
     need_tags = any(not isinstance(b["where"], str) for b in cfg["boundary"]) or bool(cfg["neumann"])
     mesh, facet_tags, cell_tags = _build_mesh(mcfg, comm, need_tags, obs["kind"] == "subdomain")
-    residual = _with_neumann(_build_residual(pcfg), cfg["neumann"], mesh, facet_tags, mesh.comm)
+    pars = cfg.get("parameters", {})
+    residual = _with_neumann(_build_residual(pcfg, tuple(pars)), cfg["neumann"], mesh, facet_tags, mesh.comm)
+    # The problem holds the values the synthetic data are made with; the
+    # reduced functional sets the [parameters] values for training.
+    constants = {n: float(pcfg[n]) if "residual" not in pcfg else p.get("true", p["initial"]) for n, p in pars.items()}
+    ncfg = cfg["network"]
     icfg = cfg["initial_condition"]
     ic: Any = paper_initial_condition if icfg["kind"] == "paper" else float(icfg["value"])
     problem = ParabolicProblem(
@@ -1316,6 +1452,8 @@ def build_run(
         dirichlet=_dirichlet(cfg["boundary"], facet_tags, mesh.comm, tcfg["T"]),
         source=pcfg["source"],
         source_degree=pcfg["source_degree"],
+        n_sources=ncfg.get("outputs", 1),
+        constants=constants,
     )
     scfg = cfg["solver"]
     petsc_options = None
@@ -1331,10 +1469,10 @@ def build_run(
         newton_atol=scfg["newton_atol"],
         newton_max_it=scfg["newton_max_it"],
     )
-    ncfg = cfg["network"]
-    network = ShallowNetwork(
-        ncfg["neurons"], mesh.geometry.dim, beta=ncfg["beta"], activation=ncfg["activation"], seed=ncfg["seed"]
-    )
+    try:
+        network = build_model(ncfg, mesh.geometry.dim)
+    except (ImportError, ValueError) as err:  # ModuleNotFoundError (no JAX) included
+        raise ConfigError(f"[network]: {err}", "network.factory" if ncfg.get("kind") == "jax" else "network") from err
     source = NetworkSource(problem, network)
 
     dcfg = cfg["data"]
@@ -1350,6 +1488,10 @@ def build_run(
         bbox = _bounding_box(mesh)
         target = FunctionSource(problem, target_source(dcfg["target"], tcfg["T"], bbox))
         target_values = target.values()
+        if problem.n_sources > 1:  # the target feeds g[0]; the other coefficients are 0
+            padded = np.zeros((target_values.shape[0], target_values.shape[1], problem.n_sources))
+            padded[..., 0] = target_values
+            target_values = padded.reshape(target_values.shape[0], -1)
         states = solver.forward(target_values)
         field_data = np.array(states.array[:, : problem.n_owned], dtype=np.float64, copy=True)
     else:
@@ -1402,9 +1544,14 @@ def build_run(
             subdomain = (cell_tags, obs["subdomain"])
         misfit = L2Misfit(problem, data, weights, subdomain=subdomain)
     solver.states.clear()
-    rf = ReducedFunctional(solver, source, misfit, keep_adjoint=True)
+    parameters = [
+        PhysicalParameter(n, p["initial"], p["trainable"], tuple(p.get("bounds", (None, None))), p.get("scale"))
+        for n, p in pars.items()
+    ]
+    rf = ReducedFunctional(solver, source, misfit, keep_adjoint=True, parameters=parameters)
     ocfg = cfg["optimizer"]
-    lr = reference_learning_rate(ocfg["lr"], ncfg["neurons"], ncfg["beta"]) if ocfg["scale_lr"] else ocfg["lr"]
+    scaled = ocfg["scale_lr"] and ncfg.get("kind", "shallow") == "shallow"  # the mean-field rate is the shallow network's
+    lr = reference_learning_rate(ocfg["lr"], ncfg["neurons"], ncfg["beta"]) if scaled else ocfg["lr"]
     return Run(
         cfg=cfg,
         problem=problem,

@@ -130,6 +130,8 @@ def _write_outputs(run, out: pathlib.Path, comm, fmt: str) -> list[pathlib.Path]
     fields_G = {"g_theta": rf.source_values}
     if run.target_values is not None:
         fields_G["g_star"] = run.target_values
+    if problem.n_sources > 1:  # vector sources are not written (yet): u, h and the adjoint are
+        fields_G = {}
     times = problem.time.times
     written = []
     written += write_fields(out / "fields" / "fields", problem, {**fields_V, **fields_G}, times, fmt=fmt)
@@ -140,7 +142,8 @@ def _write_outputs(run, out: pathlib.Path, comm, fmt: str) -> list[pathlib.Path]
     if h_local is not None:
         plot_comparison(out / "u_vs_h.png", problem, rf.states.array, h_local, idx, labels=("u", "h"), comm=comm,
                         title="state u (trained) vs data h")
-    if run.target_values is not None and problem.source_kind == "lagrange" and problem.G.dofmap.index_map.size_local == n_owned:
+    if (run.target_values is not None and problem.source_kind == "lagrange" and problem.n_sources == 1
+            and problem.G.dofmap.index_map.size_local == n_owned):
         g_local = np.zeros((len(times), n_local))
         gs_local = np.zeros((len(times), n_local))
         g_local[:, :n_owned] = rf.source_values

@@ -104,12 +104,13 @@ def heat(gamma: float = 0.01) -> Residual:
     """Heat equation preset: ``∂t u − γΔu = g``.
 
     Args:
-        gamma: Diffusivity (> 0).
+        gamma: Diffusivity (> 0), or a UFL expression (e.g. a trainable
+            ``dolfinx.fem.Constant``).
 
     Returns:
         The residual ``γ ∇u·∇v − g v``.
     """
-    if not gamma > 0:
+    if isinstance(gamma, numbers.Real) and not gamma > 0:  # a UFL constant (trainable) is not checked
         raise ValueError(f"heat: gamma={gamma!r} must be > 0")
 
     def residual(u, v, g, t, x):
@@ -128,9 +129,9 @@ def allen_cahn(gamma: float = 0.01, epsilon: float = 0.32) -> Residual:
     Returns:
         The residual ``γ ∇u·∇v + ε⁻²(u³ − u) v − g v``.
     """
-    if not gamma > 0:
+    if isinstance(gamma, numbers.Real) and not gamma > 0:
         raise ValueError(f"allen_cahn: gamma={gamma!r} must be > 0")
-    if not epsilon > 0:
+    if isinstance(epsilon, numbers.Real) and not epsilon > 0:
         raise ValueError(f"allen_cahn: epsilon={epsilon!r} must be > 0")
 
     def residual(u, v, g, t, x):
