@@ -44,6 +44,11 @@ def _two_coefficients(u, v, g, t, x):
     return 0.01 * (1 + g[1] ** 2) * ufl.inner(ufl.grad(u), ufl.grad(v)) * ufl.dx - g[0] * v * ufl.dx
 
 
+def two_coefficients_factory():
+    """``pde.residual = "tests.test_network_pde:two_coefficients_factory"`` in a configuration."""
+    return _two_coefficients
+
+
 def _problem(comm, residual, n_sources=1, constants=None, theta=1.0, source="lagrange"):
     return ParabolicProblem(
         paper_mesh(comm, 4, 8), residual, time=TimeGrid(1.0, 6), theta=theta,
