@@ -22,6 +22,7 @@ DEMOS = {
     "paper_allen_cahn.toml": ["run.iterations=6", "mesh.cells=[10, 20]", "time.n_steps=16", "network.neurons=20"],
     "annulus_sensors.toml": ["run.iterations=12"],
     "box_cavity_3d.toml": ["run.iterations=8", "time.n_steps=6"],
+    "gamma_recovery.toml": ["run.iterations=300", "mesh.cells=[6, 12]", "time.n_steps=16"],
 }
 
 
@@ -38,4 +39,12 @@ def test_demo_trains(name, shared_tmp_path):
     assert np.all(np.isfinite(hist["loss"]))
     assert res["best_loss"] < hist["loss"][0], hist["loss"]
     assert (out / "checkpoint.npz").is_file() and (out / "history.png").is_file()
+    MPI.COMM_WORLD.Barrier()
+
+
+def test_gamma_recovery_demo_finds_gamma(shared_tmp_path):
+    """The short gamma-recovery demo: gamma from 0.02 back to the data's 0.01 (0.5 % here, < 1e-3 in full)."""
+    res = train(DEMO_DIR / "gamma_recovery.toml", out=shared_tmp_path / "gamma", quiet=True,
+                overrides=DEMOS["gamma_recovery.toml"])
+    assert abs(res["parameters"]["gamma"] - 0.01) <= 5e-3 * 0.01, res["parameters"]
     MPI.COMM_WORLD.Barrier()
