@@ -3,8 +3,9 @@
 Run inside the environment (serially; the network is replicated, each rank
 evaluates its own dofs):
 
-    scripts/env-run python3 bench/network_cost.py
-    scripts/env-run python3 bench/network_cost.py --N 100 --dofs 13041 --repeats 9
+    git show main:femnpde/model/network.py > runs/baseline_network.py   # git is not in the environment
+    scripts/env-run python3 bench/network_cost.py --baseline runs/baseline_network.py
+    scripts/env-run python3 bench/network_cost.py --baseline runs/baseline_network.py --N 100 --dofs 13041
 
 The grids are those of the paper's rectangle [0, 0.5] x [0, 1] with P1 dofs
 on a structured mesh: 21 x 41 = 861 dofs (h = 0.025) and 81 x 161 = 13 041
@@ -42,10 +43,14 @@ def load_baseline(rev: str, path: str | None):
     """The baseline network module, from a file or from git revision ``rev``."""
     if path is None:
         root = pathlib.Path(__file__).resolve().parents[1]
-        src = subprocess.run(
-            ["git", "-C", str(root), "show", f"{rev}:femnpde/model/network.py"],
-            check=True, capture_output=True, text=True,
-        ).stdout
+        try:
+            src = subprocess.run(
+                ["git", "-C", str(root), "show", f"{rev}:femnpde/model/network.py"],
+                check=True, capture_output=True, text=True,
+            ).stdout
+        except FileNotFoundError:
+            sys.exit("network_cost.py: git is not available here (e.g. inside scripts/env-run); write the baseline "
+                     "first, git show main:femnpde/model/network.py > /tmp/x/base.py, and pass --baseline /tmp/x/base.py")
         tmp = tempfile.NamedTemporaryFile("w", suffix="_baseline_network.py", delete=False)
         tmp.write(src)
         tmp.close()

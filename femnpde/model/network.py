@@ -26,14 +26,20 @@ Two evaluation modes are provided:
   part ``x @ w_x.T + eta`` is computed once, the hidden activations are
   cached, and the vector-Jacobian product reuses them.
 
-Only activation *outputs* ``s = sigma(z)`` are cached; every activation's
-derivative is computed from its output (``tanh' = 1 - s**2``,
-``sigmoid' = s (1 - s)``, ``softplus' = 1 - exp(-s)``).
+Only activation *outputs* are cached; every activation's derivative is
+computed from its output (``tanh' = 1 - s**2``, ``sigmoid' = s (1 - s)``,
+``softplus' = 1 - exp(-s)``).  On the grid, tanh and sigmoid are separable:
+with ``R = 1 / (1 + exp(-k z)) = B_n / (A_j + B_n)``, ``A = exp(-k P)``,
+``B = exp(k t w_t)`` (k = 2 for tanh, 1 for sigmoid), an activation costs
+one addition and one division, ``tanh = 2R - 1``, ``sigmoid = R`` and
+``sigma' = kappa R (1 - R)`` (kappa = 4, 1): the cache then holds ``R``.
 
 Everything is pure numpy and float64.  Heavy work is done with BLAS
-matrix products and in-place ufuncs on cache-sized blocks of the grid (whole
-time steps, or row blocks of one time step), never with Python loops over
-points or neurons.  ``tanh`` and ``sigmoid`` are evaluated through ``np.exp``
+matrix-vector products and in-place ufuncs on cache-sized blocks of the grid
+(whole time steps, or row blocks of one time step), never with Python loops
+over points or neurons; the blocks run on :attr:`ShallowNetwork.threads`
+threads (numpy releases the GIL), and per-block partial sums are reduced in
+block order, so the results do not depend on the number of threads.  ``tanh`` and ``sigmoid`` are evaluated through ``np.exp``
 (several times faster than ``np.tanh`` where numpy lacks a SIMD ``tanh``) and
 ``softplus`` as ``max(z, 0) + log1p(exp(-|z|))``; all are overflow-free with
 absolute errors below 1e-15.
@@ -150,7 +156,8 @@ class _GridCache:
     t: np.ndarray  # (n_t,) copy of the evaluation times
     x: np.ndarray  # (n_x, d) copy of the evaluation points
     params: np.ndarray  # snapshot of the parameters used
-    S: np.ndarray | None  # (n_t, n_x, N) activations, or None if too large
+    S: np.ndarray | None  # (n_t, n_x, N) activations (or R, see r_form), or None if too large
+    r_form: bool = False  # S holds R = 1 / (1 + exp(-k z)), not sigma(z) (ShallowNetwork._r_form)
 
 
 # ---------------------------------------------------------------------------
@@ -160,6 +167,8 @@ class _GridCache:
 
 class ShallowNetwork(Model):
     """Shallow network ``g(t, x) = N**-beta * sum_i c_i sigma(w_t,i t + w_i.x + eta_i)``.
+
+    The paper's network; implements :class:`~femnpde.model.base.Model`.
 
     Reference initialisation: ``c ~ U(-1, 1)`` and ``w_t, w_x, eta ~ N(0, 1)``,
     drawn from ``np.random.default_rng(seed)`` in the order ``c`` (N values),
@@ -512,23 +521,34 @@ class ShallowNetwork(Model):
         return p
 
     def _separable_factors(self, p: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """Factors of ``exp(-k z)`` on the grid, ``z[n, j] = P[j] + t[n] w_t``, for tanh (k = 2) and sigmoid (k = 1).
+        """Factors ``A = exp(-k P)`` (n_x, N) and ``B = exp(k t w_t)`` (n_t, N) for tanh (k = 2) and sigmoid (k = 1).
 
-        ``exp(-k (P[j] + t_n w_t)) = exp(-k P[j]) * exp(-k t_n w_t)``: the
-        exponentials are taken on the ``n_x x N`` and ``n_t x N`` factors only,
-        and each grid activation costs a product and a division instead of an
-        ``exp``.  Returns None (use the direct formula) for softplus, or when a
-        factor overflows or underflows (a product ``inf * 0`` would be nan).
+        With ``z[n, j] = P[j] + t_n w_t``, ``1 / (1 + exp(-k z)) = B[n] / (A[j] + B[n])``:
+        the exponentials are taken on the two factors only and each grid
+        activation costs one addition and one division (two passes over
+        memory) instead of an ``exp``.  The network output is affine in
+        this ``R`` (:meth:`_r_form`).  Returns None (use the direct formula)
+        for softplus, or when a factor or their sum overflows or underflows.
         """
         k = {"tanh": 2.0, "sigmoid": 1.0}.get(self._activation)
         if k is None:
             return None
         with np.errstate(over="ignore", under="ignore"):
             a = np.exp(-k * p)
-            b = np.exp(np.multiply.outer(-k * t, self._w_t))
-        if not (np.all(np.isfinite(a)) and np.all(a > 0) and np.all(np.isfinite(b)) and np.all(b > 0)):
-            return None
-        return a, b
+            b = np.exp(np.multiply.outer(k * t, self._w_t))
+            ok = (
+                np.all(np.isfinite(a)) and np.all(a > 0) and np.all(np.isfinite(b)) and np.all(b > 0)
+                and np.isfinite(np.max(a) + np.max(b))
+            )
+        return (a, b) if ok else None
+
+    def _r_form(self) -> tuple[float, float, float]:
+        """``(alpha, beta, kappa)`` with ``sigma = alpha R + beta`` and ``sigma' = kappa R (1 - R)``.
+
+        ``R = 1 / (1 + exp(-k z))``: tanh ``= 2R - 1``, ``tanh' = 4R(1 - R)``;
+        sigmoid ``= R``, ``sigmoid' = R(1 - R)``.
+        """
+        return (2.0, -1.0, 4.0) if self._activation == "tanh" else (1.0, 0.0, 1.0)
 
     def _grid_activations(
         self,
@@ -539,19 +559,13 @@ class ShallowNetwork(Model):
         tmp: np.ndarray | None,
         factors: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
-        """Write ``sigma(P[j] + t[n] w_t)`` for one grid block into ``out`` (k, rows, N)."""
+        """Write ``R`` (with ``factors``) or ``sigma(P[j] + t[n] w_t)`` for one grid block into ``out`` (k, rows, N)."""
         n0, n1, j0, j1 = blk
         if factors is not None:
             a, b = factors
-            # exp(-k z) as a product of the factors; the product may overflow to
-            # inf or underflow to 0, which gives the exact limits below.
-            np.multiply(a[None, j0:j1, :], b[n0:n1, None, :], out=out)
-            out += 1.0
-            if self._activation == "tanh":  # 2 / (1 + exp(-2z)) - 1
-                np.divide(2.0, out, out=out)
-                out -= 1.0
-            else:  # sigmoid: 1 / (1 + exp(-z))
-                np.reciprocal(out, out=out)
+            bb = b[n0:n1, None, :]
+            np.add(a[None, j0:j1, :], bb, out=out)
+            np.divide(bb, out, out=out)
             return
         np.add(p[None, j0:j1, :], t[n0:n1, None, None] * self._w_t, out=out)
         _activate_inplace(out, self._activation, tmp)
@@ -621,11 +635,16 @@ class ShallowNetwork(Model):
                     g[n0:n1, j0:j1] = (s.reshape(-1, n) @ self._c).reshape(shape[:2])
 
         run_ranges(work_on, len(blocks), self._threads)
-        g *= self._scale
+        if factors is None:
+            g *= self._scale
+        else:  # g = scale * (alpha R c + beta sum(c))
+            alpha, beta, _ = self._r_form()
+            g *= alpha * self._scale
+            g += beta * self._scale * float(np.sum(self._c))
 
         if cache:
             self._grid_cache = _GridCache(
-                t=t.copy(), x=x.copy(), params=self._params.copy(), S=s_all
+                t=t.copy(), x=x.copy(), params=self._params.copy(), S=s_all, r_form=factors is not None
             )
         return g
 
@@ -638,9 +657,11 @@ class ShallowNetwork(Model):
         ``D = sigma'(S) * r[..., None] * (scale * c)``:
         ``dc = scale * S^T r``, ``d_eta = sum_{n,j} D``,
         ``d_wt = sum_n t_n sum_j D[n, j]`` and ``d_wx = sum_{n,j} D[n, j] x_j``.
-        For each cache-sized block, ``d_eta, d_wt, d_wx`` are accumulated by a
-        single GEMM ``sigma'(S)^T [r, r t, r x]`` (the factor ``scale * c`` is
-        applied once at the end), so ``D`` is never materialised.
+        For each cache-sized block, ``d_eta, d_wt, d_wx`` are accumulated by
+        matrix-vector products ``r_n^T sigma'(S_n)`` per time level (giving
+        ``d_eta`` and, weighted by ``t_n``, ``d_wt``) and ``(r x_k)^T
+        sigma'(S)`` (the factor ``scale * c`` is applied once at the end), so
+        ``D`` is never materialised.
 
         Args:
             r: Cotangent weights, shape ``(n_t, n_x)`` of the cached grid.
@@ -679,15 +700,20 @@ class ShallowNetwork(Model):
 
         # rx[k, n, j] = r[n, j] x_j[k]: sigma'(S)^T rx gives d_wx; per time
         # level u_n = sigma'(S_n)^T r_n gives d_eta = sum_n u_n and
-        # d_wt = sum_n t_n u_n (t_n is constant on a level).  Matrix-vector
-        # products and a GEMM with d rows, far cheaper than one GEMM with the
-        # d + 2 columns (r, r t, r x) that BLAS handles poorly.
+        # d_wt = sum_n t_n u_n (t_n is constant on a level).  Only
+        # matrix-vector products: BLAS is several times slower on one GEMM
+        # with the d + 2 columns (r, r t, r x).
         rx = np.empty((d, n_t, n_x))
         np.multiply(r[None, :, :], x.T[:, None, :], out=rx)
 
         cap = max(_CHUNK_ELEMS, n)
-        p = self._spatial_preactivation(x) if s_all is None else None
-        factors = self._separable_factors(p, t) if s_all is None else None
+        if s_all is None:
+            p = self._spatial_preactivation(x)
+            factors = self._separable_factors(p, t)
+            r_form = factors is not None
+        else:
+            p = factors = None
+            r_form = cache.r_form
         blocks = list(_grid_blocks(n_t, n_x, n))
         # Per-block contributions, summed in block order below: the result
         # does not depend on the number of threads.
@@ -717,13 +743,19 @@ class ShallowNetwork(Model):
                     rb = r[n0:n1, j0:j1]
                     # The derivative pass first: it reads the cached block from
                     # memory once, the product below finds it in the CPU cache.
-                    _derivative_from_output(s, qb, self._activation)
+                    if r_form:  # R (1 - R) = R - R^2; the factor kappa comes at the end
+                        np.multiply(s, s, out=qb)
+                        np.subtract(s, qb, out=qb)
+                    else:
+                        _derivative_from_output(s, qb, self._activation)
                     np.matmul(rb.reshape(-1), s.reshape(-1, n), out=dc_parts[b])
                     ub = u[:k]
                     np.matmul(rb[:, None, :], qb, out=ub)
                     np.sum(ub[:, 0, :], axis=0, out=eta_parts[b])
                     np.matmul(t[n0:n1], ub[:, 0, :], out=wt_parts[b])
-                    np.matmul(rx[:, n0:n1, j0:j1].reshape(d, -1), qb.reshape(-1, n), out=wx_parts[b])
+                    q2 = qb.reshape(-1, n)
+                    for k_x in range(d):  # d matrix-vector products: BLAS is slow on (d x rows) @ (rows x N)
+                        np.matmul(rx[k_x, n0:n1, j0:j1].reshape(-1), q2, out=wx_parts[b, k_x])
 
         run_ranges(work_on, nb, self._threads)
         dc = np.zeros(n)
@@ -735,6 +767,13 @@ class ShallowNetwork(Model):
             aeta += eta_parts[b]
             awt += wt_parts[b]
             awx += wx_parts[b]
+        if r_form:  # sigma = alpha R + beta, sigma' = kappa R (1 - R)
+            alpha, beta, kappa = self._r_form()
+            dc *= alpha
+            dc += beta * float(np.sum(r))
+            aeta *= kappa
+            awt *= kappa
+            awx *= kappa
         return self._assemble_gradient(dc, awt, awx.T, aeta)
 
     def clear_cache(self) -> None:
