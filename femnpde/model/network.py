@@ -73,6 +73,11 @@ _DEFAULT_MAX_CACHE_BYTES = 4 * 1024**3
 #: single time step (at least one row).
 _CHUNK_ELEMS = 1 << 16
 
+#: Activation cache bound (bytes) when tanh/sigmoid use the separable form R:
+#: beyond it R is recomputed in vjp_grid (two passes over each block in the
+#: CPU cache), which is faster than the memory traffic of a larger cache.
+_RFORM_MAX_CACHE_BYTES = 64 * 1024**2
+
 
 def _grid_blocks(n_t: int, n_x: int, n: int) -> Iterator[tuple[int, int, int, int]]:
     """Yield ``(n0, n1, j0, j1)`` blocks covering the ``n_t x n_x`` grid.
@@ -192,6 +197,9 @@ class ShallowNetwork(Model):
             recomputes the activations block by block from the stored ``t``
             and ``x`` (same result, roughly one extra forward pass of work).
             ``0`` disables the activation cache entirely.  Default 4 GiB.
+            For tanh and sigmoid on the grid (the separable form, see the
+            module documentation) the bound is at most 64 MiB: recomputing
+            is faster than a larger cache.
         threads: Threads over blocks of the grid in :meth:`evaluate_grid`
             and :meth:`vjp_grid` (the results do not depend on it); default
             :func:`femnpde.model._threads.default_threads` (``FEMNPDE_NUM_THREADS``,
@@ -603,15 +611,21 @@ class ShallowNetwork(Model):
         n_t, n_x, n = t.size, x.shape[0], self._n
         self._grid_cache = None  # a failed call leaves no (inconsistent) cache
 
+        p = self._spatial_preactivation(x)
+        factors = self._separable_factors(p, t)
+        limit = self._max_cache_bytes
+        if factors is not None:
+            # Recomputing R (two passes in the CPU cache) is cheaper than
+            # writing and reading back a large activation array.
+            limit = min(limit, _RFORM_MAX_CACHE_BYTES)
         s_all: np.ndarray | None = None
-        if cache and n_t * n_x * n * 8 <= self._max_cache_bytes:
+        if cache and n_t * n_x * n * 8 <= limit:
             if self._s_buffer is None or self._s_buffer.shape != (n_t, n_x, n):
                 self._s_buffer = None  # free the old buffer before allocating
                 self._s_buffer = np.empty((n_t, n_x, n))
             s_all = self._s_buffer
-
-        p = self._spatial_preactivation(x)
-        factors = self._separable_factors(p, t)
+        elif self._s_buffer is not None and cache:
+            self._s_buffer = None  # not used for this grid: free it
         g = np.empty((n_t, n_x))
         cap = max(_CHUNK_ELEMS, n)
         blocks = list(_grid_blocks(n_t, n_x, n))
