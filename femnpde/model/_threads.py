@@ -8,8 +8,10 @@ is bitwise the same for any number of threads.
 
 The number of threads is ``FEMNPDE_NUM_THREADS`` if set, else
 ``OMP_NUM_THREADS`` (``femnpde`` sets it to 1 per rank under MPI), else the
-number of CPUs available to the process.  The pool is created on first use
-(no import-time side effect).
+number of CPUs available to the process divided by the number of MPI ranks
+on this node (``OMPI_COMM_WORLD_LOCAL_SIZE``, ``MPI_LOCALNRANKS``), so that
+ranks and threads do not oversubscribe the cores.  The pool is created on
+first use (no import-time side effect).
 """
 
 from __future__ import annotations
@@ -36,9 +38,16 @@ def default_threads() -> int:
             except ValueError:
                 raise ValueError(f"{var}={value!r} is not valid; use a positive integer") from None
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+        cpus = os.cpu_count() or 1
+    local_ranks = 1
+    for var in ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"):
+        value = os.environ.get(var, "").strip()
+        if value.isdigit() and int(value) > 0:
+            local_ranks = int(value)
+            break
+    return max(1, cpus // local_ranks)
 
 
 def _pool(size: int) -> ThreadPoolExecutor:
