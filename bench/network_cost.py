@@ -68,15 +68,15 @@ def grid(n_dofs: int) -> tuple[np.ndarray, np.ndarray]:
     return np.linspace(0.0, 1.0, 65), np.column_stack([X.ravel(), Y.ravel()])
 
 
-def timings(net, t, x, r, repeats):
-    """Median forward and VJP times and the last results."""
+def timings(net, t, x, r, repeats, clock=time.perf_counter):
+    """Median forward and VJP times (wall clock, or ``time.process_time``: CPU of all threads) and the last results."""
     fwd, bwd = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = clock()
         g = net.evaluate_grid(t, x, cache=True)
-        t1 = time.perf_counter()
+        t1 = clock()
         dg = net.vjp_grid(r)
-        t2 = time.perf_counter()
+        t2 = clock()
         fwd.append(t1 - t0)
         bwd.append(t2 - t1)
     return float(np.median(fwd)), float(np.median(bwd)), g, dg
@@ -94,9 +94,16 @@ def main() -> None:
     parser.add_argument("--rev", default="main", help="git revision of the baseline network module")
     parser.add_argument("--baseline", help="a file holding the baseline network module instead of --rev")
     parser.add_argument("--mlp", action="store_true", help="also time an MLP with hidden = [N, N]")
+    parser.add_argument("--threads", type=int, help="threads of the new network (default: femnpde's default)")
+    parser.add_argument("--cpu", action="store_true",
+                        help="time with process CPU time (all threads) instead of wall clock: less sensitive to "
+                             "other processes on a shared machine")
     args = parser.parse_args()
+    clock = time.process_time if args.cpu else time.perf_counter
     base = load_baseline(args.rev, args.baseline)
-    print("network forward (evaluate_grid) and VJP (vjp_grid), medians of", args.repeats, "runs [s];")
+    print("network forward (evaluate_grid) and VJP (vjp_grid), medians of", args.repeats, "runs [s,",
+          "CPU time]" if args.cpu else "wall clock]", f"; new network threads = {ShallowNetwork(1, 2).threads}"
+          if args.threads is None else f"; new network threads = {args.threads}")
     print("baseline = femnpde/model/network.py at", args.baseline or args.rev, "; shared machine: noisy figures")
     print(f"{'dofs':>6} {'N':>5} | {'fwd base':>9} {'vjp base':>9} {'sum base':>9} | "
           f"{'fwd new':>9} {'vjp new':>9} {'sum new':>9} | {'ratio':>6} | {'rel diff g':>10} {'rel diff dJ':>11}")
@@ -105,12 +112,12 @@ def main() -> None:
         r = np.random.default_rng(1).standard_normal((t.size, x.shape[0]))
         for N in args.N:
             old = base.ShallowNetwork(N, 2, seed=42)
-            new = ShallowNetwork(N, 2, seed=42)
+            new = ShallowNetwork(N, 2, seed=42, threads=args.threads)
             # warm-up (allocates the activation buffers), then alternate
             timings(old, t, x, r, 1)
             timings(new, t, x, r, 1)
-            fo, bo, go, do = timings(old, t, x, r, args.repeats)
-            fn, bn, gn, dn = timings(new, t, x, r, args.repeats)
+            fo, bo, go, do = timings(old, t, x, r, args.repeats, clock)
+            fn, bn, gn, dn = timings(new, t, x, r, args.repeats, clock)
             old.clear_cache()
             new.clear_cache()
             print(f"{n_dofs:>6} {N:>5} | {fo:9.4f} {bo:9.4f} {fo + bo:9.4f} | {fn:9.4f} {bn:9.4f} {fn + bn:9.4f} | "
@@ -118,7 +125,7 @@ def main() -> None:
             if args.mlp:
                 mlp = MLP(2, [N, N], seed=42)
                 timings(mlp, t, x, r, 1)
-                fm, bm, _, _ = timings(mlp, t, x, r, args.repeats)
+                fm, bm, _, _ = timings(mlp, t, x, r, args.repeats, clock)
                 mlp.clear_cache()
                 print(f"{n_dofs:>6} {N:>5} | MLP hidden=[{N}, {N}]: forward {fm:.4f} s, VJP {bm:.4f} s", flush=True)
 
