@@ -124,3 +124,11 @@ def test_build_run_default_network_is_the_shallow_one():
         assert np.array_equal(run.rf.initial_theta(), ref.params)
     finally:
         run.destroy()
+
+
+def test_preset_parameters_match_the_presets():
+    """The schema's list of preset constants (no DOLFINx there) is that of femnpde.fem.problem.PRESETS."""
+    from femnpde.app.schema import PRESET_PARAMETERS
+    from femnpde.fem.problem import PRESETS
+
+    assert PRESET_PARAMETERS == {name: names for name, (_, names) in PRESETS.items()}
