@@ -125,7 +125,7 @@ class ThetaSolver:
             self._ksp = _make_ksp(comm, f"{self.prefix}forward_", options)
             self._ksp_adj = self._ksp
         else:
-            self._step = NonlinearStep(
+            self._make_step = lambda: NonlinearStep(
                 problem,
                 self.prefix,
                 options,
@@ -134,6 +134,7 @@ class ThetaSolver:
                 max_it=self.newton_max_it,
                 refresh_ratio=jacobian_refresh_ratio,
             )
+            self._step = self._make_step()
             self._A = None
             self._ksp = self._step.snes.getKSP()
             self._ksp_adj = self._step.adjoint_ksp
@@ -213,7 +214,13 @@ class ThetaSolver:
                 changed = True
         if not changed:
             return
-        self.reset()  # the constant Jacobian, its factorisation, the nonlinear step's lagged matrices
+        self.reset()  # the constant Jacobian and its factorisation
+        if self._step is not None:
+            # The nonlinear step assembled the constant (linear) parts of F once: rebuild it.
+            self._step.destroy()
+            self._step = self._make_step()
+            self._ksp = self._step.snes.getKSP()
+            self._ksp_adj = self._step.adjoint_ksp
         forms = self.problem.forms
         for name, M in self._blocks.items():
             M.zeroEntries()
