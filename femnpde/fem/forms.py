@@ -16,8 +16,9 @@ of three classes:
   own Jacobian.
 
 Nothing is specific to a PDE.  Each piece keeps the quadrature degree of the
-integral it came from (pinned by the problem), so the pieces add up to the
-same discrete residual; an integral without a pinned degree stays whole.  Integer powers
+integral it came from (pinned on ``F`` by
+:func:`~femnpde.fem.problem.pin_quadrature_degrees`), so the pieces add up to
+the same discrete residual; an integral without a pinned degree is kept whole.  Integer powers
 ``f**k`` (2 <= k <= 8) become products, which FFCx evaluates several times
 faster than ``pow``.
 """
@@ -123,8 +124,8 @@ def split_residual(F: ufl.Form, u, state: set, times: set) -> SplitForms:
         times: The time constants.
 
     Returns:
-        The three parts; their sum is ``F`` term by term, each piece with the
-        quadrature degree of its original integral.
+        The three parts; their sum is ``F`` term by term, with the quadrature
+        degree of each original integral pinned on its pieces.
     """
     F = remove_complex_nodes(apply_algebra_lowering(expand_derivatives(F)))
     groups: dict[tuple, list[ufl.Integral]] = defaultdict(list)
@@ -135,10 +136,10 @@ def split_residual(F: ufl.Form, u, state: set, times: set) -> SplitForms:
     for group in groups.values():
         md = dict(group[0].metadata())
         terms = []
-        if md.get("quadrature_degree", -1) < 0:
-            # No pinned degree (ParabolicProblem pins every integral's: see
-            # femnpde.fem.problem.pin_quadrature_degrees): pieces would be
-            # estimated separately, so keep the group whole, unsplit.
+        if "quadrature_degree" not in md:
+            # Only pinned integrals are split (ParabolicProblem pins every
+            # integral of F, see pin_quadrature_degrees): a piece of an
+            # unpinned integral would get a quadrature rule of its own.
             parts["nonlinear"].extend(group)
             continue
         for itg in group:
