@@ -54,7 +54,7 @@ _API = {
     "MLP": "femnpde.model.mlp",
     "JaxModel": "femnpde.model.jax_model",
     "PhysicalParameter": "femnpde.model.parameters",
-    "reference_learning_rate": "femnpde.model.network",
+    "reference_learning_rate": "femnpde.model.scaling",
     "NetworkSource": "femnpde.model.reduced",
     "FunctionSource": "femnpde.model.reduced",
     "ReducedFunctional": "femnpde.model.reduced",
