@@ -34,6 +34,8 @@ import ufl
 from petsc4py import PETSc
 
 from femnpde._mpi import tags_present
+from femnpde.fem.presets import PRESETS, Residual, allen_cahn, heat
+from femnpde.fem.quadrature import _with_quadrature_degree, pin_quadrature_degrees
 
 __all__ = [
     "TimeGrid",
@@ -45,10 +47,6 @@ __all__ = [
     "allen_cahn",
     "PRESETS",
 ]
-
-#: Signature of a spatial residual: ``residual(u, v, g, t, x) -> ufl.Form``.
-Residual = Callable[[Any, Any, Any, Any, Any], ufl.Form]
-
 
 @dataclass(frozen=True)
 class TimeGrid:
@@ -101,67 +99,6 @@ class Dirichlet:
     name: str = ""
 
 
-def heat(gamma: float = 0.01) -> Residual:
-    """Heat equation preset: ``∂t u − γΔu = g``.
-
-    Args:
-        gamma: Diffusivity (> 0), or a UFL expression (e.g. a trainable
-            ``dolfinx.fem.Constant``).
-
-    Returns:
-        The residual ``γ ∇u·∇v − g v``.
-    """
-    if isinstance(gamma, numbers.Real) and not gamma > 0:  # a UFL constant (trainable) is not checked
-        raise ValueError(f"heat: gamma={gamma!r} must be > 0")
-
-    def residual(u, v, g, t, x):
-        return gamma * ufl.inner(ufl.grad(u), ufl.grad(v)) * ufl.dx - g * v * ufl.dx
-
-    return residual
-
-
-def allen_cahn(gamma: float = 0.01, epsilon: float = 0.32) -> Residual:
-    """Allen–Cahn preset: ``∂t u − γΔu + ε⁻²(u³ − u) = g``.
-
-    Args:
-        gamma: Diffusivity (> 0).
-        epsilon: Interface parameter (> 0).
-
-    Returns:
-        The residual ``γ ∇u·∇v + ε⁻²(u³ − u) v − g v``.
-    """
-    if isinstance(gamma, numbers.Real) and not gamma > 0:
-        raise ValueError(f"allen_cahn: gamma={gamma!r} must be > 0")
-    if isinstance(epsilon, numbers.Real) and not epsilon > 0:
-        raise ValueError(f"allen_cahn: epsilon={epsilon!r} must be > 0")
-
-    def residual(u, v, g, t, x):
-        return (
-            gamma * ufl.inner(ufl.grad(u), ufl.grad(v)) * ufl.dx
-            + epsilon**-2 * (u**3 - u) * v * ufl.dx
-            - g * v * ufl.dx
-        )
-
-    return residual
-
-
-#: Named presets: name -> (factory, allowed parameter names).
-PRESETS: dict[str, tuple[Callable[..., Residual], tuple[str, ...]]] = {
-    "heat": (heat, ("gamma",)),
-    "allen-cahn": (allen_cahn, ("gamma", "epsilon")),
-}
-
-
-def _with_quadrature_degree(form: ufl.Form, degree: int) -> ufl.Form:
-    """Return ``form`` with the quadrature degree of every integral not set by the user set to ``degree``."""
-    integrals = []
-    for itg in form.integrals():
-        md = dict(itg.metadata())
-        md.setdefault("quadrature_degree", degree)
-        integrals.append(itg.reconstruct(metadata=md))
-    return ufl.Form(integrals)
-
-
 def _derivative_wrt_constant(form: ufl.Form, const: dolfinx.fem.Constant) -> ufl.Form:
     """``∂form/∂const`` (UFL differentiates forms only with respect to coefficients).
 
@@ -174,74 +111,6 @@ def _derivative_wrt_constant(form: ufl.Form, const: dolfinx.fem.Constant) -> ufl
         for itg in form.integrals()
     ]
     return ufl.algorithms.expand_derivatives(ufl.Form(integrals))
-
-
-def _single_subdomain_integrals(form: ufl.Form) -> list[ufl.Integral]:
-    """The integrals of ``form``, those over a tuple of subdomain ids split into one per id."""
-    out = []
-    for itg in form.integrals():
-        sid = itg.subdomain_id()
-        if isinstance(sid, tuple):
-            out.extend(itg.reconstruct(subdomain_id=i) for i in sid)
-        else:
-            out.append(itg)
-    return out
-
-
-def pin_quadrature_degrees(form: ufl.Form) -> ufl.Form:
-    """Fix the quadrature degree of every integral of ``form`` before it is differentiated.
-
-    Each integral without a ``quadrature_degree`` in its metadata gets the
-    degree the form compiler would estimate for ``form`` itself: UFL's
-    ``estimate_total_polynomial_degree`` of the integrand (after algebra
-    lowering and derivative expansion), maximised, as FFCx does, over the
-    integrals that share integral type, domain, subdomain id and metadata.
-    A degree set in the measure's metadata (``dx(degree=4)``,
-    ``ds(metadata={"quadrature_degree": 4})``) is kept.
-
-    Derivatives (``ufl.derivative``, ``ufl.adjoint``, ``ufl.action``) keep the
-    integrals' metadata, so the residual, its Jacobian and every adjoint form
-    then integrate with one quadrature rule per integral: the adjoint is the
-    exact derivative of the residual that the forward solves.  Without
-    pinning, a non-polynomial integrand such as ``exp(g) u v`` is estimated at
-    a higher degree in ∂F/∂g than in F, and the gradient is off by the
-    quadrature error (1e-8 … 1e-5 relative).
-
-    Args:
-        form: The residual.
-
-    Returns:
-        The same form with a quadrature degree in every integral's metadata.
-    """
-    from ufl.algorithms.apply_algebra_lowering import apply_algebra_lowering
-    from ufl.algorithms.apply_derivatives import apply_derivatives
-    from ufl.algorithms.estimate_degrees import estimate_total_polynomial_degree
-
-    integrals = _single_subdomain_integrals(form)
-
-    def key(itg: ufl.Integral) -> tuple:
-        md = tuple(sorted((k, repr(v)) for k, v in itg.metadata().items()))
-        return (itg.integral_type(), itg.ufl_domain(), itg.subdomain_id(), md)
-
-    degrees: list[int | None] = []
-    group_degree: dict[tuple, int] = {}
-    for itg in integrals:
-        if itg.metadata().get("quadrature_degree", -1) >= 0:  # set by the user (FFCx: < 0 means estimate)
-            degrees.append(None)
-            continue
-        integrand = apply_derivatives(apply_algebra_lowering(itg.integrand()))
-        deg = int(np.max(estimate_total_polynomial_degree(integrand)))
-        degrees.append(deg)
-        k = key(itg)
-        group_degree[k] = max(group_degree.get(k, deg), deg)
-    pinned = []
-    for itg, deg in zip(integrals, degrees):
-        if deg is not None:
-            md = dict(itg.metadata())
-            md["quadrature_degree"] = group_degree[key(itg)]
-            itg = itg.reconstruct(metadata=md)
-        pinned.append(itg)
-    return ufl.Form(pinned)
 
 
 @dataclass
@@ -276,7 +145,7 @@ class ParabolicProblem:
     :mod:`femnpde.model.reduced`.
 
     Every integral of the theta-step residual :attr:`F_ufl` carries a fixed
-    quadrature degree (:func:`pin_quadrature_degrees`), shared by the Jacobian
+    quadrature degree (:func:`~femnpde.fem.quadrature.pin_quadrature_degrees`), shared by the Jacobian
     and all adjoint forms, so the gradient is exact for any residual.
 
     Point arrays passed to callbacks (``initial_condition``, Dirichlet
@@ -286,7 +155,7 @@ class ParabolicProblem:
     Args:
         mesh: Any DOLFINx mesh (2D or 3D, serial or distributed).
         residual: The spatial residual ``a(u, v, g, t, x)`` in UFL; nonlinear
-            in ``u`` and ``g`` allowed.  See :func:`heat`, :func:`allen_cahn`.
+            in ``u`` and ``g`` allowed.  See :func:`~femnpde.fem.presets.heat`, :func:`~femnpde.fem.presets.allen_cahn`.
         degree: Lagrange degree of the solution space (>= 1).
         time: The time grid.
         theta: Theta of the time scheme, in [1/2, 1]: 1 backward Euler
