@@ -224,10 +224,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     _single_threaded_blas_under_mpi()
     parser = build_parser()
     args = parser.parse_args(argv)
+    from femnpde.app.training import TrainingInterrupted
     from femnpde.fem.solver import SolverError
 
     try:
         return int(args.func(args) or 0)
+    except TrainingInterrupted as err:
+        _err0(str(err))
+        return 128 + err.signum
     except SolverError as err:
         _err0(str(err))
         return 3

@@ -167,6 +167,7 @@ from typing import Any
 import numpy as np
 from mpi4py import MPI
 
+from femnpde._optional import available, missing_message
 from femnpde.io.meshes import tags_present
 from femnpde.obs.misfit import L2Misfit, TimeWeights
 from femnpde.model.network import ACTIVATIONS, ShallowNetwork, reference_learning_rate
@@ -758,6 +759,8 @@ def _validate_data(user: Mapping[str, Any]) -> dict[str, Any]:
             raise _error("data.path", path, f"has suffix {Path(path).suffix!r}", f"a path ending in {allowed}")
         if not os.path.exists(path):
             raise _error("data.path", path, "does not exist (file not found)", f"an existing {allowed} file")
+        if Path(path).suffix.lower() == ".bp" and not available("adios4dolfinx"):
+            raise ConfigError(f"data.path = {_fmt(path)}: {missing_message('adios4dolfinx')}", "data.path", path)
         out["path"] = path
         out["name"] = _str("data.name", sec.get("name", "h"), "the function name in the .bp file")
     else:

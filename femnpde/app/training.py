@@ -21,12 +21,16 @@ from __future__ import annotations
 
 import copy
 import pathlib
+import signal
+import sys
+import threading
 import time
 from collections.abc import Sequence
 
 import numpy as np
 from mpi4py import MPI
 
+from femnpde._optional import available, missing_message
 from femnpde.app.config import build_run, dump_config, load_config
 from femnpde.io.fielddata import write_field_data
 from femnpde.optim.optimizers import make_optimizer, make_schedule, minimize_lbfgs
@@ -44,7 +48,7 @@ from femnpde.io.output import (
 )
 from femnpde.fem.solver import SolverError
 
-__all__ = ["train", "forward", "sweep", "TrainResult"]
+__all__ = ["train", "forward", "sweep", "TrainResult", "TrainingInterrupted"]
 
 RMSE_NOTE = (
     "relative_rmse = sqrt(J)/max|h| with J = 1/2 sum_n w_n dt ||u^n - h^n||^2_L2 (the FEM loss; "
@@ -55,6 +59,51 @@ RMSE_NOTE = (
 
 class TrainResult(dict):
     """Summary of a training run (a dict: epochs, final/best loss and RMSE, wall time, out)."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """Training stopped on a signal after writing a checkpoint (``femnpde train`` exits with 128 + signal)."""
+
+    def __init__(self, signum: int, epoch: int, run_dir: pathlib.Path) -> None:
+        self.signum = int(signum)
+        super().__init__(
+            f"{signal.Signals(signum).name} received: stopped after epoch {epoch} with a checkpoint in "
+            f"{run_dir / 'checkpoint.npz'}; continue with --resume {run_dir}"
+        )
+
+
+class _StopSignals:
+    """SIGUSR1 / SIGTERM during training ask for a checkpoint and a stop at the end of the epoch.
+
+    A batch system's wall-time warning (Slurm ``--signal``) reaches the ranks
+    at slightly different times, so the flag is agreed on with one allreduce
+    per epoch: every rank stops after the same epoch.  Handlers are installed
+    only in the main thread and restored on exit.
+    """
+
+    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+    def __init__(self, comm: MPI.Comm) -> None:
+        self._comm = comm
+        self._received = 0
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> "_StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame) -> None:
+        self._received = signum
+
+    def received(self) -> int:
+        """The signal number any rank received (0: none); collective."""
+        return int(self._comm.allreduce(self._received, op=MPI.MAX))
 
 
 def _optimizer_and_schedule(cfg: dict, lr: float):
@@ -113,8 +162,17 @@ def _check_resume_config(cfg: dict, saved: dict, run_dir: pathlib.Path) -> None:
         )
 
 
-def _write_outputs(run, out: pathlib.Path, comm, fmt: str) -> list[pathlib.Path]:
-    """Final fields (u, h, g_θ, g*, adjoint) and the comparison plots."""
+def _optional_outputs(comm) -> dict[str, bool]:
+    """Which optional outputs can be written (before the run); one warning on rank 0 for each that cannot."""
+    have = {module: available(module) for module in ("adios4dolfinx", "matplotlib")}
+    for module, ok in have.items():
+        if not ok:
+            rank0_print(comm, f"femnpde: warning: {missing_message(module)}; they are skipped", file=sys.stderr)
+    return have
+
+
+def _write_outputs(run, out: pathlib.Path, comm, fmt: str, have: dict[str, bool]) -> list[pathlib.Path]:
+    """Final fields (u, h, g_θ, g*, adjoint) and the comparison plots (those ``have`` allows)."""
     problem = run.problem
     rf = run.rf
     n_local = rf.states.array.shape[1]
@@ -134,7 +192,10 @@ def _write_outputs(run, out: pathlib.Path, comm, fmt: str) -> list[pathlib.Path]
     written = []
     written += write_fields(out / "fields" / "fields", problem, {**fields_V, **fields_G}, times, fmt=fmt)
     # The state as a readable checkpoint: the field data of another run (data.kind = "file").
-    written.append(write_field_data(out / "fields" / "u.bp", problem, rf.states.array, name="u"))
+    if have["adios4dolfinx"]:
+        written.append(write_field_data(out / "fields" / "u.bp", problem, rf.states.array, name="u"))
+    if not have["matplotlib"]:
+        return written
     plot_times = run.cfg["run"]["plot_times"]
     idx = sorted({int(np.argmin(np.abs(times - t))) for t in plot_times})
     if h_local is not None:
@@ -188,6 +249,7 @@ def train(
         cfg = saved
         out = run_dir
     out = _resolve_out(config, out)
+    have = _optional_outputs(comm) if write_outputs else {}
     rundir = RunDirectory(out, comm)
     run = build_run(cfg, comm)
     rundir.write_text("config.toml", dump_config(cfg))
@@ -249,7 +311,8 @@ def train(
         )
 
     epoch = start
-    with Progress(n_iter, comm, quiet=quiet, initial=start) as progress:
+    stop_signal = 0
+    with Progress(n_iter, comm, quiet=quiet, initial=start) as progress, _StopSignals(comm) as signals:
         try:
             if opt is not None:
                 for epoch in range(start, n_iter):
@@ -261,11 +324,16 @@ def train(
                     opt.step(theta, grad)
                     if schedule is not None:
                         schedule.step(J)
-                    if (epoch + 1) % every == 0 or epoch + 1 == n_iter:
+                    stop_signal = signals.received()
+                    if (epoch + 1) % every == 0 or epoch + 1 == n_iter or stop_signal:
                         checkpoint(epoch + 1, theta)
-                epoch = n_iter
+                    if stop_signal:
+                        epoch += 1
+                        break
+                else:
+                    epoch = n_iter
             elif n_iter > start:
-                state = {"epoch": start}
+                state = {"epoch": start, "signal": 0}
 
                 def callback(k, params, J, grad):
                     e = state["epoch"]
@@ -274,7 +342,8 @@ def train(
                     state["epoch"] = e + 1
                     if state["epoch"] % every == 0:
                         checkpoint(state["epoch"], params)
-                    return state["epoch"] >= n_iter
+                    state["signal"] = signals.received()
+                    return state["epoch"] >= n_iter or bool(state["signal"])
 
                 result = minimize_lbfgs(
                     rf.value_and_gradient, theta, max_iterations=n_iter - start, callback=callback,
@@ -282,12 +351,17 @@ def train(
                 )
                 theta = np.array(result.params, dtype=np.float64)
                 epoch = state["epoch"]
+                stop_signal = state["signal"]
                 checkpoint(epoch, theta)
         except SolverError as err:
             raise SolverError(
                 f"training failed at epoch {epoch}: {err}. The last good checkpoint is kept in {ck_path}; "
                 f"continue with --resume {out}"
             ) from err
+    if stop_signal:
+        run.solver.destroy()
+        run.misfit.destroy()
+        raise TrainingInterrupted(stop_signal, epoch, out)
     wall = time.perf_counter() - t_start
     # Final state at the trained parameters (with the adjoint for output).
     J_final = rf(theta)
@@ -303,8 +377,9 @@ def train(
         n_params=run.network.n_params,
     )
     if write_outputs:
-        _write_outputs(run, out, comm, cfg["run"]["field_format"])
-        plot_history(history_path, out / "history.png", comm, title=f"{pathlib.Path(config).stem}")
+        _write_outputs(run, out, comm, cfg["run"]["field_format"], have)
+        if have["matplotlib"]:
+            plot_history(history_path, out / "history.png", comm, title=f"{pathlib.Path(config).stem}")
     if not quiet:
         rank0_print(
             comm,
@@ -327,6 +402,7 @@ def forward(
     """Solve the configured problem (at the initial or checkpointed parameters) and write the fields."""
     cfg = load_config(config, overrides)
     out = _resolve_out(config, out, "-forward")
+    have = _optional_outputs(comm)
     RunDirectory(out, comm).write_text("config.toml", dump_config(cfg))
     run = build_run(cfg, comm)
     theta = run.network.params.copy()
@@ -340,7 +416,7 @@ def forward(
             )
     J = run.rf(theta)
     run.rf.derivative(theta)
-    _write_outputs(run, out, comm, cfg["run"]["field_format"])
+    _write_outputs(run, out, comm, cfg["run"]["field_format"], have)
     rank0_print(comm, f"femnpde forward: loss {J:.6e}, relative RMSE {run.misfit.relative_rmse(J):.6e}; fields in {out}")
     run.solver.destroy()
     run.misfit.destroy()
