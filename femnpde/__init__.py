@@ -41,6 +41,8 @@ _API = {
     "TimeWeights": "femnpde.obs.misfit",
     "L2Misfit": "femnpde.obs.misfit",
     "PointMisfit": "femnpde.obs.points",
+    "synthetic_point_data": "femnpde.obs.points",
+    "add_noise": "femnpde.obs.points",
     "ShallowNetwork": "femnpde.model.network",
     "reference_learning_rate": "femnpde.model.network",
     "NetworkSource": "femnpde.model.reduced",
@@ -49,6 +51,7 @@ _API = {
     "TaylorResult": "femnpde.model.verification",
     "taylor_test": "femnpde.model.verification",
     "read_mesh": "femnpde.io.meshes",
+    "Adam": "femnpde.optim.optimizers",
 }
 
 __all__ = ["__version__", *_API]

@@ -156,3 +156,34 @@ def test_conda_list_is_named_only_in_environment_yml():
         assert not re.search(r"conda (create|install)[^\n]*fenics-dolfinx", text), (
             f"{name} repeats a conda package list; point to environment.yml"
         )
+
+
+def test_readme_command_table_lists_every_command():
+    from femnpde.app.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("| command | what it does |"):]
+    table = table[: table.index("\n\n")]
+    missing = [name for name in sub.choices if f"`femnpde {name}" not in table]
+    assert not missing, f"README.md's command table lacks: {missing}"
+
+
+def test_dockerfile_is_pinned_and_uses_the_rootfs_package_lists():
+    text = (ROOT / "Dockerfile").read_text()
+    tag = re.search(r"^ARG DEBIAN_TAG=(\S+)$", text, re.M)
+    assert tag and re.fullmatch(r"sid-\d{8}", tag.group(1)), "the base image must be a dated sid tag"
+    assert re.search(r"^FROM debian:\$\{DEBIAN_TAG\}$", text, re.M)
+    snap = re.search(r"^ARG DEBIAN_SNAPSHOT=(\d{8})T\d{6}Z$", text, re.M)
+    assert snap and snap.group(1) == tag.group(1).removeprefix("sid-"), "apt snapshot and base tag differ"
+    assert text.count('--snapshot "$DEBIAN_SNAPSHOT"') == 2  # apt-get update and install
+    assert "COPY scripts/debian-packages.txt scripts/pip-requirements.txt" in text
+    assert "/tmp/femnpde/debian-packages.txt" in text and "/tmp/femnpde/pip-requirements.txt" in text
+
+
+def test_one_oversubscription_setting():
+    # env-run, the image and the Slurm script use the variable this Open MPI reads (the old name is deprecated).
+    for name in ("scripts/env-run", "Dockerfile", "scripts/slurm-train.sh"):
+        text = (ROOT / name).read_text()
+        assert re.search(r"PRTE_MCA_mapby[=:\"${}-]*:oversubscribe", text), name
