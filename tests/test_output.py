@@ -343,7 +343,9 @@ def test_write_fields_vtx(solved, shared_tmp):
         problem,
         {"u": states, "g": source},
         problem.time.times,
+        spaces={"g": "G"},
     )
+    # One VTX file per function space (state space V, source space G).
     assert [f.name for f in files] == ["fields_u.bp", "fields_g.bp"]
     COMM.barrier()
     for f in files:

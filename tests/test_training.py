@@ -111,8 +111,9 @@ def test_train_writes_outputs(shared_tmp_path):
     train(cfg, out=out, quiet=True)
     for name in ("config.toml", "history.csv", "checkpoint.npz", "history.png", "u_vs_h.png", "g_vs_gstar.png"):
         assert (out / name).is_file(), name
-    for field in ("u", "h", "g_theta", "g_star", "adjoint"):
-        assert (out / "fields" / f"fields_{field}.bp").exists(), field
+    # One VTX file per function space: u, h and the adjoint together, the network source and the target together.
+    for group in ("u-h-adjoint", "g_theta-g_star"):
+        assert (out / "fields" / f"fields_{group}.bp").exists(), group
     res = forward(cfg, out=shared_tmp_path / "fwd", params=out / "checkpoint.npz")
     assert np.isfinite(res["loss"])
 

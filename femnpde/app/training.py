@@ -190,7 +190,8 @@ def _write_outputs(run, out: pathlib.Path, comm, fmt: str, have: dict[str, bool]
         fields_G["g_star"] = run.target_values
     times = problem.time.times
     written = []
-    written += write_fields(out / "fields" / "fields", problem, {**fields_V, **fields_G}, times, fmt=fmt)
+    written += write_fields(out / "fields" / "fields", problem, {**fields_V, **fields_G}, times, fmt=fmt,
+                            spaces={name: "G" for name in fields_G})
     # The state as a readable checkpoint: the field data of another run (data.kind = "file").
     if have["adios4dolfinx"]:
         written.append(write_field_data(out / "fields" / "u.bp", problem, rf.states.array, name="u"))
