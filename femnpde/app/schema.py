@@ -129,7 +129,13 @@ DEFAULTS: dict[str, Any] = {
             "eps": 1e-8,
         },
     },
-    "run": {"iterations": 500, "checkpoint_every": 50, "plot_times": [0.25, 0.5, 1.0], "field_format": "vtx"},
+    "run": {
+        "iterations": 500,
+        "checkpoint_every": 50,
+        "plot_times": [0.25, 0.5, 1.0],
+        "field_format": "vtx",
+        "check_gradient": False,
+    },
     "solver": {"newton_rtol": 1e-11, "newton_atol": 1e-13, "newton_max_it": 25},
 }
 
@@ -279,6 +285,7 @@ HELP: dict[str, str] = {
     "run.checkpoint_every": "epochs between checkpoints, >= 1",
     "run.plot_times": "times in [0, T] of the comparison plots",
     "run.field_format": "format of fields/",
+    "run.check_gradient": "if true, Taylor + FD gradient check at the initial theta before the first epoch (exit 3 on failure)",
     "solver.petsc_options": "table option -> string/number/bool for the forward and adjoint linear solvers "
     "(default: direct LU)",
     "solver.newton_rtol": "Newton relative tolerance, >= 0",
