@@ -78,10 +78,10 @@ solver = ThetaSolver(problem, petsc_options_prefix="demo_coef_")
 
 
 def g_star(t, x):
-    return 20.0 * (1 + x[:, 0]) * (1 + t)
+    return 20.0 * (1 + x[0]) * (1 + t)  # x has shape (3, n_points)
 
 
-data = solver.forward(FunctionSource(problem, g_star).values()).array[:, : problem.n_owned].copy()
+data = solver.forward(FunctionSource(problem, g_star).values()).to_array()[:, : problem.n_owned].copy()
 network = ShallowNetwork(neurons, mesh.geometry.dim, seed=1)
 misfit = L2Misfit(problem, data)
 rf = ReducedFunctional(solver, NetworkSource(problem, network), misfit)

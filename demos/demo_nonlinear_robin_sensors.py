@@ -119,7 +119,7 @@ sensors = np.vstack([ring(0.85, 16), ring(0.45, 8, 0.5)])
 
 def g_true(t, x):
     c = 0.6 * np.array([np.cos(2 * np.pi * t), np.sin(2 * np.pi * t)])
-    return 5.0 * np.exp(-np.sum((x[:, :2] - c) ** 2, axis=1) / (2 * 0.2**2))
+    return 5.0 * np.exp(-((x[0] - c[0]) ** 2 + (x[1] - c[1]) ** 2) / (2 * 0.2**2))  # x: (3, n_points)
 
 
 clean = synthetic_point_data(problem, solver.forward(FunctionSource(problem, g_true).values()), sensors)

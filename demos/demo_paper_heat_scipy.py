@@ -101,12 +101,12 @@ solver = ThetaSolver(problem, petsc_options_prefix="demo_heat_")
 
 # +
 def g_star(t, x):
-    xx, yy = x[:, 0] / 0.5, x[:, 1]
+    xx, yy = x[0] / 0.5, x[1]  # x has shape (3, n_points), as for Function.interpolate
     return 800.0 * (1 - yy) ** 2 * ((0.2 + 0.6 * t) - yy) ** 2 * yy**2 * (1 - xx) * xx
 
 
 states = solver.forward(FunctionSource(problem, g_star).values())
-data = states.array[:, : problem.n_owned].copy()
+data = states.to_array()[:, : problem.n_owned].copy()
 # -
 
 # ## The reduced functional
