@@ -1,10 +1,14 @@
-"""Every demo in demos/ trains (shortened) with a falling loss, serially and on 2 ranks.
+"""Every demo in demos/ runs (shortened), serially and on 2 ranks.
 
-A demo that is not registered here fails the test suite: add it to DEMOS
-with the overrides that make its test run short.
+TOML demos train with a falling loss; Python demos (jupytext "light" scripts)
+run with ``--quick`` as a script on 1 and 2 ranks.  A demo that is not
+registered here fails the test suite: add it to DEMOS (with the overrides
+that make its test run short) or to PY_DEMOS.
 """
 
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -26,9 +30,29 @@ DEMOS = {
 }
 
 
+#: Python demos, each run as ``python3 demos/NAME --quick`` (they assert their own loss decrease).
+PY_DEMOS = ["demo_paper_heat_scipy.py", "demo_nonlinear_robin_sensors.py", "demo_network_coefficient.py"]
+
+
 def test_every_demo_is_registered():
     present = sorted(p.name for p in DEMO_DIR.glob("*.toml"))
     assert present == sorted(DEMOS), f"register new demos in tests/test_demos.py: {set(present) ^ set(DEMOS)}"
+    present = sorted(p.name for p in DEMO_DIR.glob("*.py"))
+    assert present == sorted(PY_DEMOS), f"register new demos in tests/test_demos.py: {set(present) ^ set(PY_DEMOS)}"
+
+
+@pytest.mark.serial
+@pytest.mark.parametrize("ranks", [1, 2])
+@pytest.mark.parametrize("name", PY_DEMOS)
+def test_python_demo_runs(name, ranks, tmp_path):
+    text = (DEMO_DIR / name).read_text()
+    assert "format_name: light" in text, f"{name} is not a jupytext light script"
+    launcher = ["mpirun", "-n", str(ranks)] if ranks > 1 else []
+    # Run from elsewhere: a demo finds its files relative to itself.
+    res = subprocess.run([*launcher, sys.executable, str(DEMO_DIR / name), "--quick"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"{ranks} rank(s)" in res.stdout, res.stdout
 
 
 @pytest.mark.parametrize("name", sorted(DEMOS))

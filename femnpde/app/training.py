@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import pathlib
+import sys
 import time
 from collections.abc import Sequence
 
@@ -27,6 +28,7 @@ import numpy as np
 from mpi4py import MPI
 
 from femnpde._mpi import rank0_print
+from femnpde._optional import available, missing_message
 from femnpde.app.build import build_run
 from femnpde.app.loading import load_config
 from femnpde.app.progress import Progress
@@ -89,8 +91,17 @@ def _check_resume_config(cfg: dict, saved: dict, run_dir: pathlib.Path) -> None:
         )
 
 
-def _write_outputs(run, out: pathlib.Path, comm, fmt: str) -> list[pathlib.Path]:
-    """Final fields (u, h, g_θ, g*, adjoint) and the comparison plots."""
+def _optional_outputs(comm) -> dict[str, bool]:
+    """Which optional outputs can be written (before the run); one warning on rank 0 for each that cannot."""
+    have = {module: available(module) for module in ("adios4dolfinx", "matplotlib")}
+    for module, ok in have.items():
+        if not ok:
+            rank0_print(comm, f"femnpde: warning: {missing_message(module)}; they are skipped", file=sys.stderr)
+    return have
+
+
+def _write_outputs(run, out: pathlib.Path, comm, fmt: str, have: dict[str, bool]) -> list[pathlib.Path]:
+    """Final fields (u, h, g_θ, g*, adjoint) and the comparison plots (those ``have`` allows)."""
     problem = run.problem
     rf = run.rf
     n_local = rf.states.to_array().shape[1]
@@ -113,7 +124,10 @@ def _write_outputs(run, out: pathlib.Path, comm, fmt: str) -> list[pathlib.Path]
     written += write_fields(out / "fields" / "fields", problem, {**fields_V, **fields_G}, times, fmt=fmt,
                             spaces=dict.fromkeys(fields_G, "G"))
     # The state as a readable checkpoint: the field data of another run (data.kind = "file").
-    written.append(write_field_data(out / "fields" / "u.bp", problem, rf.states.to_array(), name="u"))
+    if have["adios4dolfinx"]:
+        written.append(write_field_data(out / "fields" / "u.bp", problem, rf.states.to_array(), name="u"))
+    if not have["matplotlib"]:
+        return written
     plot_times = run.cfg["run"]["plot_times"]
     idx = sorted({int(np.argmin(np.abs(times - t))) for t in plot_times})
     if h_local is not None:
@@ -189,6 +203,7 @@ def train(
         cfg = saved
         out = run_dir
     out = _resolve_out(config, out)
+    have = _optional_outputs(comm) if write_outputs else {}
     rundir = RunDirectory(out, comm)
     with build_run(cfg, comm) as run:
         rundir.write_text("config.toml", dump_config(cfg))
@@ -196,8 +211,9 @@ def train(
             check_gradient = cfg["run"]["check_gradient"]
         result = _train_run(run, cfg, out, resume is not None, quiet, comm, check_gradient)
         if write_outputs:
-            _write_outputs(run, out, comm, cfg["run"]["field_format"])
-            plot_history(out / "history.csv", out / "history.png", comm, title=f"{pathlib.Path(config).stem}")
+            _write_outputs(run, out, comm, cfg["run"]["field_format"], have)
+            if have["matplotlib"]:
+                plot_history(out / "history.csv", out / "history.png", comm, title=f"{pathlib.Path(config).stem}")
     if not quiet:
         rank0_print(
             comm,
@@ -269,6 +285,7 @@ def forward(
     """Solve the configured problem (at the initial or checkpointed parameters) and write the fields."""
     cfg = load_config(config, overrides)
     out = _resolve_out(config, out, "-forward")
+    have = _optional_outputs(comm)
     RunDirectory(out, comm).write_text("config.toml", dump_config(cfg))
     with build_run(cfg, comm) as run:
         theta = run.rf.initial_theta()
@@ -282,7 +299,7 @@ def forward(
                 )
         J = run.rf(theta)
         run.rf.derivative(theta)
-        _write_outputs(run, out, comm, cfg["run"]["field_format"])
+        _write_outputs(run, out, comm, cfg["run"]["field_format"], have)
         rmse = run.misfit.relative_rmse(J)
     rank0_print(comm, f"femnpde forward: loss {J:.6e}, relative RMSE {rmse:.6e}; fields in {out}")
     comm.Barrier()

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from femnpde._optional import available, missing_message
 from femnpde.app.checks import (
     _all_keys,
     _bool,
@@ -369,6 +370,8 @@ def _validate_data(user: Mapping[str, Any]) -> dict[str, Any]:
             raise _error("data.path", path, f"has suffix {Path(path).suffix!r}", f"a path ending in {allowed}")
         if not os.path.exists(path):
             raise _error("data.path", path, "does not exist (file not found)", f"an existing {allowed} file")
+        if Path(path).suffix.lower() == ".bp" and not available("adios4dolfinx"):
+            raise ConfigError(f"data.path = {format_value(path)}: {missing_message('adios4dolfinx')}", "data.path", path)
         out["path"] = path
         out["name"] = _str("data.name", _get(sec, "data.name"), "the function name in the .bp file")
     else:
