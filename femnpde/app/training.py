@@ -227,7 +227,7 @@ def train(
             epoch=epoch,
             loss=J,
             relative_rmse=rmse,
-            relative_max_error=misfit.relative_max_error(rf.states),
+            relative_max_error=rf.relative_max_error(),
             gradient_norm=float(np.linalg.norm(grad)),
             learning_rate=lr,
             wall_time=time.perf_counter() - t_start,

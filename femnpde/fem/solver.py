@@ -25,7 +25,7 @@ import dolfinx.fem.petsc
 from petsc4py import PETSc
 
 from femnpde.fem.problem import ParabolicProblem
-from femnpde.fem.storage import MemoryStorage, StateStorage
+from femnpde.fem.storage import MemoryStorage, StateStorage, make_state_storage
 
 __all__ = ["ThetaSolver", "SolverError", "default_linear_solver_options"]
 
@@ -69,6 +69,17 @@ def _make_ksp(comm, prefix: str, options: dict[str, str]) -> PETSc.KSP:
     return ksp
 
 
+class _Recompute:
+    """The :class:`~femnpde.fem.checkpointing.Stepper` of one sweep: the solver's step with its source."""
+
+    def __init__(self, solver: "ThetaSolver", source: np.ndarray) -> None:
+        self._solver = solver
+        self._source = source
+
+    def step(self, n: int, u_prev: np.ndarray) -> np.ndarray:
+        return self._solver.step(n, self._source, u_prev)
+
+
 class ThetaSolver:
     """Forward and adjoint sweeps of a :class:`ParabolicProblem`.
 
@@ -83,6 +94,12 @@ class ThetaSolver:
         newton_max_it: Maximum Newton iterations per step.
         fast_affine: For fully affine problems (e.g. heat), precompute the
             step matrices and replace assembly by matrix-vector products.
+        state_storage: Where the forward sweep keeps the states for the
+            adjoint: ``"memory"`` (all levels) or a checkpointing budget,
+            ``{"snapshots": K}`` or ``{"budget": "2GB"}`` (per rank), with
+            optional ``"disk_snapshots"`` (see
+            :func:`femnpde.fem.checkpointing.validate_state_storage`).  The
+            chosen plan is :attr:`storage_plan`.
     """
 
     def __init__(
@@ -95,6 +112,7 @@ class ThetaSolver:
         newton_atol: float = 1e-13,
         newton_max_it: int = 25,
         fast_affine: bool = True,
+        state_storage: str | dict = "memory",
     ) -> None:
         if not isinstance(petsc_options_prefix, str) or not petsc_options_prefix:
             raise ValueError("ThetaSolver: petsc_options_prefix must be a non-empty string, e.g. 'femnpde_'")
@@ -133,7 +151,9 @@ class ThetaSolver:
         self._have_c = False
         n_local = problem.V.dofmap.index_map.size_local + problem.V.dofmap.index_map.num_ghosts
         self.n_levels = problem.time.n_steps + 1
-        self.states: StateStorage = MemoryStorage(self.n_levels, n_local)
+        self._n_local = n_local
+        self.states: StateStorage
+        self.states, self.storage_plan = make_state_storage(state_storage, self.n_levels, n_local, comm)
         self.adjoints: MemoryStorage | None = None
         self.newton_iterations = np.zeros(self.n_levels, dtype=np.int32)
         owned = problem.bc_dofs
@@ -221,11 +241,11 @@ class ThetaSolver:
         self._A = self._A_adj = self._ksp = self._ksp_adj = None
 
     # ------------------------------------------------------------- helpers
-    def _set_step(self, n: int, source: np.ndarray, u_n: np.ndarray | None) -> None:
+    def _set_step(self, n: int, source: np.ndarray, u_prev: np.ndarray, u_n: np.ndarray | None) -> None:
         """Load the coefficients of step n: u_prev = u^{n-1}, g, g_prev, times (and u = u^n if given)."""
         p = self.problem
         a = self._arrays
-        a["u_prev"][:] = self.states.load(n - 1)
+        a["u_prev"][:] = u_prev
         if u_n is not None:
             a["u"][:] = u_n
         ng = p.n_owned_source
@@ -355,21 +375,34 @@ class ThetaSolver:
         expected = (self.n_levels, p.n_owned_source)
         if source.shape != expected:
             raise ValueError(f"ThetaSolver.forward: source has shape {source.shape}, expected {expected}")
-        times = p.time.times
+        if hasattr(self.states, "attach"):
+            self.states.attach(_Recompute(self, source))
         self.states.store(0, p.u0.x.array)
         p.u.x.array[:] = p.u0.x.array
         for n in range(1, self.n_levels):
-            self._set_step(n, source, None)
-            # Initial guess: the previous state with this step's Dirichlet values.
-            p.update_dirichlet(times[n])
-            for bc in p.bcs:
-                bc.set(p.u.x.array)
-            it = self._newton(n, times[n])
-            self.newton_iterations[n] = it
+            self.step(n, source, p.u.x.array)
             self.states.store(n, p.u.x.array)
             if step_callback is not None:
                 step_callback(n)
         return self.states
+
+    def step(self, n: int, source: np.ndarray, u_prev: np.ndarray) -> np.ndarray:
+        """One forward step: ``u^{n-1}`` (local array with ghosts) -> ``u^n`` in ``problem.u``.
+
+        The Newton initial guess is ``u^{n-1}`` with this step's Dirichlet
+        values.  Returns ``problem.u.x.array`` (overwritten by the next step).
+        Collective.
+        """
+        p = self.problem
+        t = self._times[n]
+        self._set_step(n, source, u_prev, None)
+        if u_prev is not self._arrays["u"]:
+            self._arrays["u"][:] = u_prev
+        p.update_dirichlet(t)
+        for bc in p.bcs:
+            bc.set(p.u.x.array)
+        self.newton_iterations[n] = self._newton(n, t)
+        return self._arrays["u"]
 
     # ------------------------------------------------------------- adjoint
     def adjoint(
@@ -400,14 +433,16 @@ class ThetaSolver:
         R = np.zeros((self.n_levels, ng))
         if keep_adjoint:
             if self.adjoints is None:
-                self.adjoints = MemoryStorage(self.n_levels, self.states.load(0).shape[0])
-            self.adjoints.store(0, np.zeros_like(self.states.load(0)))
+                self.adjoints = MemoryStorage(self.n_levels, self._n_local)
+            self.adjoints.store(0, np.zeros(self._n_local))
         rhs, c, r = self._rhs, self._c, self._r
         lam_vec = p.lam.x.petsc_vec
         have_c = False
         for n in range(N, 0, -1):
+            # u^{n-1} first: a checkpointing storage may recompute both levels then.
+            u_prev = self.states.load(n - 1)
             u_n = self.states.load(n)
-            self._set_step(n, source, u_n)
+            self._set_step(n, source, u_prev, u_n)
             if not (forms.jacobian_constant and self._A_current):
                 self._assemble_A(self._A_adj)
                 self._ksp_adj.setOperators(self._A_adj)

@@ -101,6 +101,7 @@ class ReducedFunctional:
         self._g: np.ndarray | None = None
         self._J: float | None = None
         self._grad: np.ndarray | None = None
+        self._max_error_local: float | None = None
         self.n_forward = 0
         self.n_adjoint = 0
 
@@ -123,9 +124,43 @@ class ReducedFunctional:
         self._theta = theta.copy()
         self._grad = None
         self._g = self.source.values(theta)
-        self.solver.forward(self._g)
-        self._J = self.misfit.value(self.solver.states)
+        states = self.solver.states
+        if getattr(states, "keeps_all_levels", True):
+            self.solver.forward(self._g)
+            self._J = self.misfit.value(states)
+            self._max_error_local = None
+        else:
+            self._J, self._max_error_local = self._streamed_forward()
         self.n_forward += 1
+
+    def _streamed_forward(self) -> tuple[float, float]:
+        """Forward sweep taking the loss level by level (for storages that do not keep every level)."""
+        misfit = self.misfit
+        if not hasattr(misfit, "level_value"):
+            raise TypeError(
+                f"ReducedFunctional: {type(misfit).__name__} has no level_value(n, u_owned); it cannot be used "
+                f"with a checkpointing state storage (use state_storage = \"memory\")"
+            )
+        problem = self.solver.problem
+        n_owned = problem.n_owned
+        acc = {"J": misfit.level_value(0, problem.u0.x.array[:n_owned]),
+               "err": misfit.level_max_error(0, problem.u0.x.array[:n_owned])}
+        u = problem.u.x.array
+
+        def take(n: int) -> None:
+            acc["J"] += misfit.level_value(n, u[:n_owned])
+            acc["err"] = max(acc["err"], misfit.level_max_error(n, u[:n_owned]))
+
+        self.solver.forward(self._g, step_callback=take)
+        return self.comm.allreduce(acc["J"], op=MPI.SUM), acc["err"]
+
+    def relative_max_error(self) -> float:
+        """``max_{n,j} |u^n_j − h^n_j| / max|h|`` of the last forward sweep (collective)."""
+        if self._theta is None:
+            raise RuntimeError("ReducedFunctional.relative_max_error: nothing evaluated yet")
+        if self._max_error_local is None:
+            return self.misfit.relative_max_error(self.solver.states)
+        return self.misfit.relative_from_max_error(self._max_error_local)
 
     def __call__(self, theta: np.ndarray) -> float:
         """The loss J(θ)."""

@@ -135,9 +135,27 @@ class L2Misfit:
         n_owned = self.problem.n_owned
         local = 0.0
         for n in np.flatnonzero(self.w):
-            e, Me = self._apply(n, states.load(n)[:n_owned])
-            local += 0.5 * self.w[n] * float(np.dot(e, Me))
+            local += self.level_value(n, states.load(n)[:n_owned])
         return self.comm.allreduce(local, op=MPI.SUM)
+
+    def level_value(self, n: int, u_owned: np.ndarray) -> float:
+        """This rank's part of level n's loss term (0 for unobserved levels; no communication)."""
+        if self.w[n] == 0.0:
+            return 0.0
+        e, Me = self._apply(n, u_owned)
+        return 0.5 * self.w[n] * float(np.dot(e, Me))
+
+    def level_max_error(self, n: int, u_owned: np.ndarray) -> float:
+        """This rank's ``max_j |u^n_j − h^n_j|`` (0 for unobserved levels; no communication)."""
+        if self.w[n] == 0.0:
+            return 0.0
+        return float(np.max(np.abs(u_owned - self.data[n]), initial=0.0))
+
+    def relative_from_max_error(self, local: float) -> float:
+        """Reduce this rank's largest level error over the ranks and divide by ``max|h|``."""
+        glob = self.comm.allreduce(local, op=MPI.MAX)
+        m = self.max_abs_data()
+        return glob / m if m > 0 else float("nan")
 
     def add_gradient(self, n: int, u_owned: np.ndarray, out: np.ndarray) -> None:
         """Add ``∂J/∂u^n = w_n Δt M (u^n − h^n)`` to the owned entries ``out``."""
@@ -163,7 +181,5 @@ class L2Misfit:
         n_owned = self.problem.n_owned
         local = 0.0
         for n in np.flatnonzero(self.w):
-            local = max(local, float(np.max(np.abs(states.load(n)[:n_owned] - self.data[n]), initial=0.0)))
-        glob = self.comm.allreduce(local, op=MPI.MAX)
-        m = self.max_abs_data()
-        return glob / m if m > 0 else float("nan")
+            local = max(local, self.level_max_error(n, states.load(n)[:n_owned]))
+        return self.relative_from_max_error(local)

@@ -405,9 +405,30 @@ class PointMisfit:
         n_owned = self.problem.n_owned
         local = 0.0
         for n in self._observed:
-            r = self._apply_local(states.load(n)[:n_owned]) - self._data_local[n]
-            local += 0.5 * self.w[n] * float(np.dot(r, r))
+            local += self.level_value(n, states.load(n)[:n_owned])
         return self.comm.allreduce(local, op=MPI.SUM)
+
+    def level_value(self, n: int, u_owned: np.ndarray) -> float:
+        """This rank's part of level n's loss term (0 for unobserved levels; no communication)."""
+        if self.w[n] == 0.0:
+            return 0.0
+        self._require_data("level_value")
+        r = self._apply_local(u_owned) - self._data_local[n]
+        return 0.5 * self.w[n] * float(np.dot(r, r))
+
+    def level_max_error(self, n: int, u_owned: np.ndarray) -> float:
+        """This rank's ``max_k |u^n(x_k) − d^n_k|`` (0 for unobserved levels; no communication)."""
+        if self.w[n] == 0.0:
+            return 0.0
+        self._require_data("level_max_error")
+        r = self._apply_local(u_owned) - self._data_local[n]
+        return float(np.max(np.abs(r), initial=0.0))
+
+    def relative_from_max_error(self, local: float) -> float:
+        """Reduce this rank's largest level error over the ranks and divide by ``max|d|``."""
+        glob = self.comm.allreduce(local, op=MPI.MAX)
+        m = self.max_abs_data()
+        return glob / m if m > 0 else float("nan")
 
     def add_gradient(self, n: int, u_owned: np.ndarray, out: np.ndarray) -> None:
         """Add ``∂J/∂u^n = w_n Δt Bᵀ (B u^n − d^n)`` to the owned entries ``out`` (collective)."""
@@ -441,11 +462,8 @@ class PointMisfit:
         n_owned = self.problem.n_owned
         local = 0.0
         for n in self._observed:
-            r = self._apply_local(states.load(n)[:n_owned]) - self._data_local[n]
-            local = max(local, float(np.max(np.abs(r), initial=0.0)))
-        glob = self.comm.allreduce(local, op=MPI.MAX)
-        m = self.max_abs_data()
-        return glob / m if m > 0 else float("nan")
+            local = max(local, self.level_max_error(n, states.load(n)[:n_owned]))
+        return self.relative_from_max_error(local)
 
 
 # ------------------------------------------------------------ utilities
