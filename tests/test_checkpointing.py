@@ -228,3 +228,59 @@ def test_gradient_with_checkpointing_is_identical(pde, theta, tmp_path):
         assert np.array_equal(got[1], ref[1]) and np.array_equal(got[3], ref[3]), name
         assert got[4] == ref[4], name
     assert np.linalg.norm(ref[1]) > 0
+
+
+_TRAIN = """
+[mesh]
+cells = [5, 10]
+[time]
+n_steps = 12
+[network]
+neurons = 6
+[data]
+noise = 0.0
+[run]
+iterations = 4
+checkpoint_every = 2
+{storage}
+"""
+
+
+def _write(path, text):
+    if MPI.COMM_WORLD.rank == 0:
+        path.write_text(text)
+    MPI.COMM_WORLD.Barrier()
+    return path
+
+
+def test_training_with_checkpointing_matches_memory(shared_tmp_path, capsys):
+    from femnpde.app.training import train
+    from femnpde.io.output import History
+
+    hist = {}
+    for name, line in (("memory", ""), ("ckpt", "state_storage = {snapshots = 2, disk_snapshots = 1}")):
+        cfg = _write(shared_tmp_path / f"{name}.toml", _TRAIN.format(storage=line))
+        train(cfg, out=shared_tmp_path / name, quiet=name == "memory")
+        h = History.read(shared_tmp_path / name / "history.csv")
+        hist[name] = {k: v for k, v in h.items() if k != "wall_time"}
+    if MPI.COMM_WORLD.rank == 0:
+        assert "recomputation factor" in capsys.readouterr().out
+    for key in hist["memory"]:
+        assert np.array_equal(hist["memory"][key], hist["ckpt"][key]), key
+    assert (shared_tmp_path / "ckpt" / "fields" / "fields_u.bp").exists()
+
+
+@pytest.mark.parametrize("line,needle", [
+    ('state_storage = "disk"', "run.state_storage: unknown value 'disk'"),
+    ("state_storage = {snapshots = 0}", "run.state_storage.snapshots"),
+    ('state_storage = {budget = "lots"}', "run.state_storage.budget"),
+    ("state_storage = {snapshots = 2, budgte = 3}", "unknown key 'budgte'"),
+])
+def test_bad_state_storage_exits_2(shared_tmp_path, capsys, line, needle):
+    from femnpde.app.cli import main
+
+    cfg = _write(shared_tmp_path / "bad.toml", _TRAIN.format(storage=line))
+    assert main(["train", str(cfg), "--out", str(shared_tmp_path / "x"), "--quiet"]) == 2
+    if MPI.COMM_WORLD.rank == 0:
+        err = capsys.readouterr().err
+        assert needle in err and "Traceback" not in err, err

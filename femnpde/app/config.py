@@ -135,6 +135,13 @@ Dirichlet entries (``[[boundary]]``) also take ``time_function`` =
     * ``checkpoint_every``: int >= 1; default 50.
     * ``plot_times``: list of numbers in [0, T]; default (dep.) ``[T/4, T/2, T]``.
     * ``field_format``: ``"vtx"`` | ``"xdmf"``; default ``"vtx"``.
+    * ``state_storage``: ``"memory"`` (every state u^0..u^N kept) or a
+      checkpointing table: ``{snapshots = K}`` (K restart snapshots in memory)
+      or ``{budget = "2GB"}`` (memory per rank for the states), optionally
+      ``disk_snapshots = D`` (per-rank .npy files in a private temporary
+      directory, removed afterwards) and ``directory`` (where); default
+      ``"memory"``.  States the adjoint needs are recomputed from the
+      snapshots (multistage/revolve schedule); gradients are unchanged.
 
 ``[solver]``
     * ``petsc_options`` (optional): table of option name -> string, number or
@@ -173,6 +180,7 @@ from femnpde.model.network import ACTIVATIONS, ShallowNetwork, reference_learnin
 from femnpde.fem.problem import PRESETS, Dirichlet, ParabolicProblem, TimeGrid
 from femnpde.model.reduced import FunctionSource, NetworkSource, ReducedFunctional
 from femnpde.app.scenarios import TARGETS, paper_initial_condition, target_source
+from femnpde.fem.checkpointing import validate_state_storage
 from femnpde.fem.solver import ThetaSolver
 
 __all__ = ["DEFAULTS", "ConfigError", "Run", "build_run", "dump_config", "load_config", "validate"]
@@ -245,7 +253,8 @@ DEFAULTS: dict[str, Any] = {
             "eta_min": 0.0,
         },
     },
-    "run": {"iterations": 500, "checkpoint_every": 50, "plot_times": [0.25, 0.5, 1.0], "field_format": "vtx"},
+    "run": {"iterations": 500, "checkpoint_every": 50, "plot_times": [0.25, 0.5, 1.0], "field_format": "vtx",
+            "state_storage": "memory"},
     "solver": {"newton_rtol": 1e-11, "newton_atol": 1e-13, "newton_max_it": 25},
 }
 
@@ -814,7 +823,15 @@ def _validate_run(user: Mapping[str, Any], T: float) -> dict[str, Any]:
         "plot_times": _floats("run.plot_times", _get(sec, "plot_times", [T / 4, T / 2, T]),
                               f"a list of numbers in [0, T] = [0, {T!r}]", None, lambda f: 0.0 <= f <= T),
         "field_format": _choice("run.field_format", _get(sec, "field_format", "vtx"), ("vtx", "xdmf")),
+        "state_storage": _state_storage(_get(sec, "state_storage", "memory")),
     }
+
+
+def _state_storage(spec: Any) -> Any:
+    try:
+        return validate_state_storage(spec, "run.state_storage")
+    except ValueError as err:
+        raise ConfigError(str(err), "run.state_storage", spec) from err
 
 
 def _validate_solver(user: Mapping[str, Any]) -> dict[str, Any]:
@@ -1330,6 +1347,7 @@ def build_run(
         newton_rtol=scfg["newton_rtol"],
         newton_atol=scfg["newton_atol"],
         newton_max_it=scfg["newton_max_it"],
+        state_storage=cfg["run"]["state_storage"],
     )
     ncfg = cfg["network"]
     network = ShallowNetwork(
@@ -1350,8 +1368,14 @@ def build_run(
         bbox = _bounding_box(mesh)
         target = FunctionSource(problem, target_source(dcfg["target"], tcfg["T"], bbox))
         target_values = target.values()
-        states = solver.forward(target_values)
-        field_data = np.array(states.array[:, : problem.n_owned], dtype=np.float64, copy=True)
+        # Level by level: a checkpointing storage does not keep every state.
+        field_data = np.empty((n_levels, problem.n_owned))
+        field_data[0] = problem.u0.x.array[: problem.n_owned]
+
+        def collect(n: int) -> None:
+            field_data[n] = problem.u.x.array[: problem.n_owned]
+
+        solver.forward(target_values, step_callback=collect)
     else:
         field_data = None
     if obs["kind"] == "sensors":
@@ -1376,7 +1400,7 @@ def build_run(
             data = values
         try:
             if dcfg["kind"] != "file":
-                data = synthetic_point_data(problem, states, points)
+                data = synthetic_point_data(problem, field_data, points)
             if dcfg["noise"] > 0:
                 data = add_noise(data, dcfg["noise"], dcfg["noise_seed"])
             misfit = PointMisfit(problem, points, data, weights)
@@ -1402,7 +1426,8 @@ def build_run(
             subdomain = (cell_tags, obs["subdomain"])
         misfit = L2Misfit(problem, data, weights, subdomain=subdomain)
     solver.states.clear()
-    rf = ReducedFunctional(solver, source, misfit, keep_adjoint=True)
+    # The adjoint of every level is kept for output only when the states are.
+    rf = ReducedFunctional(solver, source, misfit, keep_adjoint=solver.states.keeps_all_levels)
     ocfg = cfg["optimizer"]
     lr = reference_learning_rate(ocfg["lr"], ncfg["neurons"], ncfg["beta"]) if ocfg["scale_lr"] else ocfg["lr"]
     return Run(

@@ -117,12 +117,13 @@ def _write_outputs(run, out: pathlib.Path, comm, fmt: str) -> list[pathlib.Path]
     """Final fields (u, h, g_θ, g*, adjoint) and the comparison plots."""
     problem = run.problem
     rf = run.rf
-    n_local = rf.states.array.shape[1]
+    u_all = rf.all_states()
+    n_local = u_all.shape[1]
     n_owned = problem.n_owned
-    fields_V = {"u": rf.states.array}
+    fields_V = {"u": u_all}
     h_local = None
     if run.field_data is not None:  # the full-field data (synthetic runs)
-        h_local = np.zeros_like(rf.states.array)
+        h_local = np.zeros_like(u_all)
         h_local[:, :n_owned] = run.field_data
         fields_V["h"] = h_local
     if rf.adjoint_states is not None:
@@ -134,11 +135,11 @@ def _write_outputs(run, out: pathlib.Path, comm, fmt: str) -> list[pathlib.Path]
     written = []
     written += write_fields(out / "fields" / "fields", problem, {**fields_V, **fields_G}, times, fmt=fmt)
     # The state as a readable checkpoint: the field data of another run (data.kind = "file").
-    written.append(write_field_data(out / "fields" / "u.bp", problem, rf.states.array, name="u"))
+    written.append(write_field_data(out / "fields" / "u.bp", problem, u_all, name="u"))
     plot_times = run.cfg["run"]["plot_times"]
     idx = sorted({int(np.argmin(np.abs(times - t))) for t in plot_times})
     if h_local is not None:
-        plot_comparison(out / "u_vs_h.png", problem, rf.states.array, h_local, idx, labels=("u", "h"), comm=comm,
+        plot_comparison(out / "u_vs_h.png", problem, u_all, h_local, idx, labels=("u", "h"), comm=comm,
                         title="state u (trained) vs data h")
     if run.target_values is not None and problem.source_kind == "lagrange" and problem.G.dofmap.index_map.size_local == n_owned:
         g_local = np.zeros((len(times), n_local))
@@ -217,6 +218,7 @@ def train(
             f"femnpde train: {pde}, N={cfg['network']['neurons']}, {run.network.n_params} parameters, "
             f"{cfg['optimizer']['kind']} lr={run.lr:.4g}, epochs {start}..{n_iter}, {comm.size} rank(s) -> {out}",
         )
+        rank0_print(comm, f"femnpde train: {run.solver.storage_plan.describe()}")
     t_start = time.perf_counter()
     best = {"loss": np.inf, "rmse": np.inf}
     last = {"loss": np.nan, "rmse": np.nan, "epoch": start}

@@ -154,6 +154,31 @@ class ReducedFunctional:
         self.solver.forward(self._g, step_callback=take)
         return self.comm.allreduce(acc["J"], op=MPI.SUM), acc["err"]
 
+    def all_states(self) -> np.ndarray:
+        """Every state of the last θ, shape ``(n_steps + 1, n_local)`` (local arrays with ghosts).
+
+        With a storage that keeps every level this is its array (a view); with
+        a checkpointing storage the forward sweep is run once more and every
+        level collected, which takes the memory of all levels (for writing
+        output, not during training).
+        """
+        if self._theta is None:
+            raise RuntimeError("ReducedFunctional.all_states: nothing evaluated yet")
+        states = self.solver.states
+        if getattr(states, "keeps_all_levels", True):
+            return states.array
+        problem = self.solver.problem
+        u = problem.u.x.array
+        out = np.empty((self.solver.n_levels, u.size))
+        out[0] = problem.u0.x.array
+
+        def collect(n: int) -> None:
+            out[n] = u
+
+        self._grad = None  # the replay restarts the storage's schedule
+        self.solver.forward(self._g, step_callback=collect)
+        return out
+
     def relative_max_error(self) -> float:
         """``max_{n,j} |u^n_j − h^n_j| / max|h|`` of the last forward sweep (collective)."""
         if self._theta is None:
