@@ -181,6 +181,7 @@ from femnpde.fem.problem import PRESETS, Dirichlet, ParabolicProblem, TimeGrid
 from femnpde.model.reduced import FunctionSource, NetworkSource, ReducedFunctional
 from femnpde.app.scenarios import TARGETS, paper_initial_condition, target_source
 from femnpde.fem.checkpointing import validate_state_storage
+from femnpde.obs.rng import add_field_noise
 from femnpde.fem.solver import ThetaSolver
 
 __all__ = ["DEFAULTS", "ConfigError", "Run", "build_run", "dump_config", "load_config", "validate"]
@@ -1239,43 +1240,9 @@ def _bounding_box(mesh) -> tuple[np.ndarray, np.ndarray]:
     return lo, hi
 
 
-def _canonical_dof_index(problem: ParabolicProblem) -> tuple[np.ndarray, int]:
-    """A partition-independent index of the owned solution dofs and the global dof count.
-
-    Dofs are ordered by their coordinates (rounded to 1e-9 of the mesh size,
-    lexicographically), which does not depend on how the mesh is distributed.
-    """
-    comm = problem.comm
-    n_owned = problem.n_owned
-    gdim = problem.mesh.geometry.dim
-    x = problem.V.tabulate_dof_coordinates()[:n_owned, :gdim]
-    lo = np.empty(gdim)
-    hi = np.empty(gdim)
-    comm.Allreduce(np.min(x, axis=0, initial=np.inf), lo, op=MPI.MIN)
-    comm.Allreduce(np.max(x, axis=0, initial=-np.inf), hi, op=MPI.MAX)
-    tol = 1e-9 * max(float(np.max(hi - lo)), 1e-300)
-    keys = np.rint((x - lo) / tol).astype(np.int64)
-    all_keys = comm.allgather(keys)
-    offset = sum(len(k) for k in all_keys[: comm.rank])
-    stacked = np.concatenate(all_keys, axis=0)
-    order = np.lexsort(stacked.T[::-1])
-    position = np.empty(len(order), dtype=np.int64)
-    position[order] = np.arange(len(order))
-    return position[offset : offset + n_owned], len(order)
-
-
 def _add_noise(problem: ParabolicProblem, data: np.ndarray, noise: float, seed: int) -> None:
-    """``data += noise · max|data| · ξ`` with ξ drawn for the global array in a canonical dof order."""
-    comm = problem.comm
-    scale = comm.allreduce(float(np.max(np.abs(data), initial=0.0)), op=MPI.MAX)
-    sigma = noise * scale
-    if sigma == 0.0:
-        return
-    index, n_global = _canonical_dof_index(problem)
-    rng = np.random.default_rng(seed)
-    for n in range(data.shape[0]):
-        xi = rng.standard_normal(n_global)
-        data[n] += sigma * xi[index]
+    """``data += noise · max|data| · ξ``, ξ keyed by (seed, dof coordinate, level): O(local), rank-independent."""
+    add_field_noise(problem, data, noise, seed)
 
 
 def build_run(
@@ -1287,10 +1254,10 @@ def build_run(
 
     Synthetic data (``data.kind = "synthetic"``) is the discrete solution of
     the same problem with the target source ``g*`` (same mesh, time grid and
-    solver), plus the optional noise.  The noise is drawn from
-    ``np.random.default_rng(data.noise_seed)`` for the whole global array,
-    level by level, in an order of the dofs that does not depend on the
-    partition, so the data is the same on any number of ranks.
+    solver), plus the optional noise.  The noise of a dof at a level is a pure
+    function of ``(data.noise_seed, the dof's coordinates, the level)``
+    (:func:`femnpde.obs.rng.add_field_noise`): each rank draws only its own
+    dofs' noise and the data is the same on any number of ranks.
     ``data.kind = "file"`` reads sensor values (``.npz``/``.csv``, with
     ``observation.kind = "sensors"``) or a space-time field (an adios4dolfinx
     ``.bp`` checkpoint, function ``data.name``, see :mod:`femnpde.io.fielddata`).
