@@ -24,6 +24,12 @@ import dolfinx.fem
 import dolfinx.fem.petsc
 from petsc4py import PETSc
 
+from femnpde.fem.linear_defaults import (
+    check_adjoint_capable,
+    default_linear_solver_options,
+    is_symmetric,
+    uses_krylov,
+)
 from femnpde.fem.problem import ParabolicProblem
 from femnpde.fem.storage import MemoryStorage, StateStorage, make_state_storage
 
@@ -32,24 +38,6 @@ __all__ = ["ThetaSolver", "SolverError", "default_linear_solver_options"]
 
 class SolverError(RuntimeError):
     """A forward or adjoint solve failed (Newton or linear solver divergence)."""
-
-
-def default_linear_solver_options(comm_size: int = 1, n_dofs: int = 0) -> dict[str, str]:
-    """A direct solver: LU with MUMPS, else SuperLU_dist, else PETSc's own.
-
-    Small serial systems (<= 50 000 unknowns) use PETSc's own LU, whose
-    per-solve overhead is far below MUMPS' (0.02 ms against 0.5 ms for the
-    paper's 861 unknowns); the triangular solves dominate a time loop.
-    """
-    opts = {"ksp_type": "preonly", "pc_type": "lu"}
-    if comm_size == 1 and n_dofs <= 50_000:
-        opts["pc_factor_mat_solver_type"] = "petsc"
-        opts["pc_factor_mat_ordering_type"] = "nd"
-    elif PETSc.Sys.hasExternalPackage("mumps"):
-        opts["pc_factor_mat_solver_type"] = "mumps"
-    elif PETSc.Sys.hasExternalPackage("superlu_dist"):
-        opts["pc_factor_mat_solver_type"] = "superlu_dist"
-    return opts
 
 
 def _make_ksp(comm, prefix: str, options: dict[str, str]) -> PETSc.KSP:
@@ -121,11 +109,6 @@ class ThetaSolver:
         forms = problem.forms
         comm = problem.comm
         imap = problem.V.dofmap.index_map
-        options = (
-            default_linear_solver_options(comm.size, imap.size_global)
-            if petsc_options is None
-            else dict(petsc_options)
-        )
         self.newton_rtol = float(newton_rtol)
         self.newton_atol = float(newton_atol)
         self.newton_max_it = int(newton_max_it)
@@ -133,6 +116,14 @@ class ThetaSolver:
 
         self._A = dolfinx.fem.petsc.create_matrix(forms.jacobian)
         self._A.setOptionsPrefix(f"{self.prefix}forward_")
+        #: Whether the step Jacobian is symmetric: the adjoint then solves
+        #: with the untransposed operator (any preconditioner works).
+        self.symmetric = self._probe_symmetry()
+        options = (
+            default_linear_solver_options(comm.size, imap.size_global, problem.mesh.geometry.dim, self.symmetric)
+            if petsc_options is None
+            else dict(petsc_options)
+        )
         self._b = dolfinx.fem.petsc.create_vector(problem.V)
         self._du = dolfinx.fem.petsc.create_vector(problem.V)
         self._ksp = _make_ksp(comm, f"{self.prefix}forward_", options)
@@ -145,6 +136,10 @@ class ThetaSolver:
             self._A_adj = dolfinx.fem.petsc.create_matrix(forms.jacobian)
             self._A_adj.setOptionsPrefix(f"{self.prefix}adjoint_")
             self._ksp_adj = _make_ksp(comm, f"{self.prefix}adjoint_", options)
+        check_adjoint_capable(self._ksp_adj, self.symmetric)
+        # Krylov adjoints start from λ^{n+1} (zero at the start of each sweep).
+        self._adjoint_warm = uses_krylov(self._ksp_adj)
+        self._ksp_adj.setInitialGuessNonzero(self._adjoint_warm)
         self._rhs = dolfinx.fem.petsc.create_vector(problem.V)
         self._c = dolfinx.fem.petsc.create_vector(problem.V)
         self._r = dolfinx.fem.petsc.create_vector(problem.G)
@@ -177,6 +172,26 @@ class ThetaSolver:
         self._lin = None
         if forms.linear is not None and fast_affine:
             self._setup_linear()
+
+    def _probe_symmetry(self) -> bool:
+        """Assemble the step Jacobian at a random state once and test its symmetry (collective).
+
+        A random state (not u^0, where e.g. a convection term may vanish)
+        exposes any non-symmetric dependence on the coefficients.
+        """
+        p = self.problem
+        fs = (p.u, p.u_prev, p.g, p.g_prev)
+        saved = [f.x.array.copy() for f in fs]
+        rng = np.random.default_rng(1234 + p.comm.rank)
+        for f in fs:
+            f.x.array[:] = rng.uniform(-1.0, 1.0, f.x.array.size)
+            f.x.scatter_forward()
+        p.t.value, p.t_prev.value = float(p.time.times[1]), float(p.time.times[0])
+        self._assemble_A(self._A)
+        symmetric = is_symmetric(self._A)
+        for f, a in zip(fs, saved):
+            f.x.array[:] = a
+        return symmetric
 
     def _setup_linear(self) -> None:
         """Assemble A0 (no BCs) and f0 = F(0) once: F(u) = A0 u + Σ blocks · coefficients + f0."""
@@ -333,6 +348,8 @@ class ThetaSolver:
                 self._assemble_A(self._A)
                 self._ksp.setOperators(self._A)
                 self._A_current = forms.jacobian_constant
+            if self._adjoint_warm:
+                self._du.zeroEntries()  # the KSP may be the adjoint's, with a nonzero initial guess
             self._solve(self._ksp, self._b, self._du, n, transpose=False)
             it += 1
             if forms.affine:
@@ -437,6 +454,8 @@ class ThetaSolver:
             self.adjoints.store(0, np.zeros(self._n_local))
         rhs, c, r = self._rhs, self._c, self._r
         lam_vec = p.lam.x.petsc_vec
+        if self._adjoint_warm:
+            lam_vec.zeroEntries()  # the warm start must not depend on the previous sweep
         have_c = False
         for n in range(N, 0, -1):
             # u^{n-1} first: a checkpointing storage may recompute both levels then.
@@ -455,7 +474,7 @@ class ThetaSolver:
                 rhs_arr += c.array_r
             rhs_arr *= -1.0
             rhs_arr[self._bc_owned] = 0.0
-            self._solve(self._ksp_adj, rhs, lam_vec, n, transpose=True)
+            self._solve(self._ksp_adj, rhs, lam_vec, n, transpose=not self.symmetric)
             p.lam.x.scatter_forward()
             if keep_adjoint:
                 self.adjoints.store(n, p.lam.x.array)
