@@ -260,7 +260,7 @@ def test_training_with_checkpointing_matches_memory(shared_tmp_path, capsys):
     hist = {}
     for name, line in (("memory", ""), ("ckpt", "state_storage = {snapshots = 2, disk_snapshots = 1}")):
         cfg = _write(shared_tmp_path / f"{name}.toml", _TRAIN.format(storage=line))
-        train(cfg, out=shared_tmp_path / name, quiet=name == "memory")
+        train(cfg, out=shared_tmp_path / name, quiet=name == "memory", write_outputs=name == "ckpt")
         h = History.read(shared_tmp_path / name / "history.csv")
         hist[name] = {k: v for k, v in h.items() if k != "wall_time"}
     if MPI.COMM_WORLD.rank == 0:

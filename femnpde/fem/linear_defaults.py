@@ -7,10 +7,10 @@ symmetric and constant:
 ======================================  =====================================================
 case                                    default
 ======================================  =====================================================
-serial, <= 50 000 unknowns              LU, PETSc's own (nested dissection): lowest latency
-2D, <= 1 000 000 unknowns               LU with MUMPS (else SuperLU_dist): one factorisation
+serial, <= 50 000 unknowns (3D: 5 000)  LU, PETSc's own (nested dissection): lowest latency
+2D <= 1 000 000, 3D <= 50 000          LU with MUMPS (else SuperLU_dist): one factorisation
                                         reused by every step when the Jacobian is constant
-3D > 50 000, or 2D > 1 000 000          Krylov + algebraic multigrid: CG (symmetric) or GMRES,
+3D > 50 000, 2D > 1 000 000            Krylov + algebraic multigrid: CG (symmetric) or GMRES,
                                         BoomerAMG (symmetric, if PETSc has hypre) else GAMG,
                                         ``ksp_rtol = 1e-10``; the AMG set-up is reused as long
                                         as the operator is (a constant Jacobian: every step,
@@ -47,6 +47,7 @@ from petsc4py import PETSc
 
 __all__ = [
     "DIRECT_SERIAL_SMALL",
+    "DIRECT_SERIAL_SMALL_3D",
     "DIRECT_2D_MAX",
     "NO_TRANSPOSE",
     "default_linear_solver_options",
@@ -57,6 +58,9 @@ __all__ = [
 
 #: Serial systems up to this size use PETSc's own LU (lowest per-solve overhead).
 DIRECT_SERIAL_SMALL = 50_000
+#: ... in 3D only up to this size (PETSc's LU has no supernodes: MUMPS
+#: factorises a 3D Jacobian several times faster).
+DIRECT_SERIAL_SMALL_3D = 5_000
 #: 2D systems up to this size use a parallel direct solver.
 DIRECT_2D_MAX = 1_000_000
 #: Preconditioners whose transpose application is missing or ineffective:
@@ -80,10 +84,10 @@ def default_linear_solver_options(
     Returns:
         PETSc options without prefix.
     """
-    if comm_size == 1 and n_dofs <= DIRECT_SERIAL_SMALL:
+    if comm_size == 1 and n_dofs <= DIRECT_SERIAL_SMALL and (gdim <= 2 or n_dofs <= DIRECT_SERIAL_SMALL_3D):
         return {"ksp_type": "preonly", "pc_type": "lu", "pc_factor_mat_solver_type": "petsc",
                 "pc_factor_mat_ordering_type": "nd"}
-    if gdim <= 2 and n_dofs <= DIRECT_2D_MAX:
+    if (gdim <= 2 and n_dofs <= DIRECT_2D_MAX) or n_dofs <= DIRECT_SERIAL_SMALL:
         opts = {"ksp_type": "preonly", "pc_type": "lu"}
         if PETSc.Sys.hasExternalPackage("mumps"):
             opts["pc_factor_mat_solver_type"] = "mumps"
