@@ -17,7 +17,7 @@ from femnpde.obs.misfit import L2Misfit
 CG_AMG = {"ksp_type": "cg", "pc_type": "hypre", "pc_hypre_type": "boomeramg", "ksp_rtol": "1e-10"}
 CG_GAMG = {"ksp_type": "cg", "pc_type": "gamg", "ksp_rtol": "1e-10"}
 #: Relative gradient tolerance of the iterative defaults (ksp_rtol = 1e-10), see fem/linear_defaults.py.
-KRYLOV_GRADIENT_RTOL = 1e-7
+KRYLOV_GRADIENT_RTOL = 1e-8
 
 
 def _burgers(u, v, g, t, x):
