@@ -36,7 +36,9 @@ from pathlib import Path
 import numpy as np
 from mpi4py import MPI
 
-from femnpde.app.scenarios import paper_initial_condition, paper_problem, target_source
+from gradient_cost import median_time  # bench/ is on sys.path when this script runs
+
+from femnpde.app.scenarios import paper_problem, target_source
 from femnpde.fem.linear_defaults import default_linear_solver_options
 from femnpde.fem.problem import Dirichlet, ParabolicProblem, TimeGrid, allen_cahn, heat
 from femnpde.fem.solver import ThetaSolver
@@ -76,17 +78,6 @@ def target(problem: ParabolicProblem) -> np.ndarray:
     if problem.mesh.geometry.dim == 2:
         return FunctionSource(problem, target_source("difficult")).values()
     return FunctionSource(problem, lambda t, x: 2.0 * np.exp(-10 * ((x[:, 0] - t) ** 2 + (x[:, 1] - 0.5) ** 2))).values()
-
-
-def median_time(fn, repeats: int, comm) -> float:
-    times = []
-    for _ in range(repeats):
-        comm.Barrier()
-        t0 = time.perf_counter()
-        fn()
-        comm.Barrier()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 def count_solves(solver: ThetaSolver) -> list[int]:
