@@ -72,7 +72,7 @@ def main() -> None:
         problem = paper_problem(pde, comm=comm)
         solver = ThetaSolver(problem, f"bench_{pde.replace('-', '_')}_")
         gstar = FunctionSource(problem, target_source("difficult")).values()
-        data = solver.forward(gstar).array[:, : problem.n_owned].copy()
+        data = solver.forward(gstar).to_array()[:, : problem.n_owned].copy()
         misfit = L2Misfit(problem, data)
         for N in args.N:
             net = ShallowNetwork(N, 2, seed=42)

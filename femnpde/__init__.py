@@ -13,12 +13,13 @@ Subpackages, with dependencies pointing one way
 (``fem`` <- ``obs`` <- ``model`` <- ``optim`` <- ``app``; ``io`` holds file
 formats and is used by ``app``):
 
-* :mod:`femnpde.fem`: the PDE problem, the theta-scheme solver and its adjoint, state storage;
-* :mod:`femnpde.obs`: observation operators and misfits;
+* :mod:`femnpde.fem`: the PDE problem, the theta-scheme solver and its adjoint, state storage, L2 projection;
+* :mod:`femnpde.obs`: the :class:`Misfit` contract, field/subdomain and sensor misfits, time weights, noise;
 * :mod:`femnpde.model`: networks, sources, the reduced functional, gradient verification;
-* :mod:`femnpde.optim`: optimisers and learning-rate schedules;
-* :mod:`femnpde.io`: meshes, data files, checkpoints, field output, plots;
-* :mod:`femnpde.app`: configuration, run building, training, the command line.
+* :mod:`femnpde.optim`: gradient descent, Adam, schedules, L-BFGS;
+* :mod:`femnpde.io`: meshes, point and field data, checkpoints, history, field output, plots;
+* :mod:`femnpde.app`: configuration schema and validation, run building, synthetic data, training, the command line;
+* :mod:`femnpde._mpi`: root-then-broadcast, rank-0 printing, global tag lists, bounding boxes.
 """
 
 from importlib import import_module
@@ -40,12 +41,17 @@ _API = {
     "ThetaSolver": "femnpde.fem.solver",
     "SolverError": "femnpde.fem.solver",
     "MemoryStorage": "femnpde.fem.storage",
+    "StateStorage": "femnpde.fem.storage",
     "CheckpointStorage": "femnpde.fem.checkpointing",
     "StoragePlan": "femnpde.fem.checkpointing",
     "plan_storage": "femnpde.fem.checkpointing",
-    "TimeWeights": "femnpde.obs.misfit",
+    "QuadratureProjector": "femnpde.fem.projection",
+    "TimeWeights": "femnpde.obs.weights",
+    "Misfit": "femnpde.obs.misfit",
     "L2Misfit": "femnpde.obs.misfit",
     "PointMisfit": "femnpde.obs.points",
+    "add_noise": "femnpde.obs.noise",
+    "add_field_noise": "femnpde.obs.noise",
     "ShallowNetwork": "femnpde.model.network",
     "reference_learning_rate": "femnpde.model.network",
     "NetworkSource": "femnpde.model.reduced",
@@ -53,7 +59,33 @@ _API = {
     "ReducedFunctional": "femnpde.model.reduced",
     "TaylorResult": "femnpde.model.verification",
     "taylor_test": "femnpde.model.verification",
+    "GradientDescent": "femnpde.optim.gd",
+    "Adam": "femnpde.optim.adam",
+    "ReduceLROnPlateau": "femnpde.optim.schedules",
+    "StepLR": "femnpde.optim.schedules",
+    "CosineAnnealingLR": "femnpde.optim.schedules",
+    "make_optimizer": "femnpde.optim.factory",
+    "make_schedule": "femnpde.optim.schedules",
+    "minimize_lbfgs": "femnpde.optim.lbfgs",
     "read_mesh": "femnpde.io.meshes",
+    "load_point_data": "femnpde.io.pointdata",
+    "save_point_data": "femnpde.io.pointdata",
+    "read_field_data": "femnpde.io.fielddata",
+    "write_field_data": "femnpde.io.fielddata",
+    "History": "femnpde.io.history",
+    "save_checkpoint": "femnpde.io.checkpoint",
+    "load_checkpoint": "femnpde.io.checkpoint",
+    "write_fields": "femnpde.io.fields",
+    "ConfigError": "femnpde.app.schema",
+    "DEFAULTS": "femnpde.app.schema",
+    "dump_config": "femnpde.app.schema",
+    "validate": "femnpde.app.validation",
+    "load_config": "femnpde.app.loading",
+    "Run": "femnpde.app.build",
+    "build_run": "femnpde.app.build",
+    "TrainingLoop": "femnpde.app.trainer",
+    "FirstOrderStep": "femnpde.app.trainer",
+    "LBFGSStep": "femnpde.app.trainer",
 }
 
 __all__ = ["__version__", *_API]

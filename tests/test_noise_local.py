@@ -5,9 +5,8 @@ import types
 import numpy as np
 from mpi4py import MPI
 
-from femnpde.app import config
+from femnpde.obs.noise import add_field_noise, coordinate_keys, keyed_normals
 from femnpde.app.scenarios import paper_problem
-from femnpde.obs.rng import coordinate_keys, keyed_normals
 
 
 class CountingComm:
@@ -39,7 +38,7 @@ def test_field_noise_moves_no_global_data_and_is_keyed_per_dof():
     n_global = problem.V.dofmap.index_map.size_global
     data = np.ones((4, problem.n_owned))
     proxy = CountingComm(problem.comm)
-    config._add_noise(_problem_with(proxy, problem), data, 0.1, 5)
+    add_field_noise(_problem_with(proxy, problem), data, 0.1, 5)
     # Only a handful of numbers are reduced (max|data|, the bounding box); nothing of size ~n_global.
     assert proxy.moved and max(proxy.moved) <= 3, proxy.moved
     assert max(proxy.moved) < n_global

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy.optimize import rosen, rosen_der
 
-from femnpde.optim.optimizers import (
+from femnpde.optim import (
     Adam,
     CosineAnnealingLR,
     GradientDescent,

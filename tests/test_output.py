@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from femnpde.io import output
+from femnpde.fem.projection import QuadratureProjector
+from femnpde.io import checkpoint
+from femnpde.io.gather import gather_triangles
 from femnpde.io.output import (
     HISTORY_COLUMNS,
     History,
@@ -182,7 +184,7 @@ def test_checkpoint_atomic_on_failure(shared_tmp, monkeypatch):
         f.write(b"PK\x03\x04 partial checkpoint")
         raise RuntimeError("simulated crash while writing")
 
-    monkeypatch.setattr(output, "_write_npz", failing_write)
+    monkeypatch.setattr(checkpoint, "_write_npz", failing_write)
     with pytest.raises(RuntimeError, match="simulated crash"):
         save_checkpoint(
             path,
@@ -343,6 +345,7 @@ def test_write_fields_vtx(solved, shared_tmp):
         problem,
         {"u": states, "g": source},
         problem.time.times,
+        spaces={"g": "G"},
     )
     assert [f.name for f in files] == ["fields_u.bp", "fields_g.bp"]
     COMM.barrier()
@@ -398,17 +401,17 @@ def test_write_fields_quadrature_source(shared_tmp):
     pts = problem.source_points()
     # A linear function is reproduced exactly by the L2 projection onto P1.
     g = np.stack([pts[:, 0] + 2 * pts[:, 1], np.ones(len(pts))])
-    proj = output._QuadratureProjector(problem)
+    proj = QuadratureProjector(problem, "test_projection_")
     out = dolfinx.fem.Function(proj.W)
     proj.project(g[0], out)
     x = proj.W.tabulate_dof_coordinates()
     np.testing.assert_allclose(out.x.array, x[:, 0] + 2 * x[:, 1], atol=1e-9)
     proj.destroy()
     files = write_fields(
-        shared_tmp / "q", problem, {"g": g}, problem.time.times, fmt="vtx"
+        shared_tmp / "q", problem, {"g": g}, problem.time.times, fmt="vtx", spaces={"g": "G"}
     )
     files += write_fields(
-        shared_tmp / "q", problem, {"g": g}, problem.time.times, fmt="xdmf"
+        shared_tmp / "q", problem, {"g": g}, problem.time.times, fmt="xdmf", spaces={"g": "G"}
     )
     COMM.barrier()
     for f in files:
@@ -452,7 +455,7 @@ def test_gather_owned_stacked_and_owned_only(solved):
     problem, states = solved
     res = gather_owned(states, problem.V, COMM)
     res_owned = gather_owned(states[:, : problem.n_owned], problem.V, COMM)
-    tris = output._gather_triangles(problem.V, COMM)
+    tris = gather_triangles(problem.V, COMM)
     if COMM.rank == 0:
         n = problem.V.dofmap.index_map.size_global
         assert res[1].shape == (4, n)

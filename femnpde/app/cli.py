@@ -1,7 +1,10 @@
 """The ``femnpde`` command line.
 
 Subcommands: ``info``, ``smoke``, ``mesh``, ``gradcheck``, ``train``, ``forward``,
-``sweep``.  All work under ``mpirun -n K``; only rank 0 prints.  Bad input
+``sweep``, ``config``.  ``femnpde config check CONFIG`` and ``femnpde train
+--dry-run CONFIG`` validate a configuration without importing DOLFINx, PETSc
+or mpi4py; ``femnpde config reference`` prints every key with its choices and
+default, generated from :mod:`femnpde.app.schema`.  All work under ``mpirun -n K``; only rank 0 prints.  Bad input
 (a config key, a value, a file) exits with code 2 and a message naming what
 was wrong; a failed solve exits with code 3.
 """
@@ -21,14 +24,56 @@ def _comm():
     return MPI.COMM_WORLD
 
 
+def _rank() -> int:
+    """This process's rank: from MPI once mpi4py is loaded, else from the launcher's environment.
+
+    Commands that only validate a configuration never load mpi4py, so under
+    ``mpirun`` they read the rank the launcher exports.
+    """
+    if "mpi4py.MPI" in sys.modules:
+        return _comm().rank
+    import os
+
+    for var in ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
 def _print0(*args, **kwargs) -> None:
-    if _comm().rank == 0:
+    if _rank() == 0:
         print(*args, **kwargs, flush=True)
 
 
 def _err0(msg: str) -> None:
-    if _comm().rank == 0:
+    if _rank() == 0:
         print(f"femnpde: error: {msg}", file=sys.stderr, flush=True)
+
+
+def _check_config(path: str, overrides: Sequence[str]) -> int:
+    """Validate a configuration (no DOLFINx, PETSc or mpi4py) and print a summary."""
+    from femnpde.app.loading import load_config
+
+    cfg = load_config(path, overrides)
+    mesh = cfg["mesh"]["kind"] if cfg["mesh"]["kind"] != "file" else cfg["mesh"]["path"]
+    pde = cfg["pde"].get("residual") or cfg["pde"]["preset"]
+    _print0(
+        f"femnpde config: {path} is valid: mesh {mesh}, pde {pde}, {cfg['time']['n_steps']} steps, "
+        f"N={cfg['network']['neurons']}, data {cfg['data']['kind']}, observation {cfg['observation']['kind']}, "
+        f"{cfg['optimizer']['kind']} for {cfg['run']['iterations']} iterations"
+    )
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    if args.action == "reference":
+        from femnpde.app.schema import config_reference
+
+        _print0(config_reference(), end="")
+        return 0
+    if args.config is None:
+        raise ValueError("femnpde config check: give the configuration file, e.g. femnpde config check demos/quickstart.toml")
+    return _check_config(args.config, args.set)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -74,7 +119,7 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
         )
         solver = ThetaSolver(problem, "femnpde_gradcheck_")
         gstar = FunctionSource(problem, target_source(args.target, problem.time.T)).values()
-        data = solver.forward(gstar).array[:, : problem.n_owned].copy()
+        data = solver.forward(gstar).to_array()[:, : problem.n_owned].copy()
         net = ShallowNetwork(args.N, problem.mesh.geometry.dim, seed=args.seed)
         rf = ReducedFunctional(solver, NetworkSource(problem, net), L2Misfit(problem, data))
         theta0 = net.params.copy()
@@ -108,6 +153,8 @@ def _cmd_mesh(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        return _check_config(args.config, args.set)
     from femnpde.app.training import train
 
     train(args.config, out=args.out, resume=args.resume, overrides=args.set, quiet=args.quiet)
@@ -200,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     p.add_argument("--quiet", action="store_true", help="no progress bar (batch jobs)")
+    p.add_argument("--dry-run", action="store_true", help="only validate the configuration (no DOLFINx needed)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("forward", help="solve the configured problem and write the fields")
@@ -216,6 +264,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_sweep)
+
+    from femnpde.app.schema import config_reference
+
+    p = sub.add_parser(
+        "config",
+        help="validate a configuration (without DOLFINx) or print the configuration reference",
+        description="femnpde config check CONFIG validates a run configuration; femnpde config reference "
+        "prints the reference below.",
+        epilog=config_reference(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("action", choices=["check", "reference"])
+    p.add_argument("config", nargs="?", help="the TOML configuration (for check)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    p.set_defaults(func=_cmd_config)
     return parser
 
 
@@ -224,16 +287,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     _single_threaded_blas_under_mpi()
     parser = build_parser()
     args = parser.parse_args(argv)
-    from femnpde.fem.solver import SolverError
-
     try:
         return int(args.func(args) or 0)
-    except SolverError as err:
-        _err0(str(err))
-        return 3
-    except (ValueError, TypeError, FileNotFoundError) as err:
-        _err0(str(err))
-        return 2
     except KeyboardInterrupt:
         _err0("interrupted")
         return 130
+    except Exception as err:
+        # A solver failure can only come from a command that loaded the solver module.
+        solver = sys.modules.get("femnpde.fem.solver")
+        if solver is not None and isinstance(err, solver.SolverError):
+            _err0(str(err))
+            return 3
+        if isinstance(err, (ValueError, TypeError, FileNotFoundError)):
+            _err0(str(err))
+            return 2
+        raise

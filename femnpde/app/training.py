@@ -12,9 +12,8 @@ A run directory holds
 * ``fields/`` — u, h, g_θ, g*, and the adjoint over time (VTX or XDMF);
 * ``history.png``, ``u_vs_h.png``, ``g_vs_gstar.png`` — plots (rank 0).
 
-Epoch ``k`` evaluates J and ∇J at θ_k, records them, then takes the
-optimizer step to θ_{k+1}; the checkpoint after epoch k stores θ_{k+1} and
-``epoch = k + 1`` (the next epoch to run).
+The loop itself (first-order or L-BFGS step, records, checkpoints) is
+:mod:`femnpde.app.trainer`.
 """
 
 from __future__ import annotations
@@ -27,22 +26,18 @@ from collections.abc import Sequence
 import numpy as np
 from mpi4py import MPI
 
-from femnpde.app.config import build_run, dump_config, load_config
+from femnpde._mpi import rank0_print
+from femnpde.app.build import build_run
+from femnpde.app.loading import load_config
+from femnpde.app.progress import Progress
+from femnpde.app.schema import dump_config
+from femnpde.app.trainer import TrainingLoop, make_step
+from femnpde.io.checkpoint import load_checkpoint
 from femnpde.io.fielddata import write_field_data
-from femnpde.optim.optimizers import make_optimizer, make_schedule, minimize_lbfgs
-from femnpde.io.output import (
-    History,
-    Progress,
-    RunDirectory,
-    load_checkpoint,
-    plot_comparison,
-    plot_history,
-    plot_width_study,
-    rank0_print,
-    save_checkpoint,
-    write_fields,
-)
-from femnpde.fem.solver import SolverError
+from femnpde.io.fields import write_fields
+from femnpde.io.files import RunDirectory
+from femnpde.io.history import History
+from femnpde.io.plots import plot_comparison, plot_history, plot_width_study
 
 __all__ = ["train", "forward", "sweep", "TrainResult"]
 
@@ -55,26 +50,6 @@ RMSE_NOTE = (
 
 class TrainResult(dict):
     """Summary of a training run (a dict: epochs, final/best loss and RMSE, wall time, out)."""
-
-
-def _optimizer_and_schedule(cfg: dict, lr: float):
-    ocfg = cfg["optimizer"]
-    kind = ocfg["kind"]
-    if kind == "lbfgs":
-        return None, None
-    options = {"weight_decay": ocfg["weight_decay"]}
-    if kind == "adam":
-        options.update(betas=tuple(ocfg["betas"]), eps=ocfg["eps"])
-    opt = make_optimizer(kind, lr, **options)
-    scfg = dict(ocfg.get("schedule", {}))
-    skind = scfg.pop("kind", "none")
-    allowed = {
-        "plateau": ("factor", "patience", "threshold", "min_lr"),
-        "step": ("step_size", "gamma"),
-        "cosine": ("T_max", "eta_min"),
-    }.get(skind, ())
-    schedule = make_schedule(opt, skind, **{k: v for k, v in scfg.items() if k in allowed})
-    return opt, schedule
 
 
 def _resolve_out(config_path, out, suffix: str = "") -> pathlib.Path:
@@ -127,13 +102,14 @@ def _write_outputs(run, out: pathlib.Path, comm, fmt: str) -> list[pathlib.Path]
         h_local[:, :n_owned] = run.field_data
         fields_V["h"] = h_local
     if rf.adjoint_states is not None:
-        fields_V["adjoint"] = rf.adjoint_states.array
+        fields_V["adjoint"] = rf.adjoint_states.to_array()
     fields_G = {"g_theta": rf.source_values}
     if run.target_values is not None:
         fields_G["g_star"] = run.target_values
     times = problem.time.times
     written = []
-    written += write_fields(out / "fields" / "fields", problem, {**fields_V, **fields_G}, times, fmt=fmt)
+    written += write_fields(out / "fields" / "fields", problem, {**fields_V, **fields_G}, times, fmt=fmt,
+                            spaces=dict.fromkeys(fields_G, "G"))
     # The state as a readable checkpoint: the field data of another run (data.kind = "file").
     written.append(write_field_data(out / "fields" / "u.bp", problem, u_all, name="u"))
     plot_times = run.cfg["run"]["plot_times"]
@@ -190,26 +166,38 @@ def train(
         out = run_dir
     out = _resolve_out(config, out)
     rundir = RunDirectory(out, comm)
-    run = build_run(cfg, comm)
-    rundir.write_text("config.toml", dump_config(cfg))
+    with build_run(cfg, comm) as run:
+        rundir.write_text("config.toml", dump_config(cfg))
+        result = _train_run(run, cfg, out, resume is not None, quiet, comm)
+        if write_outputs:
+            _write_outputs(run, out, comm, cfg["run"]["field_format"])
+            plot_history(out / "history.csv", out / "history.png", comm, title=f"{pathlib.Path(config).stem}")
+    if not quiet:
+        rank0_print(
+            comm,
+            f"femnpde train: done {result['epochs']} epochs in {result['wall_time']:.1f} s; loss "
+            f"{result['final_loss']:.4e}, relative RMSE {result['final_rmse']:.4e} (best {result['best_rmse']:.4e}); "
+            f"outputs in {out}",
+        )
+    comm.Barrier()  # every output (rank 0's plots included) exists when train returns
+    return result
+
+
+def _train_run(run, cfg: dict, out: pathlib.Path, resume: bool, quiet: bool, comm) -> TrainResult:
+    """The epochs of a built run (from its checkpoint if ``resume``), then the state at the trained θ."""
     rf, misfit = run.rf, run.misfit
-    opt, schedule = _optimizer_and_schedule(cfg, run.lr)
+    step = make_step(cfg, run.lr)
     n_iter = cfg["run"]["iterations"]
-    every = cfg["run"]["checkpoint_every"]
     ck_path = out / "checkpoint.npz"
     theta = run.network.params.copy()
     start = 0
-    history_path = out / "history.csv"
-    if resume is not None:
+    if resume:
         ck = load_checkpoint(ck_path, comm)
         theta = np.array(ck["params"], dtype=np.float64)
         start = int(ck["epoch"])
-        if opt is not None and ck.get("optimizer_state"):
-            opt.load_state_dict(ck["optimizer_state"])
-        if schedule is not None and ck.get("schedule_state"):
-            schedule.load_state_dict(ck["schedule_state"])
-    history = History(history_path, comm, header_comment=RMSE_NOTE, overwrite=resume is None)
-    if resume is not None:
+        step.load_state(ck.get("optimizer_state"), ck.get("schedule_state"))
+    history = History(out / "history.csv", comm, header_comment=RMSE_NOTE, overwrite=not resume)
+    if resume:
         history.truncate_after(start - 1)
     if not quiet:
         pde = cfg["pde"].get("residual") or cfg["pde"].get("preset")
@@ -219,104 +207,23 @@ def train(
             f"{cfg['optimizer']['kind']} lr={run.lr:.4g}, epochs {start}..{n_iter}, {comm.size} rank(s) -> {out}",
         )
         rank0_print(comm, f"femnpde train: {run.solver.storage_plan.describe()}")
-    t_start = time.perf_counter()
-    best = {"loss": np.inf, "rmse": np.inf}
-    last = {"loss": np.nan, "rmse": np.nan, "epoch": start}
-
-    def record(epoch: int, J: float, grad: np.ndarray, lr: float) -> float:
-        rmse = misfit.relative_rmse(J)
-        row = dict(
-            epoch=epoch,
-            loss=J,
-            relative_rmse=rmse,
-            relative_max_error=rf.relative_max_error(),
-            gradient_norm=float(np.linalg.norm(grad)),
-            learning_rate=lr,
-            wall_time=time.perf_counter() - t_start,
-        )
-        history.append(**row)
-        best["loss"] = min(best["loss"], J)
-        best["rmse"] = min(best["rmse"], rmse)
-        last.update(loss=J, rmse=rmse, epoch=epoch)
-        return rmse
-
-    def checkpoint(epoch_next: int, params: np.ndarray) -> None:
-        save_checkpoint(
-            ck_path,
-            comm,
-            epoch=epoch_next,
-            params=params,
-            optimizer_state=opt.state_dict() if opt is not None else {"kind": "lbfgs"},
-            schedule_state=schedule.state_dict() if schedule is not None else None,
-        )
-
-    epoch = start
     with Progress(n_iter, comm, quiet=quiet, initial=start) as progress:
-        try:
-            if opt is not None:
-                for epoch in range(start, n_iter):
-                    J, grad = rf.value_and_gradient(theta)
-                    if not np.isfinite(J):
-                        raise SolverError(f"the loss is {J} at epoch {epoch}")
-                    rmse = record(epoch, J, grad, opt.lr)
-                    progress.update(J, rmse)
-                    opt.step(theta, grad)
-                    if schedule is not None:
-                        schedule.step(J)
-                    if (epoch + 1) % every == 0 or epoch + 1 == n_iter:
-                        checkpoint(epoch + 1, theta)
-                epoch = n_iter
-            elif n_iter > start:
-                state = {"epoch": start}
-
-                def callback(k, params, J, grad):
-                    e = state["epoch"]
-                    rmse = record(e, J, grad, float("nan"))
-                    progress.update(J, rmse)
-                    state["epoch"] = e + 1
-                    if state["epoch"] % every == 0:
-                        checkpoint(state["epoch"], params)
-                    return state["epoch"] >= n_iter
-
-                result = minimize_lbfgs(
-                    rf.value_and_gradient, theta, max_iterations=n_iter - start, callback=callback,
-                    memory=cfg["optimizer"]["lbfgs_memory"],
-                )
-                theta = np.array(result.params, dtype=np.float64)
-                epoch = state["epoch"]
-                checkpoint(epoch, theta)
-        except SolverError as err:
-            raise SolverError(
-                f"training failed at epoch {epoch}: {err}. The last good checkpoint is kept in {ck_path}; "
-                f"continue with --resume {out}"
-            ) from err
-    wall = time.perf_counter() - t_start
+        loop = TrainingLoop(rf, misfit, history, progress, ck_path, cfg["run"]["checkpoint_every"], comm)
+        theta = loop.run(step, theta, start, n_iter)
+    wall = time.perf_counter() - loop.t_start
     # Final state at the trained parameters (with the adjoint for output).
     J_final = rf(theta)
     rf.derivative(theta)
-    result = TrainResult(
-        epochs=epoch,
+    return TrainResult(
+        epochs=loop.epoch,
         final_loss=J_final,
         final_rmse=misfit.relative_rmse(J_final),
-        best_loss=min(best["loss"], J_final),
-        best_rmse=min(best["rmse"], misfit.relative_rmse(J_final)),
+        best_loss=min(loop.best_loss, J_final),
+        best_rmse=min(loop.best_rmse, misfit.relative_rmse(J_final)),
         wall_time=wall,
         out=str(out),
         n_params=run.network.n_params,
     )
-    if write_outputs:
-        _write_outputs(run, out, comm, cfg["run"]["field_format"])
-        plot_history(history_path, out / "history.png", comm, title=f"{pathlib.Path(config).stem}")
-    if not quiet:
-        rank0_print(
-            comm,
-            f"femnpde train: done {epoch} epochs in {wall:.1f} s; loss {result['final_loss']:.4e}, "
-            f"relative RMSE {result['final_rmse']:.4e} (best {result['best_rmse']:.4e}); outputs in {out}",
-        )
-    run.solver.destroy()
-    run.misfit.destroy()
-    comm.Barrier()  # every output (rank 0's plots included) exists when train returns
-    return result
 
 
 def forward(
@@ -330,24 +237,23 @@ def forward(
     cfg = load_config(config, overrides)
     out = _resolve_out(config, out, "-forward")
     RunDirectory(out, comm).write_text("config.toml", dump_config(cfg))
-    run = build_run(cfg, comm)
-    theta = run.network.params.copy()
-    if params is not None:
-        ck = load_checkpoint(params, comm)
-        theta = np.array(ck["params"], dtype=np.float64)
-        if theta.shape != (run.network.n_params,):
-            raise ValueError(
-                f"--params {params}: the checkpoint has {theta.size} parameters, the configured network "
-                f"has {run.network.n_params}"
-            )
-    J = run.rf(theta)
-    run.rf.derivative(theta)
-    _write_outputs(run, out, comm, cfg["run"]["field_format"])
-    rank0_print(comm, f"femnpde forward: loss {J:.6e}, relative RMSE {run.misfit.relative_rmse(J):.6e}; fields in {out}")
-    run.solver.destroy()
-    run.misfit.destroy()
+    with build_run(cfg, comm) as run:
+        theta = run.network.params.copy()
+        if params is not None:
+            ck = load_checkpoint(params, comm)
+            theta = np.array(ck["params"], dtype=np.float64)
+            if theta.shape != (run.network.n_params,):
+                raise ValueError(
+                    f"--params {params}: the checkpoint has {theta.size} parameters, the configured network "
+                    f"has {run.network.n_params}"
+                )
+        J = run.rf(theta)
+        run.rf.derivative(theta)
+        _write_outputs(run, out, comm, cfg["run"]["field_format"])
+        rmse = run.misfit.relative_rmse(J)
+    rank0_print(comm, f"femnpde forward: loss {J:.6e}, relative RMSE {rmse:.6e}; fields in {out}")
     comm.Barrier()
-    return {"loss": J, "relative_rmse": run.misfit.relative_rmse(J), "out": str(out)}
+    return {"loss": J, "relative_rmse": rmse, "out": str(out)}
 
 
 def sweep(

@@ -468,6 +468,18 @@ class CheckpointStorage:
             self._keep_dep(a.n1, self._work)
         self._account()
 
+    def to_array(self) -> np.ndarray:
+        """Not available: only snapshots are kept.
+
+        Raises:
+            RuntimeError: always; :meth:`femnpde.model.reduced.ReducedFunctional.all_states`
+                replays the forward sweep to collect every level.
+        """
+        raise RuntimeError(
+            "CheckpointStorage.to_array: a checkpointing storage keeps only snapshots, not every level; "
+            "use ReducedFunctional.all_states() (replays the forward sweep) or state_storage = \"memory\""
+        )
+
     def clear(self) -> None:
         """Forget all states (and remove the disk snapshots)."""
         self._ram.clear()

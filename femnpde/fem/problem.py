@@ -33,7 +33,7 @@ import dolfinx.mesh
 import ufl
 from petsc4py import PETSc
 
-from femnpde.io.meshes import tags_present
+from femnpde._mpi import tags_present
 
 __all__ = [
     "TimeGrid",

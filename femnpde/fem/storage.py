@@ -4,7 +4,8 @@ A storage maps a time level ``n`` to the local array (owned and ghost
 entries) of ``u^n``.  :class:`MemoryStorage` keeps everything in memory;
 :class:`femnpde.fem.checkpointing.CheckpointStorage` keeps a bounded number
 of snapshots (memory and disk) and recomputes the rest during the adjoint
-sweep; :func:`make_state_storage` picks one from a specification.
+sweep, through the same four methods; :func:`make_state_storage` picks one
+from a specification.
 """
 
 from __future__ import annotations
@@ -40,6 +41,12 @@ class StateStorage(Protocol):
     def clear(self) -> None:
         """Forget all states."""
 
+    def to_array(self) -> np.ndarray:
+        """All states as one array, shape ``(n_levels, n_local)`` (owned and ghost entries; read-only use).
+
+        Callers use this instead of reaching into a storage's internals.
+        """
+
 
 class MemoryStorage:
     """All states in one preallocated array (``(n_levels, n_local)``)."""
@@ -64,6 +71,15 @@ class MemoryStorage:
     def clear(self) -> None:
         """Forget all states."""
         self._filled[:] = False
+
+    def to_array(self) -> np.ndarray:
+        """All states, shape ``(n_levels, n_local)`` (a read-only view; every level must be stored)."""
+        if not self._filled.all():
+            missing = np.flatnonzero(~self._filled).tolist()
+            raise RuntimeError(f"MemoryStorage: no state stored for time levels {missing[:10]}; run the sweep first")
+        view = self._data.view()
+        view.flags.writeable = False
+        return view
 
     @property
     def array(self) -> np.ndarray:

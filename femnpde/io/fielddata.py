@@ -48,7 +48,7 @@ def write_field_data(
         path: The ``.bp`` folder to write (replaced if it exists).
         problem: The problem whose solution space and time grid the field lives on.
         values: Local arrays (owned and ghost entries, as in
-            ``ThetaSolver.states.array``), shape ``(n_steps + 1, n_local)``.
+            ``ThetaSolver.states.to_array()``), shape ``(n_steps + 1, n_local)``.
         name: Function name in the file.
 
     Returns:

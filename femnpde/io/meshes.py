@@ -19,18 +19,19 @@ the XDMF twin (so gmsh is not needed) and falls back to the ``.msh``.
 
 from __future__ import annotations
 
-import pickle
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import dolfinx.fem
 import dolfinx.io
 import dolfinx.mesh
 from mpi4py import MPI
+
+from femnpde._mpi import bounding_box, on_root, tags_present
 
 __all__ = [
     "MESH_SUFFIXES",
@@ -41,7 +42,7 @@ __all__ = [
     "write_mesh_xdmf",
     "mesh_info",
     "format_mesh_info",
-    "tags_present",
+    "tags_present",  # re-exported from femnpde._mpi
 ]
 
 #: File suffixes :func:`read_mesh` understands, in the order tried for a path without suffix.
@@ -49,8 +50,6 @@ MESH_SUFFIXES: tuple[str, ...] = (".xdmf", ".msh")
 
 #: Names of the grids in an XDMF mesh file (mesh, cell tags, facet tags).
 XDMF_NAMES: dict[str, str] = {"mesh": "mesh", "cell_tags": "cell_tags", "facet_tags": "facet_tags"}
-
-_T = TypeVar("_T")
 
 
 @dataclass
@@ -102,25 +101,6 @@ class MeshInfo:
 
 
 # --------------------------------------------------------------------- helpers
-def _on_root(comm: MPI.Comm, fn: Callable[[], _T]) -> _T:
-    """Run ``fn`` on rank 0 and broadcast its result, or raise its exception on every rank."""
-    result: Any = None
-    error: BaseException | None = None
-    if comm.rank == 0:
-        try:
-            result = fn()
-        except Exception as err:  # re-raised below, on every rank
-            try:
-                pickle.dumps(err)
-                error = err
-            except Exception:  # an exception that cannot be broadcast
-                error = RuntimeError(f"{type(err).__name__}: {err}")
-    result, error = comm.bcast((result, error), root=0)
-    if error is not None:
-        raise error
-    return result
-
-
 def _listing(folder: Path) -> str:
     """A sentence naming the mesh files in ``folder``."""
     if not folder.is_dir():
@@ -231,7 +211,7 @@ def _read_msh(path: Path, comm: MPI.Comm, gdim: int | None, ghost_mode: dolfinx.
             gmsh.model.setCurrent(state["previous"])
 
     try:
-        tdim = _on_root(comm, open_model)
+        tdim = on_root(comm, open_model)
         if gdim is None:
             gdim = tdim
         elif gdim < tdim:
@@ -270,7 +250,7 @@ def _xdmf_grids(path: Path) -> set[str]:
 
 
 def _read_xdmf(path: Path, comm: MPI.Comm, gdim: int | None, ghost_mode: dolfinx.mesh.GhostMode) -> MeshData:
-    names = _on_root(comm, lambda: _xdmf_grids(path))
+    names = on_root(comm, lambda: _xdmf_grids(path))
     try:
         with dolfinx.io.XDMFFile(comm, str(path), "r") as xdmf:
             mesh = xdmf.read_mesh(ghost_mode=ghost_mode, name=XDMF_NAMES["mesh"])
@@ -328,7 +308,7 @@ def read_mesh(
             installed; a file that cannot be read (the message names it).
     """
     p = Path(path)
-    resolved = _on_root(comm, lambda: _resolve(p))
+    resolved = on_root(comm, lambda: _resolve(p))
     if resolved.suffix == ".msh":
         return _read_msh(resolved, comm, gdim, ghost_mode)
     return _read_xdmf(resolved, comm, gdim, ghost_mode)
@@ -371,23 +351,6 @@ def write_mesh_xdmf(path: str | Path, data: MeshData) -> None:
             obj.name = name
 
 
-def tags_present(tags: dolfinx.mesh.MeshTags | None, comm: MPI.Comm) -> list[int]:
-    """The sorted tag values used anywhere on ``comm`` (collective).
-
-    Args:
-        tags: Mesh tags (None: no tags on this rank).
-        comm: The mesh's communicator.
-
-    Returns:
-        The global list of distinct values.
-    """
-    local = np.unique(tags.values).tolist() if tags is not None else []
-    present: set[int] = set()
-    for values in comm.allgather(local):
-        present.update(int(v) for v in values)
-    return sorted(present)
-
-
 def _tag_counts(mesh: dolfinx.mesh.Mesh, tags: dolfinx.mesh.MeshTags | None) -> dict[int, int]:
     """Tag value -> number of (owned, so each counted once) entities with it, summed over ranks."""
     local: dict[int, int] = {}
@@ -426,11 +389,7 @@ def mesh_info(data: MeshData, degree: int = 1) -> MeshInfo:
     n_dofs = V.dofmap.index_map.size_global * V.dofmap.index_map_bs
     n_nodes = mesh.geometry.index_map().size_local
     x = mesh.geometry.x[:n_nodes, :gdim]
-    lo = x.min(axis=0) if n_nodes else np.full(gdim, np.inf)
-    hi = x.max(axis=0) if n_nodes else np.full(gdim, -np.inf)
-    bmin, bmax = np.empty(gdim), np.empty(gdim)
-    comm.Allreduce(np.ascontiguousarray(lo, dtype=np.float64), bmin, op=MPI.MIN)
-    comm.Allreduce(np.ascontiguousarray(hi, dtype=np.float64), bmax, op=MPI.MAX)
+    bmin, bmax = bounding_box(comm, x)
     return MeshInfo(
         n_cells=int(n_cells),
         n_vertices=int(n_vertices),

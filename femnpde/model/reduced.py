@@ -166,7 +166,7 @@ class ReducedFunctional:
             raise RuntimeError("ReducedFunctional.all_states: nothing evaluated yet")
         states = self.solver.states
         if getattr(states, "keeps_all_levels", True):
-            return states.array
+            return states.to_array()
         problem = self.solver.problem
         u = problem.u.x.array
         out = np.empty((self.solver.n_levels, u.size))

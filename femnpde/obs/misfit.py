@@ -1,78 +1,143 @@
-"""Observation/loss pieces: ``J = ½ Σ_n w_n Δt ‖B(u^n) − d^n‖²``.
+"""Misfits: ``J = ½ Σ_n w_n Δt ‖B u^n − d^n‖²_W`` over an observation operator ``B``.
 
-A misfit is separate from the PDE and the network.  It works on the owned
-entries of the discrete states:
+A misfit is separate from the PDE and the network (hIPPYlib's split).  It
+works on the owned entries of the discrete states.  :class:`Misfit` is the
+contract every misfit fulfils (and the base class a user's observation
+derives from); it implements the loss, the relative errors and the context
+manager once, from two per-observation primitives:
 
-* ``value(states)`` — the loss, summed over ranks with one allreduce;
-* ``add_gradient(n, u_owned, out_owned)`` — adds ``∂J/∂u^n`` (owned entries).
+* ``_residual(n, u_owned)`` -- this rank's part of ``B u^n − d^n``;
+* ``_local_value(n, u_owned)`` -- this rank's part of ``‖B u^n − d^n‖²_W``;
 
-:class:`L2Misfit` is the full-field space-time L2 loss, optionally restricted
-to cells of a subdomain, with documented time weights.
+and ``add_gradient(n, u_owned, out)`` adds ``∂J/∂u^n = w_n Δt Bᵀ W (B u^n − d^n)``.
+
+Implementations: :class:`L2Misfit` (``B`` = the identity on the solution
+space, ``W`` = the mass matrix of the domain or of a cell-tagged subdomain)
+and :class:`femnpde.obs.points.PointMisfit` (``B`` = point evaluation at
+sensors, ``W`` = the identity).
+
+**Relative RMSE** (one definition): ``relative_rmse(J) = sqrt(J) / max_abs_data()``,
+the paper's 'relative RMSE' computed from the FEM loss.  ``max_abs_data()``
+is the normalisation ``max |d|`` of the observation kind: over *all* levels
+for a field/subdomain (the full-field data exist at every level, whether
+observed or not, as in the paper) and over the *observed* levels for sensors
+(unobserved sensor levels may hold no data, ``nan``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from abc import ABC, abstractmethod
+from typing import Any, Self
 
 import numpy as np
 import dolfinx.fem
 import dolfinx.fem.petsc
 import ufl
 from mpi4py import MPI
-from petsc4py import PETSc
 
-from femnpde.io.meshes import tags_present
+from femnpde._mpi import tags_present
 from femnpde.fem.problem import ParabolicProblem
+from femnpde.obs.weights import TIME_RULES, TimeWeights, time_weights
 
-__all__ = ["TimeWeights", "time_weights", "L2Misfit"]
-
-TIME_RULES = ("rectangle", "trapezoid")
+__all__ = ["Misfit", "TIME_RULES", "TimeWeights", "time_weights", "L2Misfit"]
 
 
-@dataclass(frozen=True)
-class TimeWeights:
-    """How the time integral of the loss is discretised.
+class Misfit(ABC):
+    """The contract of a misfit ``J = ½ Σ_n w_n ‖B u^n − d^n‖²_W`` (``w_n`` includes Δt).
 
-    Attributes:
-        rule: ``"rectangle"`` (every included level has weight 1) or
-            ``"trapezoid"`` (the first and last included levels weigh 1/2).
-        include_initial: Whether level n = 0 (the initial state) is in the
-            sum.  The paper sums over all time levels including t = 0; the
-            initial state does not depend on the network, so this only shifts
-            the loss by a constant.
-        levels: Optional subset of time levels observed (others weigh 0).
+    Subclasses set ``self.problem``, ``self.comm`` and ``self.w`` (the
+    weights times Δt, shape ``(n_steps + 1,)``) and implement the abstract
+    methods.  All methods taking states are collective.
     """
 
-    rule: str = "rectangle"
-    include_initial: bool = True
-    levels: tuple[int, ...] | None = None
+    problem: ParabolicProblem
+    comm: Any
+    w: np.ndarray
 
-    def __post_init__(self) -> None:
-        if self.rule not in TIME_RULES:
-            raise ValueError(f"TimeWeights: rule={self.rule!r} is not valid; use one of {TIME_RULES}")
+    @property
+    def observed_levels(self) -> np.ndarray:
+        """The time levels with a non-zero weight."""
+        return np.flatnonzero(self.w)
+
+    @abstractmethod
+    def _residual(self, n: int, u_owned: np.ndarray) -> np.ndarray:
+        """This rank's entries of ``B u^n − d^n``."""
+
+    @abstractmethod
+    def _local_value(self, n: int, u_owned: np.ndarray) -> float:
+        """This rank's part of ``‖B u^n − d^n‖²_W``."""
+
+    @abstractmethod
+    def add_gradient(self, n: int, u_owned: np.ndarray, out: np.ndarray) -> None:
+        """Add ``∂J/∂u^n`` to the owned entries ``out`` (collective)."""
+
+    @abstractmethod
+    def max_abs_data(self) -> float:
+        """The RMSE normalisation ``max |d|`` (see the module docstring)."""
+
+    @abstractmethod
+    def destroy(self) -> None:
+        """Destroy the PETSc objects (collective)."""
+
+    def _check_ready(self, what: str) -> None:
+        """Raise if the misfit cannot be evaluated yet (e.g. no data)."""
+
+    def value(self, states) -> float:
+        """The loss of the states in ``states`` (a storage with ``load(n)``; one allreduce)."""
+        self._check_ready("value")
+        n_owned = self.problem.n_owned
+        local = 0.0
+        for n in self.observed_levels:
+            local += self.level_value(n, states.load(n)[:n_owned])
+        return self.comm.allreduce(local, op=MPI.SUM)
+
+    def level_value(self, n: int, u_owned: np.ndarray) -> float:
+        """This rank's part of level n's term ``½ w_n ‖B u^n − d^n‖²_W`` (0 if unobserved; local).
+
+        Summed over the levels in increasing order and over the ranks it is
+        :meth:`value`: a loss can be taken during the forward sweep, level by
+        level (storages that do not keep every state).
+        """
+        if self.w[n] == 0.0:
+            return 0.0
+        self._check_ready("level_value")
+        return 0.5 * self.w[n] * self._local_value(n, u_owned)
+
+    def relative_rmse(self, loss: float) -> float:
+        """``sqrt(J) / max|d|`` (nan if the data are zero)."""
+        m = self.max_abs_data()
+        return float(np.sqrt(max(loss, 0.0)) / m) if m > 0 else float("nan")
+
+    def level_max_error(self, n: int, u_owned: np.ndarray) -> float:
+        """This rank's ``max_k |(B u^n − d^n)_k|`` (0 if unobserved; local)."""
+        if self.w[n] == 0.0:
+            return 0.0
+        self._check_ready("level_max_error")
+        return float(np.max(np.abs(self._residual(n, u_owned)), initial=0.0))
+
+    def relative_from_max_error(self, local: float) -> float:
+        """The largest :meth:`level_max_error` of this rank -> the relative max error (one allreduce)."""
+        glob = self.comm.allreduce(local, op=MPI.MAX)
+        m = self.max_abs_data()
+        return glob / m if m > 0 else float("nan")
+
+    def relative_max_error(self, states) -> float:
+        """``max_{n,k} |(B u^n − d^n)_k| / max|d|`` over the observed levels (one allreduce)."""
+        self._check_ready("relative_max_error")
+        n_owned = self.problem.n_owned
+        local = 0.0
+        for n in self.observed_levels:
+            local = max(local, self.level_max_error(n, states.load(n)[:n_owned]))
+        return self.relative_from_max_error(local)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.destroy()
 
 
-def time_weights(n_steps: int, spec: TimeWeights) -> np.ndarray:
-    """The weights ``w_n`` (n = 0..n_steps) for ``spec``."""
-    w = np.ones(n_steps + 1)
-    if spec.rule == "trapezoid":
-        w[0] = w[-1] = 0.5
-    if not spec.include_initial:
-        w[0] = 0.0
-        if spec.rule == "trapezoid" and n_steps >= 1:
-            w[1] = 1.0 if n_steps > 1 else 0.5
-    if spec.levels is not None:
-        mask = np.zeros(n_steps + 1, dtype=bool)
-        levels = np.asarray(spec.levels, dtype=int)
-        bad = levels[(levels < 0) | (levels > n_steps)]
-        if bad.size:
-            raise ValueError(f"TimeWeights: observation levels {bad.tolist()} are outside 0..{n_steps}")
-        mask[levels] = True
-        w[~mask] = 0.0
-    return w
-
-
-class L2Misfit:
+class L2Misfit(Misfit):
     """``J = ½ Σ_n w_n Δt ∫_Ω (u^n − h^n)² dx`` with data ``h^n`` in the solution space.
 
     The integral is ``e^T M e`` with the mass matrix ``M`` of Ω (the whole
@@ -130,32 +195,12 @@ class L2Misfit:
         self._M.mult(self._e, self._Me)
         return self._e.array_r, self._Me.array_r
 
-    def value(self, states) -> float:
-        """The loss of the states in ``states`` (one allreduce)."""
-        n_owned = self.problem.n_owned
-        local = 0.0
-        for n in np.flatnonzero(self.w):
-            local += self.level_value(n, states.load(n)[:n_owned])
-        return self.comm.allreduce(local, op=MPI.SUM)
+    def _residual(self, n: int, u_owned: np.ndarray) -> np.ndarray:
+        return u_owned - self.data[n]
 
-    def level_value(self, n: int, u_owned: np.ndarray) -> float:
-        """This rank's part of level n's loss term (0 for unobserved levels; no communication)."""
-        if self.w[n] == 0.0:
-            return 0.0
+    def _local_value(self, n: int, u_owned: np.ndarray) -> float:
         e, Me = self._apply(n, u_owned)
-        return 0.5 * self.w[n] * float(np.dot(e, Me))
-
-    def level_max_error(self, n: int, u_owned: np.ndarray) -> float:
-        """This rank's ``max_j |u^n_j − h^n_j|`` (0 for unobserved levels; no communication)."""
-        if self.w[n] == 0.0:
-            return 0.0
-        return float(np.max(np.abs(u_owned - self.data[n]), initial=0.0))
-
-    def relative_from_max_error(self, local: float) -> float:
-        """Reduce this rank's largest level error over the ranks and divide by ``max|h|``."""
-        glob = self.comm.allreduce(local, op=MPI.MAX)
-        m = self.max_abs_data()
-        return glob / m if m > 0 else float("nan")
+        return float(np.dot(e, Me))
 
     def add_gradient(self, n: int, u_owned: np.ndarray, out: np.ndarray) -> None:
         """Add ``∂J/∂u^n = w_n Δt M (u^n − h^n)`` to the owned entries ``out``."""
@@ -165,21 +210,8 @@ class L2Misfit:
         out += self.w[n] * Me
 
     def max_abs_data(self) -> float:
-        """``max |h|`` over all levels and ranks (the RMSE normalisation)."""
+        """``max |h|`` over all levels and ranks (the RMSE normalisation of a field)."""
         if self._max_abs is None:
             local = float(np.max(np.abs(self.data))) if self.data.size else 0.0
             self._max_abs = self.comm.allreduce(local, op=MPI.MAX)
         return self._max_abs
-
-    def relative_rmse(self, loss: float) -> float:
-        """``sqrt(J) / max|h|`` — the paper's 'relative RMSE' computed from the FEM loss."""
-        m = self.max_abs_data()
-        return float(np.sqrt(max(loss, 0.0)) / m) if m > 0 else float("nan")
-
-    def relative_max_error(self, states) -> float:
-        """``max_n,j |u − h| / max|h|`` over the observed levels."""
-        n_owned = self.problem.n_owned
-        local = 0.0
-        for n in np.flatnonzero(self.w):
-            local = max(local, self.level_max_error(n, states.load(n)[:n_owned]))
-        return self.relative_from_max_error(local)

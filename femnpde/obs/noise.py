@@ -1,18 +1,54 @@
-"""Counter-based normal variates keyed by integers: O(local) and independent of the partition.
+"""Noise on observations, reproducible and identical on any number of ranks.
 
-A draw is a pure function of ``(seed, key, level)``: each rank draws exactly
-the variates of the entries it owns, with no communication and no work that
-grows with the global size, and a dof gets the same variate on any number of
-ranks.  The generator is SplitMix64 (Steele, Lea & Flood 2014) applied as a
-hash to the key components, followed by the Box–Muller transform.
+* :func:`add_noise` -- replicated data (sensor values): one draw for the whole array;
+* :func:`add_field_noise` -- distributed field data: ``noise · max|data| · ξ``
+  with ``ξ`` of a dof at a level a pure function of ``(seed, the dof's
+  coordinates, the level)`` (:func:`keyed_normals`: a counter-based
+  generator, SplitMix64 applied as a hash, then Box–Muller).  Each rank draws
+  only the variates of the dofs it owns, with no communication and no work
+  that grows with the global size, and a dof gets the same variate on any
+  number of ranks.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
+from typing import Any
+
 import numpy as np
 from mpi4py import MPI
 
-__all__ = ["keyed_normals", "coordinate_keys", "add_field_noise"]
+from femnpde._mpi import bounding_box
+
+__all__ = ["add_field_noise", "add_noise", "coordinate_keys", "keyed_normals"]
+
+
+def add_noise(data: np.ndarray, relative_std: float, seed: int) -> np.ndarray:
+    """``data`` plus Gaussian noise with standard deviation ``relative_std · max|data|``.
+
+    The noise depends only on ``seed`` and the shape of ``data``, so it is
+    reproducible and identical on all ranks.  ``nan`` entries (unobserved
+    levels) stay ``nan`` and are ignored in ``max|data|``.
+
+    Args:
+        data: The clean data.
+        relative_std: Noise level relative to ``max|data|`` (>= 0).
+        seed: Seed of the random generator.
+
+    Returns:
+        A new array of the same shape.
+    """
+    if not isinstance(relative_std, numbers.Real) or not math.isfinite(relative_std) or relative_std < 0:
+        raise ValueError(f"add_noise: relative_std={relative_std!r} must be a finite number >= 0")
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
+        raise TypeError(f"add_noise: seed={seed!r} must be an integer")
+    arr = np.array(data, dtype=np.float64)
+    finite = np.abs(arr[np.isfinite(arr)])
+    scale = float(relative_std) * (float(finite.max()) if finite.size else 0.0)
+    rng = np.random.default_rng(int(seed))
+    return arr + scale * rng.standard_normal(arr.shape)
+
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -65,15 +101,16 @@ def coordinate_keys(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray
     return np.rint((np.asarray(x) - lo) / tol).astype(np.int64)
 
 
-def add_field_noise(problem, data: np.ndarray, noise: float, seed: int) -> None:
+def add_field_noise(problem: Any, data: np.ndarray, noise: float, seed: int) -> None:
     """``data += noise · max|data| · ξ`` in place, ``ξ^n_j = keyed_normals(seed, key(x_j), n)``.
 
     ``data`` holds the owned dof values of every level, shape
     ``(n_levels, n_owned)``.  The key of a dof is its coordinate rounded to
     1e-9 of the global bounding box (:func:`coordinate_keys`), so every rank
-    draws only the variates of its own dofs (O(local) work, two allreduces
-    of a few numbers) and the noisy data is the same on any number of ranks.
-    Dofs must have distinct coordinates (scalar Lagrange spaces).
+    draws only the variates of its own dofs (O(local) work; the only
+    communication is the reduction of ``max|data|`` and of the bounding box)
+    and the noisy data is the same on any number of ranks.  Dofs must have
+    distinct coordinates (scalar Lagrange spaces).
 
     Args:
         problem: Provides ``comm``, ``n_owned``, ``mesh.geometry.dim`` and
@@ -89,10 +126,7 @@ def add_field_noise(problem, data: np.ndarray, noise: float, seed: int) -> None:
         return
     gdim = problem.mesh.geometry.dim
     x = problem.V.tabulate_dof_coordinates()[: problem.n_owned, :gdim]
-    lo = np.empty(gdim)
-    hi = np.empty(gdim)
-    comm.Allreduce(np.min(x, axis=0, initial=np.inf), lo, op=MPI.MIN)
-    comm.Allreduce(np.max(x, axis=0, initial=-np.inf), hi, op=MPI.MAX)
+    lo, hi = bounding_box(comm, x)
     keys = coordinate_keys(x, lo, hi)
     for n in range(data.shape[0]):
         data[n] += sigma * keyed_normals(seed, keys, n)

@@ -1,0 +1,414 @@
+"""Building a run from a resolved configuration: mesh, residual, problem, solver, source, misfit, reduced functional.
+
+:func:`build_run` owns the PETSc objects it creates until it returns them in
+a :class:`Run`: if a later step fails (a bad data file, a missing tag), the
+solver and misfit built so far are destroyed (collectively) before the error
+propagates.  A :class:`Run` is a context manager that destroys them on exit.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+from mpi4py import MPI
+
+from femnpde._mpi import tags_present
+from femnpde.app.checks import _error
+from femnpde.app.scenarios import paper_initial_condition
+from femnpde.app.schema import ConfigError, format_value
+from femnpde.app.synthetic import synthetic_field, target_for
+from femnpde.app.validation import validate
+from femnpde.fem.problem import PRESETS, Dirichlet, ParabolicProblem, TimeGrid
+from femnpde.fem.solver import ThetaSolver
+from femnpde.model.network import ShallowNetwork, reference_learning_rate
+from femnpde.model.reduced import FunctionSource, NetworkSource, ReducedFunctional
+from femnpde.obs.misfit import L2Misfit, Misfit, TimeWeights
+from femnpde.io.refine import refine_uniformly
+from femnpde.obs.noise import add_field_noise
+
+__all__ = ["Run", "build_run"]
+
+
+@dataclass
+class Run:
+    """Everything a training run needs, built from a validated configuration.
+
+    Attributes:
+        cfg: The resolved configuration.
+        problem: The PDE problem.
+        solver: The forward/adjoint time stepper.
+        network: The neural network (parameters at their initial values).
+        source: The network sampled at the source dofs.
+        misfit: The L2 loss against the data.
+        rf: The reduced functional θ ↦ J(θ) with its adjoint gradient.
+        target: The target source g* (synthetic data), else None.
+        target_values: g* at the owned source dofs of every level, shape
+            ``(n_steps + 1, n_owned_source)`` (synthetic data), else None.
+        lr: The effective learning rate (scaled by ``N^(2β−1)`` if
+            ``optimizer.scale_lr``).
+    """
+
+    cfg: dict[str, Any]
+    problem: ParabolicProblem
+    solver: ThetaSolver
+    network: ShallowNetwork
+    source: NetworkSource
+    misfit: Misfit  # L2Misfit (field, subdomain) or PointMisfit (sensors)
+    rf: ReducedFunctional
+    target: FunctionSource | None
+    target_values: np.ndarray | None
+    lr: float
+    field_data: np.ndarray | None = None  # synthetic data: the full-field solution h (owned dofs, before noise)
+
+    def destroy(self) -> None:
+        """Destroy the PETSc objects of the solver and the misfit (collective)."""
+        self.solver.destroy()
+        self.misfit.destroy()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.destroy()
+
+
+def _build_mesh(mcfg: Mapping[str, Any], comm: MPI.Comm, need_tags: bool, need_cell_tags: bool = False):
+    """The mesh, its facet and cell tags (None when absent or not needed), refined ``mesh.refine`` times."""
+    mesh, facet_tags, cell_tags = _read_or_create_mesh(mcfg, comm, need_tags, need_cell_tags)
+    if mcfg.get("refine", 0):
+        mesh, cell_tags, facet_tags = refine_uniformly(mesh, mcfg["refine"], cell_tags, facet_tags)
+    return mesh, facet_tags, cell_tags
+
+
+def _read_or_create_mesh(mcfg: Mapping[str, Any], comm: MPI.Comm, need_tags: bool, need_cell_tags: bool):
+    """The mesh, its facet tags and cell tags (None for built-in meshes or when not needed)."""
+    import dolfinx.mesh
+
+    # dolfinx.mesh.refine needs an unghosted mesh (it rebuilds the ghost layer).
+    ghost = dolfinx.mesh.GhostMode.none if mcfg.get("refine", 0) else dolfinx.mesh.GhostMode.shared_facet
+    kind = mcfg["kind"]
+    if kind == "rectangle":
+        mesh = dolfinx.mesh.create_rectangle(
+            comm, [np.array(mcfg["lower"]), np.array(mcfg["upper"])], list(mcfg["cells"]),
+            dolfinx.mesh.CellType[mcfg["cell_type"]], ghost_mode=ghost,
+        )
+        return mesh, None, None
+    if kind == "box":
+        mesh = dolfinx.mesh.create_box(
+            comm, [np.array(mcfg["lower"]), np.array(mcfg["upper"])], list(mcfg["cells"]),
+            dolfinx.mesh.CellType[mcfg["cell_type"]], ghost_mode=ghost,
+        )
+        return mesh, None, None
+    path = mcfg["path"]
+    if not os.path.isfile(path):
+        raise _error("mesh.path", path, "does not exist (file not found)", "an existing .msh or .xdmf file")
+    suffix = Path(path).suffix.lower()
+    if suffix == ".msh":
+        from femnpde.io.meshes import read_mesh
+
+        try:
+            data = read_mesh(path, comm, gdim=mcfg["gdim"], ghost_mode=ghost)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"mesh.path = {format_value(path)}: {err}", "mesh.path", path) from err
+        return data.mesh, data.facet_tags, data.cell_tags
+    import dolfinx.io
+
+    try:
+        with dolfinx.io.XDMFFile(comm, path, "r") as f:
+            mesh = f.read_mesh(name=mcfg["name"], ghost_mode=ghost)
+            tdim = mesh.topology.dim
+            tags = None
+            if need_tags:
+                mesh.topology.create_connectivity(tdim - 1, tdim)
+                tags = f.read_meshtags(mesh, name=mcfg["facet_tags"])
+            cell_tags = f.read_meshtags(mesh, name="cell_tags") if need_cell_tags else None
+    except Exception as err:
+        raise ConfigError(
+            f"mesh.path = {format_value(path)}: reading the XDMF file failed (mesh.name = {format_value(mcfg['name'])}, "
+            f"mesh.facet_tags = {format_value(mcfg['facet_tags'])}, cell tags 'cell_tags'): {err}",
+            "mesh.path", path,
+        ) from err
+    return mesh, tags, cell_tags
+
+
+def _build_residual(pcfg: Mapping[str, Any]):
+    if "residual" not in pcfg:
+        factory, names = PRESETS[pcfg["preset"]]
+        return factory(**{k: pcfg[k] for k in names})
+    spec = pcfg["residual"]
+    module_name, _, attr = spec.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as err:
+        raise ConfigError(f"pde.residual = {format_value(spec)}: importing module {module_name!r} failed: {err}",
+                          "pde.residual", spec) from err
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ConfigError(f"pde.residual = {format_value(spec)}: module {module_name!r} has no attribute {attr!r}",
+                              "pde.residual", spec) from None
+    if not callable(obj):
+        raise ConfigError(f"pde.residual = {format_value(spec)} is not callable; it must name a residual factory",
+                          "pde.residual", spec)
+    try:
+        params = inspect.signature(obj).parameters
+        var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        kwargs = {k: pcfg[k] for k in ("gamma", "epsilon") if var_kw or k in params}
+    except (TypeError, ValueError):
+        kwargs = {}
+    try:
+        residual = obj(**kwargs)
+    except Exception as err:
+        raise ConfigError(f"pde.residual = {format_value(spec)}: calling the factory with {kwargs} failed: {err}",
+                          "pde.residual", spec) from err
+    if not callable(residual):
+        raise ConfigError(
+            f"pde.residual = {format_value(spec)}: the factory returned {type(residual).__name__}, "
+            "expected a callable residual(u, v, g, t, x) -> ufl.Form",
+            "pde.residual", spec,
+        )
+    return residual
+
+
+def _dirichlet(bcfg: Sequence[Mapping[str, Any]], tags, comm: MPI.Comm, T: float = 1.0) -> list[Dirichlet]:
+    out = []
+    present: list[int] | None = None
+    for i, entry in enumerate(bcfg):
+        where, name = entry["where"], f"boundary[{i}]"
+        value = _time_function(entry, T)
+        if where == "boundary":
+            out.append(Dirichlet("boundary", value, name=name))
+            continue
+        if tags is None:
+            raise _error(f"{name}.where", where, "is a facet tag, but facet tags need a mesh file with tags",
+                         '"boundary", or a mesh file (mesh.kind = "file") with facet tags')
+        if present is None:
+            present = tags_present(tags, comm)
+        if int(where) not in present:
+            raise _error(f"{name}.where", where, "is not a facet tag of the mesh",
+                         f"one of the facet tags {present} or \"boundary\"")
+        out.append(Dirichlet((tags, int(where)), value, name=name))
+    return out
+
+
+def _time_function(entry: Mapping[str, Any], T: float):
+    """The Dirichlet value of a ``[[boundary]]`` entry: a number or a function of t."""
+    value = float(entry["value"])
+    kind = entry.get("time_function", "constant")
+    if kind == "constant":
+        return value
+    if kind == "linear":
+        return lambda t: value * t / T
+    freq = float(entry.get("frequency", 1.0))
+    return lambda t: value * np.sin(2 * np.pi * freq * t / T)
+
+
+def _with_neumann(residual, ncfg: Sequence[Mapping[str, Any]], mesh, facet_tags, comm: MPI.Comm):
+    """Add ``− Σ flux v ds(tag)`` (a flux γ ∂u/∂n = flux into the domain) to a residual."""
+    if not ncfg:
+        return residual
+    import ufl
+
+    present = tags_present(facet_tags, comm)
+    for i, entry in enumerate(ncfg):
+        if facet_tags is None or entry["where"] not in present:
+            raise _error(f"neumann[{i}].where", entry["where"], "is not a facet tag of the mesh",
+                         f"one of the facet tags {present}")
+    ds = ufl.Measure("ds", domain=mesh, subdomain_data=facet_tags)
+    terms = [(float(e["flux"]), int(e["where"])) for e in ncfg]
+
+    def with_flux(u, v, g, t, x):
+        form = residual(u, v, g, t, x)
+        for flux, tag in terms:
+            form = form - flux * v * ds(tag)
+        return form
+
+    return with_flux
+
+
+def build_run(
+    cfg: Mapping[str, Any],
+    comm: MPI.Comm = MPI.COMM_WORLD,
+    petsc_options_prefix: str = "femnpde_",
+) -> Run:
+    """Build the problem, solver, network, data, loss and reduced functional of a run.
+
+    Synthetic data (``data.kind = "synthetic"``) is the discrete solution of
+    the same problem with the target source ``g*`` (same mesh, time grid and
+    solver), plus the optional noise.  The noise is drawn from
+    ``np.random.default_rng(data.noise_seed)`` for the whole global array,
+    level by level, in an order of the dofs that does not depend on the
+    partition, so the data is the same on any number of ranks.
+    ``data.kind = "file"`` reads sensor values (``.npz``/``.csv``, with
+    ``observation.kind = "sensors"``) or a space-time field (an adios4dolfinx
+    ``.bp`` checkpoint, function ``data.name``, see :mod:`femnpde.io.fielddata`).
+
+    Args:
+        cfg: A configuration (validated and resolved here; may be partial).
+        comm: The communicator the mesh is distributed over.
+        petsc_options_prefix: PETSc options prefix of the solver.
+
+    Returns:
+        The :class:`Run`; the network holds its initial parameters.
+
+    Raises:
+        ConfigError: If the configuration is invalid, a file cannot be read,
+            ``pde.residual`` cannot be imported, a facet tag is missing, or
+            ``data.kind = "file"``.
+    """
+    cfg = validate(cfg)
+    mcfg, pcfg, tcfg, obs = cfg["mesh"], cfg["pde"], cfg["time"], cfg["observation"]
+    step = tcfg["theta"] * tcfg["T"] / tcfg["n_steps"]
+    if "residual" not in pcfg and pcfg["preset"] == "allen-cahn" and step >= pcfg["epsilon"] ** 2 and comm.rank == 0:
+        warnings.warn(
+            f"Allen-Cahn with theta*dt = {step:.4g} >= epsilon^2 = {pcfg['epsilon'] ** 2:.4g}: a time step may have "
+            "several solutions, Newton may not converge and the loss may be non-smooth in the parameters; "
+            f"use time.n_steps > {int(tcfg['theta'] * tcfg['T'] / pcfg['epsilon'] ** 2)}",
+            stacklevel=2,
+        )
+    need_tags = any(not isinstance(b["where"], str) for b in cfg["boundary"]) or bool(cfg["neumann"])
+    mesh, facet_tags, cell_tags = _build_mesh(mcfg, comm, need_tags, obs["kind"] == "subdomain")
+    residual = _with_neumann(_build_residual(pcfg), cfg["neumann"], mesh, facet_tags, mesh.comm)
+    icfg = cfg["initial_condition"]
+    ic: Any = paper_initial_condition if icfg["kind"] == "paper" else float(icfg["value"])
+    problem = ParabolicProblem(
+        mesh,
+        residual,
+        degree=pcfg["degree"],
+        time=TimeGrid(tcfg["T"], tcfg["n_steps"]),
+        theta=tcfg["theta"],
+        initial_condition=ic,
+        dirichlet=_dirichlet(cfg["boundary"], facet_tags, mesh.comm, tcfg["T"]),
+        source=pcfg["source"],
+        source_degree=pcfg["source_degree"],
+    )
+    scfg = cfg["solver"]
+    petsc_options = None
+    if "petsc_options" in scfg:
+        petsc_options = {
+            k: ("true" if v else "false") if isinstance(v, bool) else str(v) for k, v in scfg["petsc_options"].items()
+        }
+    solver = ThetaSolver(
+        problem,
+        petsc_options_prefix,
+        petsc_options,
+        newton_rtol=scfg["newton_rtol"],
+        newton_atol=scfg["newton_atol"],
+        newton_max_it=scfg["newton_max_it"],
+        state_storage=cfg["run"]["state_storage"],
+    )
+    try:  # from here on, a failure must not leak the solver's PETSc objects
+        return _finish_run(cfg, problem, solver, cell_tags)
+    except BaseException:
+        solver.destroy()
+        raise
+
+
+def _finish_run(cfg: dict[str, Any], problem: ParabolicProblem, solver: ThetaSolver, cell_tags) -> Run:
+    """The network, data, misfit and reduced functional of :func:`build_run` (the solver exists)."""
+    ncfg, dcfg, lcfg, obs, mesh = cfg["network"], cfg["data"], cfg["loss"], cfg["observation"], problem.mesh
+    network = ShallowNetwork(
+        ncfg["neurons"], mesh.geometry.dim, beta=ncfg["beta"], activation=ncfg["activation"], seed=ncfg["seed"]
+    )
+    source = NetworkSource(problem, network)
+    weights = TimeWeights(
+        rule=lcfg["time_rule"],
+        include_initial=lcfg["include_initial"],
+        levels=tuple(obs["levels"]) if "levels" in obs else None,
+    )
+    target = target_values = field_data = None
+    if dcfg["kind"] == "synthetic":
+        target = target_for(problem, dcfg["target"])
+        target_values = target.values()
+        field_data = synthetic_field(solver, problem, target_values)
+    if obs["kind"] == "sensors":
+        misfit = _point_misfit(cfg, problem, field_data, weights)
+    else:
+        misfit = _field_misfit(cfg, problem, field_data, weights, cell_tags)
+    try:
+        # The adjoint of every level is kept (for output) only when the states are.
+        rf = ReducedFunctional(solver, source, misfit, keep_adjoint=solver.states.keeps_all_levels)
+    except BaseException:
+        misfit.destroy()
+        raise
+    ocfg = cfg["optimizer"]
+    lr = reference_learning_rate(ocfg["lr"], ncfg["neurons"], ncfg["beta"]) if ocfg["scale_lr"] else ocfg["lr"]
+    return Run(
+        cfg=cfg,
+        problem=problem,
+        solver=solver,
+        network=network,
+        source=source,
+        misfit=misfit,
+        rf=rf,
+        target=target,
+        target_values=target_values,
+        lr=float(lr),
+        field_data=field_data,
+    )
+
+
+def _point_misfit(cfg: dict[str, Any], problem: ParabolicProblem, field_data, weights: TimeWeights):
+    """The sensor misfit: data from a file or sampled from the synthetic field, plus noise."""
+    from femnpde.io.pointdata import load_point_data
+    from femnpde.obs.noise import add_noise
+    from femnpde.obs.points import PointMisfit, synthetic_point_data
+
+    dcfg, obs = cfg["data"], cfg["observation"]
+    points = np.array(obs["sensors"]) if "sensors" in obs else None
+    if dcfg["kind"] == "file":
+        try:
+            file_points, data = load_point_data(
+                dcfg["path"], problem.time.n_steps + 1, None if points is None else len(points),
+                times=problem.time.times, comm=problem.comm,
+            )
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"data.path = {format_value(dcfg['path'])}: {err}", "data.path", dcfg["path"]) from err
+        if points is None:
+            if file_points is None:
+                raise ConfigError(
+                    f"data.path = {format_value(dcfg['path'])} has no sensor coordinates; give observation.sensors",
+                    "observation.sensors",
+                )
+            points = file_points
+    try:
+        if dcfg["kind"] != "file":
+            data = synthetic_point_data(problem, field_data, points)
+        if dcfg["noise"] > 0:
+            data = add_noise(data, dcfg["noise"], dcfg["noise_seed"])
+        return PointMisfit(problem, points, data, weights)
+    except ValueError as err:
+        raise ConfigError(f"observation.sensors: {err}", "observation.sensors") from err
+
+
+def _field_misfit(cfg: dict[str, Any], problem: ParabolicProblem, field_data, weights: TimeWeights, cell_tags):
+    """The L2 misfit over the domain or a cell-tagged subdomain: data from the synthetic field or a file."""
+    dcfg, obs = cfg["data"], cfg["observation"]
+    if dcfg["kind"] == "file":
+        from femnpde.io.fielddata import read_field_data
+
+        try:
+            field_data = read_field_data(dcfg["path"], problem, dcfg["name"])
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"data.path = {format_value(dcfg['path'])}: {err}", "data.path", dcfg["path"]) from err
+    data = field_data.copy()
+    if dcfg["noise"] > 0:
+        add_field_noise(problem, data, dcfg["noise"], dcfg["noise_seed"])
+    subdomain = None
+    if obs["kind"] == "subdomain":
+        present = tags_present(cell_tags, problem.comm)
+        if cell_tags is None or obs["subdomain"] not in present:
+            raise _error("observation.subdomain", obs["subdomain"], "is not a cell tag of the mesh",
+                         f"one of the cell tags {present}")
+        subdomain = (cell_tags, obs["subdomain"])
+    return L2Misfit(problem, data, weights, subdomain=subdomain)
+

@@ -1,0 +1,183 @@
+"""Time series of fields for ParaView (VTX or XDMF), each field on a space it is declared to live on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from femnpde._mpi import collective_check, on_root
+from femnpde.fem.projection import QuadratureProjector
+
+__all__ = ['write_fields']
+
+
+_FIELD_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+def write_fields(
+    path: str | os.PathLike,
+    problem: Any,
+    fields: Mapping[str, np.ndarray],
+    times: np.ndarray,
+    fmt: str = "vtx",
+    *,
+    spaces: Mapping[str, str] | None = None,
+) -> list[pathlib.Path]:
+    """Write time series of fields for ParaView (collective).
+
+    Each field lives on the space it is declared on (nothing is guessed from
+    array shapes): ``spaces[name]`` is ``"V"`` (the solution space; the
+    default for a field not in ``spaces``) or ``"G"`` (the source space).  A
+    field on ``V`` is an array of shape ``(n_levels, n_local)`` of local
+    values (owned + ghost, e.g. ``solver.states.to_array()``); a field on
+    ``G`` has shape ``(n_levels, n_owned_source)`` of owned values (e.g. the
+    network source).  Source values on a *quadrature* space are
+    L2-projected onto continuous P1 for output.
+
+    Files, with ``path`` a location without extension (a ``.bp``/``.xdmf``
+    suffix is dropped), e.g. ``run / "fields"``:
+
+    * ``fmt="vtx"``: one ADIOS2 directory ``<path>_<name>.bp`` per field
+      (:class:`dolfinx.io.VTXWriter`, the field at every time, the mesh
+      written once; higher-degree Lagrange fields are written exactly).
+    * ``fmt="xdmf"``: one ``<path>.xdmf`` (+ ``<path>.h5``) holding the
+      mesh and all fields at every time (higher-degree fields are
+      interpolated onto the mesh nodes by DOLFINx).
+
+    Args:
+        path: Output location without extension.
+        problem: The :class:`~femnpde.fem.problem.ParabolicProblem`.
+        fields: Field name (letters, digits, ``_ . -``) -> values.
+        times: The times of the levels, shape ``(n_levels,)``.
+        fmt: ``"vtx"`` or ``"xdmf"``.
+        spaces: Field name -> ``"V"`` or ``"G"`` (default ``"V"``).
+
+    Returns:
+        The paths written (the ``.bp`` directories, or the ``.xdmf`` file).
+
+    Raises:
+        ValueError: Unknown format, bad names, spaces or shapes (on every rank).
+    """
+    import dolfinx.fem
+    import dolfinx.io
+
+    comm = problem.comm
+    if fmt not in ("vtx", "xdmf"):
+        raise ValueError(f"write_fields: fmt={fmt!r} is not valid; use 'vtx' or 'xdmf'")
+    if fmt == "vtx" and not getattr(dolfinx, "has_adios2", False):
+        raise ValueError(
+            "write_fields: fmt='vtx' needs DOLFINx built with ADIOS2; use fmt='xdmf'"
+        )
+    if not fields:
+        raise ValueError("write_fields: no fields given")
+    spaces = dict(spaces or {})
+    unknown = sorted(set(spaces) - set(fields))
+    if unknown:
+        raise ValueError(f"write_fields: spaces names fields {unknown} that are not given; fields: {list(fields)}")
+    times = np.asarray(times, dtype=np.float64).reshape(-1)
+    n_levels = times.shape[0]
+    V, G = problem.V, problem.G
+    n_local_v = V.dofmap.index_map.size_local + V.dofmap.index_map.num_ghosts
+    n_owned_g = G.dofmap.index_map.size_local
+    expected = {"V": (n_local_v, "local values on V"), "G": (n_owned_g, "owned values on G")}
+
+    error = None
+    space_of: dict[str, str] = {}
+    for name, arr in fields.items():
+        if not isinstance(name, str) or not _FIELD_NAME.match(name):
+            error = f"write_fields: field name {name!r} is not valid; use letters, digits, '_', '.', '-'"
+            break
+        space = spaces.get(name, "V")
+        if space not in expected:
+            error = f"write_fields: spaces[{name!r}]={space!r} is not valid; use 'V' or 'G'"
+            break
+        arr = np.asarray(arr)
+        n_values, what = expected[space]
+        if arr.ndim != 2 or arr.shape[0] != n_levels:
+            error = f"write_fields: field {name!r} has shape {arr.shape}, expected ({n_levels}, n_dofs) for {n_levels} times"
+            break
+        if arr.shape[1] != n_values:
+            error = (
+                f"write_fields: field {name!r} on {space} has {arr.shape[1]} values per level; expected {n_values} "
+                f"({what}); declare the space of a source field with spaces={{{name!r}: 'G'}}"
+            )
+            break
+        space_of[name] = space
+    collective_check(comm, error)
+
+    path = pathlib.Path(path).absolute()
+    if path.suffix in (".bp", ".xdmf", ".h5"):
+        path = path.with_suffix("")
+    on_root(comm, lambda: path.parent.mkdir(parents=True, exist_ok=True), "write_fields", broadcast=False)
+    if comm is not None:
+        comm.barrier()
+
+    quadrature = getattr(problem, "source_kind", "lagrange") == "quadrature"
+    projector = (
+        QuadratureProjector(problem, "femnpde_output_projection_")
+        if quadrature and "G" in space_of.values()
+        else None
+    )
+    funcs: dict[str, Any] = {}
+    for name in fields:
+        if space_of[name] == "V":
+            funcs[name] = dolfinx.fem.Function(V, name=name)
+        elif projector is not None:
+            funcs[name] = dolfinx.fem.Function(projector.W, name=name)
+        else:
+            funcs[name] = dolfinx.fem.Function(G, name=name)
+
+    def load(n: int) -> None:
+        for name, arr in fields.items():
+            f = funcs[name]
+            values = np.asarray(arr)[n]
+            if space_of[name] == "V":
+                f.x.array[:] = values
+                f.x.scatter_forward()
+            elif projector is not None:
+                projector.project(values, f)
+            else:
+                f.x.array[:n_owned_g] = values
+                f.x.scatter_forward()
+
+    written: list[pathlib.Path] = []
+    try:
+        if fmt == "vtx":
+            written = [path.parent / f"{path.name}_{name}.bp" for name in fields]
+            with contextlib.ExitStack() as stack:
+                writers = [
+                    stack.enter_context(
+                        dolfinx.io.VTXWriter(
+                            comm,
+                            p,
+                            [funcs[name]],
+                            engine="BPFile",
+                            mesh_policy=dolfinx.io.VTXMeshPolicy.reuse,
+                        )
+                    )
+                    for p, name in zip(written, fields)
+                ]
+                for n in range(n_levels):
+                    load(n)
+                    for w in writers:
+                        w.write(float(times[n]))
+        else:
+            target = path.with_suffix(".xdmf")
+            with dolfinx.io.XDMFFile(comm, target, "w") as xdmf:
+                xdmf.write_mesh(problem.mesh)
+                for n in range(n_levels):
+                    load(n)
+                    for name in fields:
+                        xdmf.write_function(funcs[name], float(times[n]))
+            written = [target]
+    finally:
+        if projector is not None:
+            projector.destroy()
+    return written
