@@ -7,12 +7,8 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from femnpde.fem.checkpointing import (
-    CheckpointStorage,
-    parse_bytes,
-    plan_storage,
-    validate_state_storage,
-)
+from femnpde.fem.checkpointing import CheckpointStorage
+from femnpde.fem.storage_plan import parse_bytes, plan_storage, validate_state_storage
 from femnpde.fem.storage import MemoryStorage, make_state_storage
 
 

@@ -34,7 +34,7 @@ from femnpde.app.checks import (
     _type_name,
     _unknown,
 )
-from femnpde.fem.checkpointing import validate_state_storage
+from femnpde.fem.storage_plan import validate_state_storage
 from femnpde.app.schema import (
     BOX_DEFAULTS,
     CELL_TYPES,

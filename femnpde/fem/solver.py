@@ -86,7 +86,7 @@ class ThetaSolver:
             adjoint: ``"memory"`` (all levels) or a checkpointing budget,
             ``{"snapshots": K}`` or ``{"budget": "2GB"}`` (per rank), with
             optional ``"disk_snapshots"`` (see
-            :func:`femnpde.fem.checkpointing.validate_state_storage`).  The
+            :func:`femnpde.fem.storage_plan.validate_state_storage`).  The
             chosen plan is :attr:`storage_plan`.
     """
 

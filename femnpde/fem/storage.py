@@ -16,7 +16,8 @@ from typing import Any, Protocol
 import numpy as np
 from mpi4py import MPI
 
-from femnpde.fem.checkpointing import CheckpointStorage, plan_storage
+from femnpde.fem.checkpointing import CheckpointStorage
+from femnpde.fem.storage_plan import plan_storage
 
 __all__ = ["StateStorage", "MemoryStorage", "make_state_storage"]
 
@@ -98,7 +99,7 @@ def make_state_storage(spec: str | Mapping[str, Any], n_levels: int, n_local: in
     Args:
         spec: ``"memory"``, ``{"snapshots": K}`` or ``{"budget": "2GB"}``
             (optionally ``"disk_snapshots"``, ``"directory"``); see
-            :func:`femnpde.fem.checkpointing.validate_state_storage`.
+            :func:`femnpde.fem.storage_plan.validate_state_storage`.
         n_levels: Time levels N + 1.
         n_local: Local state length (owned + ghosts) on this rank.
         comm: The problem's communicator (every rank gets the same schedule,
