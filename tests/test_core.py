@@ -142,8 +142,8 @@ def _manufactured_error(degree, n_cells, n_steps, theta, T=0.5, gamma=1.0):
     def exact(t, x):
         return np.sin(np.pi * x[0]) * np.sin(np.pi * x[1]) * np.cos(2 * t)
 
-    def source(t, x):  # g = u_t − γ Δu, x of shape (npts, gdim)
-        s = np.sin(np.pi * x[:, 0]) * np.sin(np.pi * x[:, 1])
+    def source(t, x):  # g = u_t − γ Δu, x of shape (3, npts)
+        s = np.sin(np.pi * x[0]) * np.sin(np.pi * x[1])
         return s * (-2 * np.sin(2 * t) + gamma * 2 * np.pi**2 * np.cos(2 * t))
 
     problem = ParabolicProblem(

@@ -298,8 +298,10 @@ def test_gradcheck_on_mesh(name):
     )
     solver = ThetaSolver(problem, f"mesh_taylor_{name}_")
 
-    def target(t, x):  # x of shape (npts, gdim)
-        return (1 + t) * np.exp(-np.sum((x - 0.3) ** 2, axis=1)) + 0.5 * x[:, 1]
+    gdim = problem.mesh.geometry.dim
+
+    def target(t, x):  # x of shape (3, npts)
+        return (1 + t) * np.exp(-np.sum((x[:gdim] - 0.3) ** 2, axis=0)) + 0.5 * x[1]
 
     gstar = FunctionSource(problem, target).values()
     observed = solver.forward(gstar).array[:, : problem.n_owned].copy()

@@ -21,7 +21,7 @@ LX, LY = 0.5, 1.0
 
 
 def _scaled(t, x, T):
-    return t / T, x[:, 0] / LX, x[:, 1] / LY
+    return t / T, x[0] / LX, x[1] / LY
 
 
 def _difficult(t, x, T):
@@ -29,16 +29,17 @@ def _difficult(t, x, T):
     return 800.0 * (1 - yy) ** 2 * ((0.2 + 0.6 * tt) - yy) ** 2 * yy**2 * (1 - xx) * xx
 
 
-#: Named target sources g*(t, x, T) of the paper (x̃ = x/0.5, ỹ = y/1, t̃ = t/T).
+#: Named target sources g*(t, x, T) of the paper (x̃ = x/0.5, ỹ = y/1, t̃ = t/T);
+#: ``x`` of shape ``(3, npts)`` (DOLFINx's convention).
 TARGETS: dict[str, Callable[[float, np.ndarray, float], np.ndarray]] = {
-    "linear_t": lambda t, x, T: np.full(x.shape[0], t / T),
-    "linear_x": lambda t, x, T: x[:, 0] / LX,
-    "linear_y": lambda t, x, T: x[:, 1] / LY,
-    "quadratic_t": lambda t, x, T: np.full(x.shape[0], (t / T) ** 2),
-    "quadratic_x": lambda t, x, T: (x[:, 0] / LX) ** 2,
-    "tanh_1": lambda t, x, T: np.tanh(1.5 - x[:, 0] / LX - x[:, 1] / LY + t / T),
-    "tanh_2": lambda t, x, T: 0.3 * np.tanh(-t / T - x[:, 0] / LX - x[:, 1] / LY + 1.5)
-    + 0.25 * np.tanh(t / T - 1.2 * x[:, 0] / LX + 0.5 * x[:, 1] / LY - 0.8),
+    "linear_t": lambda t, x, T: np.full(x.shape[1], t / T),
+    "linear_x": lambda t, x, T: x[0] / LX,
+    "linear_y": lambda t, x, T: x[1] / LY,
+    "quadratic_t": lambda t, x, T: np.full(x.shape[1], (t / T) ** 2),
+    "quadratic_x": lambda t, x, T: (x[0] / LX) ** 2,
+    "tanh_1": lambda t, x, T: np.tanh(1.5 - x[0] / LX - x[1] / LY + t / T),
+    "tanh_2": lambda t, x, T: 0.3 * np.tanh(-t / T - x[0] / LX - x[1] / LY + 1.5)
+    + 0.25 * np.tanh(t / T - 1.2 * x[0] / LX + 0.5 * x[1] / LY - 0.8),
     "difficult": _difficult,
     # Domain-agnostic (not from the paper): a Gaussian source circling the
     # centre of the mesh's bounding box once over [0, T]; see moving_gaussian().
@@ -66,7 +67,7 @@ def moving_gaussian(T: float, bbox: tuple[np.ndarray, np.ndarray]) -> Callable[[
         c = centre.copy()
         c[0] += radius * np.cos(2 * np.pi * t / T)
         c[1] += radius * np.sin(2 * np.pi * t / T)
-        d2 = np.sum((x[:, : len(c)] - c) ** 2, axis=1)
+        d2 = np.sum((x[: len(c)] - c[:, None]) ** 2, axis=0)
         return 5.0 * np.exp(-d2 / (2 * width**2))
 
     return g

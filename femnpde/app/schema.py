@@ -130,8 +130,14 @@ DEFAULTS: dict[str, Any] = {
             "eps": 1e-8,
         },
     },
-    "run": {"iterations": 500, "checkpoint_every": 50, "plot_times": [0.25, 0.5, 1.0], "field_format": "vtx",
-            "state_storage": "memory"},
+    "run": {
+        "iterations": 500,
+        "checkpoint_every": 50,
+        "plot_times": [0.25, 0.5, 1.0],
+        "field_format": "vtx",
+        "state_storage": "memory",
+        "check_gradient": False,
+    },
     "solver": {"newton_rtol": 1e-11, "newton_atol": 1e-13, "newton_max_it": 25},
 }
 
@@ -287,6 +293,7 @@ HELP: dict[str, str] = {
     'snapshots in memory) or {budget = "2GB"} (state memory per rank), optionally disk_snapshots = D (per-rank '
     ".npy files in a private temporary directory, removed afterwards) and directory; the adjoint recomputes "
     "states from the snapshots (multistage schedule), gradients unchanged",
+    "run.check_gradient": "if true, Taylor + FD gradient check at the initial theta before the first epoch (exit 3 on failure)",
     "solver.petsc_options": "table option -> string/number/bool for the forward and adjoint linear solvers "
     "(default: direct LU)",
     "solver.newton_rtol": "Newton relative tolerance, >= 0",

@@ -38,7 +38,7 @@ def smoke_solve(comm: MPI.Comm = MPI.COMM_WORLD, n: int = 32, n_steps: int = 20)
         dirichlet=[Dirichlet("boundary", 0.0)],
     )
     solver = ThetaSolver(problem, "femnpde_smoke_")
-    states = solver.forward(FunctionSource(problem, lambda t, x: np.ones(x.shape[0])).values())
+    states = solver.forward(FunctionSource(problem, lambda t, x: np.ones(x.shape[1])).values())
     u = dolfinx.fem.Function(problem.V)
     u.x.array[:] = states.load(n_steps)
     local = dolfinx.fem.assemble_scalar(dolfinx.fem.form(u * u * ufl.dx))

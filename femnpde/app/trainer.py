@@ -146,6 +146,7 @@ class LBFGSStep:
             return theta
 
         def callback(k: int, params: np.ndarray, J: float, grad: np.ndarray) -> bool:
+            loop.rf(params)  # the row describes the accepted iterate (no sweep unless a trial came after it)
             loop.record(J, grad, float("nan"))
             loop.checkpoint(params)
             return loop.epoch >= stop

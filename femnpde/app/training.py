@@ -32,6 +32,7 @@ from femnpde.app.loading import load_config
 from femnpde.app.progress import Progress
 from femnpde.app.schema import dump_config
 from femnpde.app.trainer import TrainingLoop, make_step
+from femnpde.fem.solver import SolverError
 from femnpde.io.checkpoint import load_checkpoint
 from femnpde.io.fielddata import write_field_data
 from femnpde.io.fields import write_fields
@@ -127,6 +128,21 @@ def _write_outputs(run, out: pathlib.Path, comm, fmt: str) -> list[pathlib.Path]
     return written
 
 
+def _preflight_gradient_check(rf, theta: np.ndarray, comm, quiet: bool) -> None:
+    """Taylor test + FD check at ``theta`` on the run's problem; SolverError (exit 3) with the figures on failure."""
+    from femnpde.model.verification import check_gradient
+
+    result = check_gradient(rf, theta)
+    if not result.passed:
+        raise SolverError(f"the gradient check before the first epoch failed:\n{result.report()}")
+    if not quiet:
+        rank0_print(
+            comm,
+            f"femnpde train: gradient check passed (min Taylor rate {result.taylor.min_rate:.4f}, "
+            f"best FD agreement {result.fd.worst:.2e})",
+        )
+
+
 def train(
     config: str | pathlib.Path,
     out: str | pathlib.Path | None = None,
@@ -135,6 +151,7 @@ def train(
     quiet: bool = False,
     comm: MPI.Comm = MPI.COMM_WORLD,
     write_outputs: bool = True,
+    check_gradient: bool | None = None,
 ) -> TrainResult:
     """Train the network of a configured neural PDE model.
 
@@ -146,6 +163,11 @@ def train(
         quiet: No progress bar.
         comm: Communicator.
         write_outputs: Write fields and plots at the end.
+        check_gradient: Check the gradient (Taylor + finite differences) at the
+            initial θ before the first epoch; default ``run.check_gradient``.
+
+    Raises:
+        SolverError: A solve failed, or the gradient check failed (exit code 3).
 
     Returns:
         A summary of the run.
@@ -168,7 +190,9 @@ def train(
     rundir = RunDirectory(out, comm)
     with build_run(cfg, comm) as run:
         rundir.write_text("config.toml", dump_config(cfg))
-        result = _train_run(run, cfg, out, resume is not None, quiet, comm)
+        if check_gradient is None:
+            check_gradient = cfg["run"]["check_gradient"]
+        result = _train_run(run, cfg, out, resume is not None, quiet, comm, check_gradient)
         if write_outputs:
             _write_outputs(run, out, comm, cfg["run"]["field_format"])
             plot_history(out / "history.csv", out / "history.png", comm, title=f"{pathlib.Path(config).stem}")
@@ -183,8 +207,10 @@ def train(
     return result
 
 
-def _train_run(run, cfg: dict, out: pathlib.Path, resume: bool, quiet: bool, comm) -> TrainResult:
-    """The epochs of a built run (from its checkpoint if ``resume``), then the state at the trained θ."""
+def _train_run(
+    run, cfg: dict, out: pathlib.Path, resume: bool, quiet: bool, comm, check_gradient: bool = False
+) -> TrainResult:
+    """The epochs of a built run (from its checkpoint if ``resume``; after a gradient check if asked), then the state at the trained θ."""
     rf, misfit = run.rf, run.misfit
     step = make_step(cfg, run.lr)
     n_iter = cfg["run"]["iterations"]
@@ -207,6 +233,8 @@ def _train_run(run, cfg: dict, out: pathlib.Path, resume: bool, quiet: bool, com
             f"{cfg['optimizer']['kind']} lr={run.lr:.4g}, epochs {start}..{n_iter}, {comm.size} rank(s) -> {out}",
         )
         rank0_print(comm, f"femnpde train: {run.solver.storage_plan.describe()}")
+    if check_gradient:
+        _preflight_gradient_check(rf, theta, comm, quiet)
     with Progress(n_iter, comm, quiet=quiet, initial=start) as progress:
         loop = TrainingLoop(rf, misfit, history, progress, ck_path, cfg["run"]["checkpoint_every"], comm)
         theta = loop.run(step, theta, start, n_iter)

@@ -341,6 +341,7 @@ def _validate_run(user: Mapping[str, Any], T: float) -> dict[str, Any]:
                               f"a list of numbers in [0, T] = [0, {T!r}]", None, lambda f: 0.0 <= f <= T),
         "field_format": _choice("run.field_format", _get(sec, "run.field_format"), CHOICES["run.field_format"]),
         "state_storage": _state_storage(_get(sec, "run.state_storage")),
+        "check_gradient": _bool("run.check_gradient", _get(sec, "run.check_gradient")),
     }
 
 

@@ -57,6 +57,8 @@ class Stepper(Protocol):
 
         The result may be a view of the stepper's working memory; the storage
         copies what it keeps.  Collective on the problem's communicator.
+        A stepper may also have ``begin()`` / ``end()``, called around each
+        batch of recomputed steps (e.g. to keep solver state the adjoint uses).
         """
 
 
@@ -216,7 +218,14 @@ class CheckpointStorage:
                     f"checkpointing storage serves levels backwards in time only (use state_storage = \"memory\" "
                     f"to read the levels in any order)"
                 )
-            self._advance_to(n)
+            begin, end = getattr(self.stepper, "begin", None), getattr(self.stepper, "end", None)
+            if begin is not None:
+                begin()
+            try:
+                self._advance_to(n)
+            finally:
+                if end is not None:
+                    end()
         self._lowest_served = min(self._lowest_served, n)
         self._handed = self._deps[n]
         self._account()

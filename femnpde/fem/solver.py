@@ -3,10 +3,13 @@
 :class:`ThetaSolver` owns the PETSc objects of the time stepping (Jacobian
 matrices, work vectors, the forward and adjoint KSPs) and runs
 
-* the forward sweep: one Newton solve per step (a single linear solve when
-  the residual is affine in ``u^n``); when the Jacobian depends on neither the
-  state, the source nor the time, it is assembled and factorised once and the
-  factorisation is reused across steps, sweeps and training iterations;
+* the forward sweep: when the Jacobian depends on neither the state, the
+  source nor the time (the residual is affine in ``u^n``: heat), one linear
+  solve per step with a matrix assembled and factorised once and reused
+  across steps, sweeps and training iterations; otherwise one PETSc SNES
+  solve per step (:class:`~femnpde.fem.newton.NonlinearStep`: constant
+  matrices for the linear part of the residual, only the nonlinear remainder
+  assembled per iteration, a lagged Jacobian factorised rarely);
 * the adjoint sweep, backwards in time: one solve per step with the transpose
   of the step Jacobian at the stored state, the coupling to the next step
   from ``(∂F^{n+1}/∂u^n)^T λ^{n+1}``, and the source sensitivities
@@ -30,6 +33,7 @@ from femnpde.fem.linear_defaults import (
     is_symmetric,
     uses_krylov,
 )
+from femnpde.fem.newton import NonlinearStep, ksp_reason, options_with_defaults
 from femnpde.fem.problem import ParabolicProblem
 from femnpde.fem.storage import MemoryStorage, StateStorage, make_state_storage
 
@@ -43,17 +47,7 @@ class SolverError(RuntimeError):
 def _make_ksp(comm, prefix: str, options: dict[str, str]) -> PETSc.KSP:
     """A KSP with ``prefix``; ``options`` are defaults that command-line options override."""
     ksp = PETSc.KSP().create(comm)
-    ksp.setOptionsPrefix(prefix)
-    opts = PETSc.Options()
-    added = []
-    for key, val in options.items():
-        name = f"{prefix}{key}"
-        if not opts.hasName(name):
-            opts[name] = val
-            added.append(name)
-    ksp.setFromOptions()
-    for name in added:
-        opts.delValue(name)
+    options_with_defaults(ksp, prefix, options)
     return ksp
 
 
@@ -65,7 +59,19 @@ class _Recompute:
         self._source = source
 
     def step(self, n: int, u_prev: np.ndarray) -> np.ndarray:
-        return self._solver.step(n, self._source, u_prev)
+        self._solver.forward_step(n, self._source, u_prev)
+        return self._solver.problem.u.x.array
+
+    def begin(self) -> None:
+        """Before recomputing: keep the nonlinear step's lagged Newton matrix (the adjoint's preconditioner)."""
+        step = self._solver._step
+        self._saved = step.save_lag() if step is not None else None
+
+    def end(self) -> None:
+        """After recomputing: restore it, so the adjoint sees what it would without recomputation."""
+        if self._saved is not None:
+            self._solver._step.restore_lag(self._saved)
+            self._saved = None
 
 
 class ThetaSolver:
@@ -74,19 +80,25 @@ class ThetaSolver:
     Args:
         problem: The PDE problem.
         petsc_options_prefix: Required options prefix (e.g. ``"femnpde_"``);
-            the forward linear solver reads ``{prefix}forward_``, the adjoint
-            ``{prefix}adjoint_``.
-        petsc_options: Options for both linear solvers (default: direct LU).
-        newton_rtol: Relative tolerance of Newton (residual norm).
-        newton_atol: Absolute tolerance of Newton (residual norm).
-        newton_max_it: Maximum Newton iterations per step.
+            the forward solvers (SNES and its KSP for nonlinear problems)
+            read ``{prefix}forward_``, the adjoint ``{prefix}adjoint_``.
+        petsc_options: Options for the linear solvers (default: direct LU).
+            For nonlinear problems they define the factorisation of the lagged
+            Newton matrix; the adjoint shares its preconditioner and keeps
+            its own Krylov method (GMRES, rtol 1e-13; ``{prefix}adjoint_ksp_*``).
+        newton_rtol: Relative tolerance of Newton (residual norm; ``snes_rtol``).
+        newton_atol: Absolute tolerance of Newton (residual norm; ``snes_atol``).
+        newton_max_it: Maximum Newton iterations per step (``snes_max_it``).
         fast_affine: For fully affine problems (e.g. heat), precompute the
             step matrices and replace assembly by matrix-vector products.
+        jacobian_refresh_ratio: Nonlinear problems: refresh (reassemble and
+            refactorise) the lagged Newton matrix when the residual falls by
+            less than this factor in one iteration; 0 gives exact Newton.
         state_storage: Where the forward sweep keeps the states for the
             adjoint: ``"memory"`` (all levels) or a checkpointing budget,
             ``{"snapshots": K}`` or ``{"budget": "2GB"}`` (per rank), with
             optional ``"disk_snapshots"`` (see
-            :func:`femnpde.fem.storage_plan.validate_state_storage`).  The
+            :func:`femnpde.fem.storage_plan.validate_state_storage`); the
             chosen plan is :attr:`storage_plan`.
     """
 
@@ -100,6 +112,7 @@ class ThetaSolver:
         newton_atol: float = 1e-13,
         newton_max_it: int = 25,
         fast_affine: bool = True,
+        jacobian_refresh_ratio: float = 0.03,
         state_storage: str | dict = "memory",
     ) -> None:
         if not isinstance(petsc_options_prefix, str) or not petsc_options_prefix:
@@ -109,13 +122,6 @@ class ThetaSolver:
         forms = problem.forms
         comm = problem.comm
         imap = problem.V.dofmap.index_map
-        self.newton_rtol = float(newton_rtol)
-        self.newton_atol = float(newton_atol)
-        self.newton_max_it = int(newton_max_it)
-        self.max_backtracks = 10
-
-        self._A = dolfinx.fem.petsc.create_matrix(forms.jacobian)
-        self._A.setOptionsPrefix(f"{self.prefix}forward_")
         #: Whether the step Jacobian is symmetric: the adjoint then solves
         #: with the untransposed operator (any preconditioner works).
         self.symmetric = self._probe_symmetry()
@@ -124,21 +130,37 @@ class ThetaSolver:
             if petsc_options is None
             else dict(petsc_options)
         )
+        self.newton_rtol = float(newton_rtol)
+        self.newton_atol = float(newton_atol)
+        self.newton_max_it = int(newton_max_it)
+        self.max_backtracks = 10
+
         self._b = dolfinx.fem.petsc.create_vector(problem.V)
         self._du = dolfinx.fem.petsc.create_vector(problem.V)
-        self._ksp = _make_ksp(comm, f"{self.prefix}forward_", options)
         self._A_current = False
+        self._step: NonlinearStep | None = None
         if forms.jacobian_constant:
             # The adjoint reuses the forward matrix and its factorisation.
-            self._A_adj = self._A
+            self._A = dolfinx.fem.petsc.create_matrix(forms.jacobian)
+            self._A.setOptionsPrefix(f"{self.prefix}forward_")
+            self._ksp = _make_ksp(comm, f"{self.prefix}forward_", options)
             self._ksp_adj = self._ksp
         else:
-            self._A_adj = dolfinx.fem.petsc.create_matrix(forms.jacobian)
-            self._A_adj.setOptionsPrefix(f"{self.prefix}adjoint_")
-            self._ksp_adj = _make_ksp(comm, f"{self.prefix}adjoint_", options)
+            self._step = NonlinearStep(
+                problem,
+                self.prefix,
+                options,
+                rtol=self.newton_rtol,
+                atol=self.newton_atol,
+                max_it=self.newton_max_it,
+                refresh_ratio=jacobian_refresh_ratio,
+            )
+            self._A = None
+            self._ksp = self._step.snes.getKSP()
+            self._ksp_adj = self._step.adjoint_ksp
         check_adjoint_capable(self._ksp_adj, self.symmetric)
-        # Krylov adjoints start from λ^{n+1} (zero at the start of each sweep).
-        self._adjoint_warm = uses_krylov(self._ksp_adj)
+        # Krylov adjoints of constant Jacobians start from λ^{n+1} (zero at the start of each sweep).
+        self._adjoint_warm = self._step is None and uses_krylov(self._ksp_adj)
         self._ksp_adj.setInitialGuessNonzero(self._adjoint_warm)
         self._rhs = dolfinx.fem.petsc.create_vector(problem.V)
         self._c = dolfinx.fem.petsc.create_vector(problem.V)
@@ -164,7 +186,7 @@ class ThetaSolver:
         self._need_g_prev = forms.adj_gprev is not None or problem.theta < 1.0
         # Constant derivative blocks (∂F/∂u_prev, ∂F/∂g, ∂F/∂g_prev), assembled once.
         self._blocks: dict[str, PETSc.Mat] = {}
-        if fast_affine:
+        if fast_affine and self._step is None:
             for name, form in (forms.constant_blocks or {}).items():
                 M = dolfinx.fem.petsc.assemble_matrix(form)
                 M.assemble()
@@ -174,10 +196,11 @@ class ThetaSolver:
             self._setup_linear()
 
     def _probe_symmetry(self) -> bool:
-        """Assemble the step Jacobian at a random state once and test its symmetry (collective).
+        """Assemble the step Jacobian once at a random state and test its symmetry (collective).
 
         A random state (not u^0, where e.g. a convection term may vanish)
-        exposes any non-symmetric dependence on the coefficients.
+        exposes any non-symmetric dependence on the coefficients; the
+        coefficients are restored.
         """
         p = self.problem
         fs = (p.u, p.u_prev, p.g, p.g_prev)
@@ -186,11 +209,15 @@ class ThetaSolver:
         for f in fs:
             f.x.array[:] = rng.uniform(-1.0, 1.0, f.x.array.size)
             f.x.scatter_forward()
+        t_saved = (p.t.value.copy(), p.t_prev.value.copy())
         p.t.value, p.t_prev.value = float(p.time.times[1]), float(p.time.times[0])
-        self._assemble_A(self._A)
-        symmetric = is_symmetric(self._A)
+        A = dolfinx.fem.petsc.assemble_matrix(p.forms.jacobian, bcs=p.bcs)
+        A.assemble()
+        symmetric = is_symmetric(A)
+        A.destroy()
         for f, a in zip(fs, saved):
             f.x.array[:] = a
+        p.t.value, p.t_prev.value = t_saved
         return symmetric
 
     def _setup_linear(self) -> None:
@@ -222,14 +249,29 @@ class ThetaSolver:
 
     # ----------------------------------------------------------- properties
     @property
-    def A(self) -> PETSc.Mat:
-        """The forward step Jacobian."""
+    def A(self) -> PETSc.Mat | None:
+        """The forward step Jacobian (constant-Jacobian problems; None for nonlinear ones)."""
         return self._A
 
     @property
     def ksp(self) -> PETSc.KSP:
-        """The forward linear solver."""
+        """The forward linear solver (the SNES's KSP for nonlinear problems)."""
         return self._ksp
+
+    @property
+    def snes(self) -> PETSc.SNES | None:
+        """The forward nonlinear solver (None when the Jacobian is constant)."""
+        return self._step.snes if self._step is not None else None
+
+    @property
+    def statistics(self) -> dict[str, int]:
+        """Nonlinear-solver counters since the last :meth:`reset_statistics` (empty for constant Jacobians)."""
+        return self._step.stats.as_dict() if self._step is not None else {}
+
+    def reset_statistics(self) -> None:
+        """Zero the counters of :attr:`statistics`."""
+        if self._step is not None:
+            self._step.stats.reset()
 
     @property
     def adjoint_ksp(self) -> PETSc.KSP:
@@ -239,12 +281,17 @@ class ThetaSolver:
     def reset(self) -> None:
         """Forget the assembled constant Jacobian (call after changing coefficients in the form)."""
         self._A_current = False
+        if self._step is not None:
+            self._step.invalidate()
 
     def destroy(self) -> None:
         """Destroy the PETSc objects (collective)."""
-        objs = [self._A, self._b, self._du, self._ksp, self._rhs, self._c, self._r]
-        if self._A_adj is not self._A:
-            objs += [self._A_adj, self._ksp_adj]
+        objs = [self._b, self._du, self._rhs, self._c, self._r]
+        if self._step is not None:
+            self._step.destroy()
+            self._step = None
+        else:
+            objs += [self._A, self._ksp]
         objs += list(self._blocks.values())
         self._blocks = {}
         if self._lin is not None:
@@ -253,14 +300,16 @@ class ThetaSolver:
         for obj in objs:
             if obj is not None:
                 obj.destroy()
-        self._A = self._A_adj = self._ksp = self._ksp_adj = None
+        self._A = self._ksp = self._ksp_adj = None
 
     # ------------------------------------------------------------- helpers
-    def _set_step(self, n: int, source: np.ndarray, u_prev: np.ndarray, u_n: np.ndarray | None) -> None:
+    def _set_step(
+        self, n: int, source: np.ndarray, u_n: np.ndarray | None, u_prev: np.ndarray | None = None
+    ) -> None:
         """Load the coefficients of step n: u_prev = u^{n-1}, g, g_prev, times (and u = u^n if given)."""
         p = self.problem
         a = self._arrays
-        a["u_prev"][:] = u_prev
+        a["u_prev"][:] = self.states.load(n - 1) if u_prev is None else u_prev
         if u_n is not None:
             a["u"][:] = u_n
         ng = p.n_owned_source
@@ -269,12 +318,17 @@ class ThetaSolver:
             a["g_prev"][:ng] = source[n - 1]
         if self._lin is None:
             # Assembled forms read ghost values and the time constants; the
-            # matrix-vector fast path needs neither.
-            p.g.x.scatter_forward()
-            if self._need_g_prev:
-                p.g_prev.x.scatter_forward()
-            p.t.value = self._times[n]
-            p.t_prev.value = self._times[n - 1]
+            # matrix-vector fast path needs neither (see _sync_coefficients).
+            self._sync_coefficients(n)
+
+    def _sync_coefficients(self, n: int) -> None:
+        """Ghost values of g, g_prev and the time constants of step n, as any assembly expects."""
+        p = self.problem
+        p.g.x.scatter_forward()
+        if self._need_g_prev:
+            p.g_prev.x.scatter_forward()
+        p.t.value = self._times[n]
+        p.t_prev.value = self._times[n - 1]
 
     @staticmethod
     def _assemble_action(vec: PETSc.Vec, form) -> None:
@@ -320,56 +374,60 @@ class ThetaSolver:
         if reason < 0:
             kind = "adjoint" if transpose else "forward"
             raise SolverError(
-                f"{kind} linear solve at time step {n} failed (KSP converged reason {reason}); "
-                f"check the linear solver options under '{ksp.getOptionsPrefix()}'"
+                f"{kind} linear solve at time step {n} (t = {self._times[n]:.6g}) failed (KSP converged reason "
+                f"{ksp_reason(reason)} ({int(reason)})); check the linear solver options under "
+                f"'{ksp.getOptionsPrefix()}'"
             )
 
     # ------------------------------------------------------------- forward
-    def _newton(self, n: int, t: float) -> int:
-        """Newton's method with backtracking on ‖F‖ for step n; returns the iteration count."""
+    def _linear_step(self, n: int) -> int:
+        """One solve of an affine step with the constant, factorised Jacobian; returns 0 or 1 iterations."""
         p = self.problem
-        forms = p.forms
-        x = p.u.x.petsc_vec
         norm = self._residual()
-        norm0 = norm
-        it = 0
-        while True:
-            if not np.isfinite(norm):
-                raise SolverError(f"Newton at time step {n} (t = {t:.6g}): the residual is {norm}")
-            if norm <= self.newton_atol or (it > 0 and norm <= self.newton_rtol * norm0):
-                return it
-            if it == self.newton_max_it:
-                raise SolverError(
-                    f"Newton did not converge at time step {n} (t = {t:.6g}) in {it} iterations: "
-                    f"residual {norm:.3e} (initial {norm0:.3e}, rtol {self.newton_rtol:g}, "
-                    f"atol {self.newton_atol:g}); reduce the time step or relax the tolerances"
-                )
-            if not (forms.jacobian_constant and self._A_current):
-                self._assemble_A(self._A)
-                self._ksp.setOperators(self._A)
-                self._A_current = forms.jacobian_constant
-            if self._adjoint_warm:
-                self._du.zeroEntries()  # the KSP may be the adjoint's, with a nonzero initial guess
-            self._solve(self._ksp, self._b, self._du, n, transpose=False)
-            it += 1
-            if forms.affine:
-                # One Newton step solves an affine residual exactly.
-                x.axpy(-1.0, self._du)
-                p.u.x.scatter_forward()
-                return it
-            # Backtracking line search (Armijo on ‖F‖); the norms are global, so
-            # every rank takes the same decisions.
-            x_old = x.array_r.copy()
-            du = self._du.array_r
-            alpha = 1.0
-            for k in range(self.max_backtracks + 1):
-                x.array_w[:] = x_old - alpha * du
-                p.u.x.scatter_forward()
-                new_norm = self._residual()
-                if new_norm <= (1.0 - 1e-4 * alpha) * norm or k == self.max_backtracks:
-                    break
-                alpha *= 0.5
-            norm = new_norm
+        if not np.isfinite(norm):
+            raise SolverError(f"time step {n} (t = {self._times[n]:.6g}): the residual is {norm}")
+        if norm <= self.newton_atol:
+            return 0
+        if not self._A_current:
+            self._assemble_A(self._A)
+            self._ksp.setOperators(self._A)
+            self._A_current = True
+        if self._adjoint_warm:
+            self._du.zeroEntries()  # the KSP is the adjoint's too, with a nonzero initial guess
+        self._solve(self._ksp, self._b, self._du, n, transpose=False)
+        # One Newton step solves an affine residual exactly.
+        p.u.x.petsc_vec.axpy(-1.0, self._du)
+        p.u.x.scatter_forward()
+        return 1
+
+    def forward_step(self, n: int, source: np.ndarray, u_prev: np.ndarray | None = None) -> int:
+        """Solve time level ``n`` from ``u^{n-1}``; ``problem.u`` then holds ``u^n``.
+
+        Args:
+            n: The level, 1 <= n <= n_steps.
+            source: Source values of all levels (as for :meth:`forward`).
+            u_prev: Local array (owned and ghost entries) of ``u^{n-1}``;
+                default: level n - 1 of :attr:`states`.
+
+        Returns:
+            The number of Newton iterations.
+
+        Raises:
+            SolverError: Newton or the linear solver failed.
+        """
+        p = self.problem
+        self._set_step(n, source, None, u_prev)
+        # Initial guess: the previous state with this step's Dirichlet values.
+        p.u.x.array[:] = self._arrays["u_prev"]
+        p.update_dirichlet(self._times[n])
+        for bc in p.bcs:
+            bc.set(p.u.x.array)
+        if self._step is not None:
+            it = self._step.solve(n, self._times[n])
+        else:
+            it = self._linear_step(n)
+        self.newton_iterations[n] = it
+        return it
 
     def forward(self, source: np.ndarray, step_callback: Callable[[int], None] | None = None) -> StateStorage:
         """Run the forward sweep.
@@ -382,12 +440,13 @@ class ThetaSolver:
 
         Returns:
             The storage holding ``u^0 .. u^N`` (local arrays with ghosts).
+            Afterwards the problem's coefficients (``u``, ``u_prev``, ``g``,
+            ``g_prev`` with ghosts, ``t``, ``t_prev``) are those of the last step.
 
         Raises:
             SolverError: Newton or the linear solver failed at some step.
         """
         p = self.problem
-        forms = p.forms
         source = np.asarray(source)
         expected = (self.n_levels, p.n_owned_source)
         if source.shape != expected:
@@ -397,29 +456,13 @@ class ThetaSolver:
         self.states.store(0, p.u0.x.array)
         p.u.x.array[:] = p.u0.x.array
         for n in range(1, self.n_levels):
-            self.step(n, source, p.u.x.array)
+            self.forward_step(n, source, p.u.x.array)
             self.states.store(n, p.u.x.array)
             if step_callback is not None:
                 step_callback(n)
+        if self._lin is not None:
+            self._sync_coefficients(self.n_levels - 1)
         return self.states
-
-    def step(self, n: int, source: np.ndarray, u_prev: np.ndarray) -> np.ndarray:
-        """One forward step: ``u^{n-1}`` (local array with ghosts) -> ``u^n`` in ``problem.u``.
-
-        The Newton initial guess is ``u^{n-1}`` with this step's Dirichlet
-        values.  Returns ``problem.u.x.array`` (overwritten by the next step).
-        Collective.
-        """
-        p = self.problem
-        t = self._times[n]
-        self._set_step(n, source, u_prev, None)
-        if u_prev is not self._arrays["u"]:
-            self._arrays["u"][:] = u_prev
-        p.update_dirichlet(t)
-        for bc in p.bcs:
-            bc.set(p.u.x.array)
-        self.newton_iterations[n] = self._newton(n, t)
-        return self._arrays["u"]
 
     # ------------------------------------------------------------- adjoint
     def adjoint(
@@ -456,17 +499,17 @@ class ThetaSolver:
         lam_vec = p.lam.x.petsc_vec
         if self._adjoint_warm:
             lam_vec.zeroEntries()  # the warm start must not depend on the previous sweep
+        step = self._step
         have_c = False
         for n in range(N, 0, -1):
             # u^{n-1} first: a checkpointing storage may recompute both levels then.
             u_prev = self.states.load(n - 1)
             u_n = self.states.load(n)
-            self._set_step(n, source, u_prev, u_n)
-            if not (forms.jacobian_constant and self._A_current):
-                self._assemble_A(self._A_adj)
-                self._ksp_adj.setOperators(self._A_adj)
-                if forms.jacobian_constant:
-                    self._A_current = True
+            self._set_step(n, source, u_n, u_prev)
+            if step is None and not self._A_current:
+                self._assemble_A(self._A)
+                self._ksp.setOperators(self._A)
+                self._A_current = True
             rhs_arr = rhs.array_w
             rhs_arr[:] = 0.0
             misfit_gradient(n, u_n[:n_owned], rhs_arr)
@@ -474,19 +517,28 @@ class ThetaSolver:
                 rhs_arr += c.array_r
             rhs_arr *= -1.0
             rhs_arr[self._bc_owned] = 0.0
-            self._solve(self._ksp_adj, rhs, lam_vec, n, transpose=not self.symmetric)
+            if step is None:
+                self._solve(self._ksp_adj, rhs, lam_vec, n, transpose=not self.symmetric)
+            else:
+                step.adjoint_solve(rhs, lam_vec, n, self._times[n])
             p.lam.x.scatter_forward()
             if keep_adjoint:
                 self.adjoints.store(n, p.lam.x.array)
             # Coupling to the previous step, (∂F^n/∂u^{n-1})^T λ^n, for step n-1.
-            have_c = n > 1 and forms.adj_prev is not None
-            if have_c:
+            if step is not None:
+                have_c = n > 1 and step.coupling("u_prev", lam_vec, c)
+            elif n > 1 and forms.adj_prev is not None:
+                have_c = True
                 if "u_prev" in self._blocks:
                     self._blocks["u_prev"].multTranspose(lam_vec, c)
                 else:
                     self._assemble_action(c, forms.adj_prev)
             # Source sensitivities (∂F^n/∂g^n)^T λ^n and (∂F^n/∂g^{n-1})^T λ^n.
             for name, form, level in (("g", forms.adj_g, n), ("g_prev", forms.adj_gprev, n - 1)):
+                if step is not None:
+                    if step.coupling(name, lam_vec, r):
+                        R[level] += r.array_r[:ng]
+                    continue
                 if form is None:
                     continue
                 if name in self._blocks:
@@ -494,4 +546,6 @@ class ThetaSolver:
                 else:
                     self._assemble_action(r, form)
                 R[level] += r.array_r[:ng]
+        if self._lin is not None:
+            self._sync_coefficients(1)
         return R

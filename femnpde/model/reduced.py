@@ -6,19 +6,52 @@ puts the PDE problem (:class:`~femnpde.fem.solver.ThetaSolver`), the misfit and 
 network together, in the shape of pyadjoint's ``ReducedFunctional``:
 ``rf(theta)`` returns J and ``rf.derivative()`` its gradient, both of the
 *discretised* loss (discretise-then-optimise).
+
+Evaluating ``rf(theta)`` (or ``rf.derivative(theta)``,
+``rf.value_and_gradient(theta)``) at a new θ sets the network's parameters to
+θ: afterwards ``rf.network.params`` holds the last θ evaluated, and the
+source values and states of the last sweep belong to it.  The verification
+functions (:func:`~femnpde.model.verification.taylor_test`,
+:func:`~femnpde.model.verification.finite_difference_check`) restore the
+parameters they found.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 
 import numpy as np
 from mpi4py import MPI
 
 from femnpde.fem.problem import ParabolicProblem
-from femnpde.fem.solver import ThetaSolver
+from femnpde.fem.solver import SolverError, ThetaSolver
 
-__all__ = ["NetworkSource", "FunctionSource", "ReducedFunctional"]
+__all__ = ["NetworkSource", "FunctionSource", "ReducedFunctional", "check_replicated"]
+
+
+def check_replicated(comm: MPI.Comm, array: np.ndarray, what: str = "theta") -> None:
+    """Raise on every rank unless ``array`` is bitwise identical on all ranks of ``comm``.
+
+    The network parameters are replicated and every rank runs its own copy of
+    the optimiser; a rank-dependent update would otherwise make the ranks
+    solve different problems (or call mismatched collectives).  Costs one
+    allreduce of two integers (a CRC-32 of the bytes).
+
+    Raises:
+        SolverError: The ranks disagree (the same error on every rank).
+    """
+    if comm.size == 1:
+        return
+    crc = zlib.crc32(np.ascontiguousarray(array, dtype=np.float64).tobytes())
+    buf = np.array([crc, -crc], dtype=np.int64)
+    comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.MAX)
+    if buf[0] != -buf[1]:
+        raise SolverError(
+            f"{what} differs between the MPI ranks (it must be replicated: the same on every rank); "
+            "an optimiser or a user update made it rank-dependent. Compute updates from replicated "
+            "values only (the gradient is replicated), or broadcast theta from rank 0."
+        )
 
 
 class NetworkSource:
@@ -59,22 +92,37 @@ class NetworkSource:
 class FunctionSource:
     """A known source ``g*(t, x)`` sampled like :class:`NetworkSource` (for synthetic data).
 
+    Point arrays in user callbacks follow DOLFINx's convention everywhere in
+    femnpde (``Function.interpolate``, initial conditions, Dirichlet values,
+    this class): ``x`` has shape ``(3, npts)``, ``x[0]``, ``x[1]``, ``x[2]``
+    are the coordinates (zero beyond the mesh's geometric dimension), and the
+    callback returns ``npts`` values (or a scalar).
+
     Args:
         problem: The problem whose source space is sampled.
-        function: ``function(t, x) -> values`` with ``x`` of shape ``(npts, gdim)``.
+        function: ``function(t, x) -> values`` with ``x`` of shape ``(3, npts)``.
     """
 
     def __init__(self, problem: ParabolicProblem, function: Callable[[float, np.ndarray], np.ndarray]) -> None:
         self.problem = problem
         self.function = function
-        self.points = problem.source_points()
+        points = problem.source_points()
+        self.points = np.zeros((3, points.shape[0]))
+        self.points[: points.shape[1]] = points.T
         self.times = problem.time.times
 
     def values(self) -> np.ndarray:
         """``g*(t_n, x_j)``, shape ``(n_steps + 1, n_owned_source)``."""
-        out = np.empty((len(self.times), len(self.points)))
+        npts = self.points.shape[1]
+        out = np.empty((len(self.times), npts))
         for n, t in enumerate(self.times):
-            out[n] = np.broadcast_to(np.asarray(self.function(float(t), self.points), dtype=np.float64), out[n].shape)
+            value = np.asarray(self.function(float(t), self.points), dtype=np.float64)
+            if value.shape not in ((), (npts,)):
+                raise ValueError(
+                    f"FunctionSource: the function returned shape {value.shape} for x of shape (3, {npts}); "
+                    f"it must return {npts} values (one per point x[:, j]) or a scalar"
+                )
+            out[n] = value
         return out
 
 
@@ -111,6 +159,11 @@ class ReducedFunctional:
         return self.source.network.n_params
 
     @property
+    def network(self):
+        """The network; its parameters are those of the last θ evaluated."""
+        return self.source.network
+
+    @property
     def comm(self):
         """The problem's communicator."""
         return self.solver.problem.comm
@@ -119,7 +172,13 @@ class ReducedFunctional:
         theta = np.asarray(theta, dtype=np.float64)
         if theta.shape != (self.n_params,):
             raise ValueError(f"ReducedFunctional: theta has shape {theta.shape}, expected ({self.n_params},)")
+        # Before the cache test: a rank whose θ drifted must not skip the sweep alone.
+        check_replicated(self.comm, theta, "ReducedFunctional: theta")
         if self._theta is not None and np.array_equal(theta, self._theta):
+            if not np.array_equal(self.source.network.params, theta):
+                # The parameters were changed since (e.g. restored): set them
+                # back to θ, and the activation cache with them.
+                self._g = self.source.values(theta)
             return
         self._theta = theta.copy()
         self._grad = None
@@ -188,7 +247,7 @@ class ReducedFunctional:
         return self.misfit.relative_from_max_error(self._max_error_local)
 
     def __call__(self, theta: np.ndarray) -> float:
-        """The loss J(θ)."""
+        """The loss J(θ); sets the network's parameters to θ (see the module docstring)."""
         self._forward(theta)
         return self._J
 

@@ -14,11 +14,32 @@ TIME_RULES: tuple[str, ...] = ("rectangle", "trapezoid")
 
 @dataclass(frozen=True)
 class TimeWeights:
-    """How the time integral of the loss is discretised.
+    """How the time integral of the loss is discretised: the weights ``w_n``, n = 0..n_steps.
+
+    The rule is applied on the whole grid first, then levels are excluded by
+    setting their weight to 0 (the other weights are not changed):
+
+    * ``"rectangle"``: ``w_n = 1`` for every level;
+    * ``"trapezoid"``: ``w_0 = w_N = 1/2`` (the first and last levels of the
+      *grid*, N = n_steps), ``w_n = 1`` in between;
+    * ``include_initial=False``: ``w_0 = 0``; with the trapezoid rule level 1
+      keeps weight 1 (it is not promoted to an end point), except when
+      n_steps = 1, where it is the last level and weighs 1/2;
+    * ``levels``: only the listed levels keep their weight, the others weigh 0;
+      the weights of the kept levels are those of the full grid (a kept
+      interior level weighs 1 even if it is the first or last kept one).
+
+    The loss multiplies these by Δt: ``J = ½ Σ_n w_n Δt ‖u^n − h^n‖²``.
+
+    >>> time_weights(4, TimeWeights("trapezoid")).tolist()
+    [0.5, 1.0, 1.0, 1.0, 0.5]
+    >>> time_weights(4, TimeWeights("trapezoid", include_initial=False)).tolist()
+    [0.0, 1.0, 1.0, 1.0, 0.5]
+    >>> time_weights(4, TimeWeights("trapezoid", levels=(1, 2, 4))).tolist()
+    [0.0, 1.0, 1.0, 0.0, 0.5]
 
     Attributes:
-        rule: ``"rectangle"`` (every included level has weight 1) or
-            ``"trapezoid"`` (the first and last included levels weigh 1/2).
+        rule: ``"rectangle"`` or ``"trapezoid"``.
         include_initial: Whether level n = 0 (the initial state) is in the
             sum.  The paper sums over all time levels including t = 0; the
             initial state does not depend on the network, so this only shifts
