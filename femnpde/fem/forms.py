@@ -16,8 +16,9 @@ of three classes:
   own Jacobian.
 
 Nothing is specific to a PDE.  Each piece keeps the quadrature degree of the
-integral it came from (the degree UFL would estimate for the whole integral is
-pinned), so the pieces add up to the same discrete residual.  Integer powers
+integral it came from (pinned on ``F`` by
+:func:`~femnpde.fem.problem.pin_quadrature_degrees`), so the pieces add up to
+the same discrete residual; an integral without a pinned degree is kept whole.  Integer powers
 ``f**k`` (2 <= k <= 8) become products, which FFCx evaluates several times
 faster than ``pow``.
 """
@@ -31,9 +32,6 @@ import dolfinx.fem
 import ufl
 from ufl.algorithms import expand_derivatives
 from ufl.algorithms.apply_algebra_lowering import apply_algebra_lowering
-from ufl.algorithms.apply_integral_scaling import apply_integral_scaling
-from ufl.algorithms.compute_form_data import attach_estimated_degrees, preprocess_form
-from ufl.algorithms.domain_analysis import group_form_integrals
 from ufl.algorithms.map_integrands import map_integrand_dags
 from ufl.algorithms.remove_complex_nodes import remove_complex_nodes
 from ufl.corealg.multifunction import MultiFunction
@@ -94,18 +92,6 @@ def _terms(e) -> list:
     return [e]
 
 
-def _estimated_degree(integrals: list[ufl.Integral]):
-    """The quadrature degree FFCx would use for these integrals (one group), or None if ambiguous."""
-    form = preprocess_form(ufl.Form(integrals), False)
-    grouped = group_form_integrals(form, form.ufl_domains(), do_append_everywhere_integrals=False)
-    scaled = apply_integral_scaling(attach_estimated_degrees(grouped))
-    degrees = {itg.metadata()["estimated_polynomial_degree"] for itg in scaled.integrals()}
-    if len(degrees) != 1:
-        return None
-    (degree,) = degrees
-    return degree if isinstance(degree, int) else None
-
-
 @dataclass
 class SplitForms:
     """The pieces of a theta-step residual (UFL forms; compiled by :meth:`compile`).
@@ -151,11 +137,11 @@ def split_residual(F: ufl.Form, u, state: set, times: set) -> SplitForms:
         md = dict(group[0].metadata())
         terms = []
         if "quadrature_degree" not in md:
-            degree = _estimated_degree(group)
-            if degree is None:  # cannot reproduce the degree: keep the group whole, unsplit
-                parts["nonlinear"].extend(group)
-                continue
-            md["quadrature_degree"] = degree
+            # Only pinned integrals are split (ParabolicProblem pins every
+            # integral of F, see pin_quadrature_degrees): a piece of an
+            # unpinned integral would get a quadrature rule of its own.
+            parts["nonlinear"].extend(group)
+            continue
         for itg in group:
             terms.extend(_terms(itg.integrand()))
         for term in terms:

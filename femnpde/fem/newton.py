@@ -179,7 +179,7 @@ class NonlinearStep:
         if lin_u is not None:
             dolfinx.fem.petsc.assemble_matrix(self._A_bc, lin_u, bcs=p.bcs)
         else:
-            _cpp.fem.petsc.insert_diagonal(self._A_bc, p.V, self._bcs_cpp, 1.0)
+            _cpp.fem.petsc.insert_diagonal(self._A_bc, p.V._cpp_object, self._bcs_cpp, 1.0)
         self._A_bc.assemble()
         self._P = self._A_bc.duplicate(copy=True)
         self._P.setOptionsPrefix(f"{prefix}forward_")
