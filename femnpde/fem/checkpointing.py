@@ -20,9 +20,12 @@ nearest snapshot through a :class:`Stepper` (the solver's one-step forward).
 
 Schedule step ``i`` of ``checkpoint_schedules`` advances ``u^i`` to
 ``u^{i+1}``, i.e. it is the solver's time step ``n = i + 1``; its adjoint
-dependencies are ``u^i`` and ``u^{i+1}``.  The recomputed states equal the
-original ones bitwise (the stepper is deterministic), so the gradient does
-not change.
+dependencies are ``u^i`` and ``u^{i+1}``.  A step that is a pure function
+of ``u^{n-1}`` (the constant-Jacobian path) recomputes the original states
+bitwise, so the gradient does not change; a stepper with ``begin()`` /
+``end()`` can keep and restore solver state around each batch of
+recomputed steps (the nonlinear path restores its lagged Newton matrix: the
+gradient then agrees to round-off).
 
 Memory (per rank, ``s`` = bytes of one local state with ghosts): at most
 ``K_ram`` snapshots, two adjoint dependencies and the level last handed to
