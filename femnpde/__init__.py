@@ -23,13 +23,11 @@ formats and is used by ``app``):
 """
 
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-try:
-    __version__ = version("femnpde")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0+unknown"
+#: The version (pyproject.toml reads it from here): right for a checkout run
+#: from its source tree (scripts/env-run) as well as for an installed one.
+__version__ = "0.1.0"
 
 #: public name -> module that defines it
 _API = {
@@ -50,9 +48,14 @@ _API = {
     "Misfit": "femnpde.obs.misfit",
     "L2Misfit": "femnpde.obs.misfit",
     "PointMisfit": "femnpde.obs.points",
+    "synthetic_point_data": "femnpde.obs.points",
     "add_noise": "femnpde.obs.noise",
     "add_field_noise": "femnpde.obs.noise",
+    "Model": "femnpde.model.base",
     "ShallowNetwork": "femnpde.model.network",
+    "MLP": "femnpde.model.mlp",
+    "JaxModel": "femnpde.model.jax_model",
+    "PhysicalParameter": "femnpde.model.parameters",
     "reference_learning_rate": "femnpde.model.network",
     "NetworkSource": "femnpde.model.reduced",
     "FunctionSource": "femnpde.model.reduced",

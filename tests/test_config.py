@@ -51,6 +51,7 @@ def _global_sum_of_squares(run: Run) -> float:
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.serial
 def test_defaults_validate_to_themselves():
     before = copy.deepcopy(DEFAULTS)
     assert validate({}) == DEFAULTS
@@ -61,6 +62,7 @@ def test_defaults_validate_to_themselves():
     assert DEFAULTS["time"]["T"] == 1.0  # no shared state
 
 
+@pytest.mark.serial
 def test_validate_does_not_modify_its_input():
     cfg = {"time": {"T": 2}, "mesh": {"cells": [2, 2]}}
     snapshot = copy.deepcopy(cfg)
@@ -69,6 +71,7 @@ def test_validate_does_not_modify_its_input():
     assert out["time"]["T"] == 2.0 and isinstance(out["time"]["T"], float)
 
 
+@pytest.mark.serial
 @pytest.mark.parametrize("name", DEMO_FILES)
 def test_demo_files_load(name):
     cfg = load_config(DEMOS / name)
@@ -77,6 +80,7 @@ def test_demo_files_load(name):
     assert tomllib.loads(dump_config(cfg)) == cfg
 
 
+@pytest.mark.serial
 def test_demo_contents():
     heat = load_config(DEMOS / "paper_heat.toml")
     assert heat["pde"]["preset"] == "heat" and heat["pde"]["gamma"] == 0.01
@@ -94,6 +98,7 @@ def test_demo_contents():
     assert quick["pde"]["preset"] == "heat" and quick["run"]["iterations"] <= 300
 
 
+@pytest.mark.serial
 def test_dependent_defaults():
     box = validate({"mesh": {"kind": "box"}})["mesh"]
     assert box["cell_type"] == "tetrahedron" and len(box["lower"]) == 3 and len(box["cells"]) == 3
@@ -110,6 +115,7 @@ def test_dependent_defaults():
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.serial
 def test_unknown_key_suggests():
     err = _raises({"time": {"n_step": 8}}, "time.n_step", "did you mean 'time.n_steps'")
     assert err.key == "time.n_step"
@@ -134,16 +140,19 @@ def test_unknown_key_suggests():
         ({"solver": {"petsc_options": {"ksp_type": [1]}}}, "solver.petsc_options.ksp_type", "[1]"),
     ],
 )
+@pytest.mark.serial
 def test_wrong_type(cfg, key, value):
     _raises(cfg, key, value)
 
 
+@pytest.mark.serial
 def test_int_accepted_for_float():
     cfg = validate({"time": {"T": 2}, "mesh": {"upper": [1, 2]}, "optimizer": {"betas": [0, 0.5]}})
     assert cfg["time"]["T"] == 2.0 and type(cfg["time"]["T"]) is float
     assert all(type(x) is float for x in cfg["mesh"]["upper"] + cfg["optimizer"]["betas"])
 
 
+@pytest.mark.serial
 def test_programmatic_values():
     cfg = validate({"time": {"T": np.float64(2.0), "n_steps": np.int32(4)}, "mesh": {"cells": (2, 3)}})
     assert cfg["time"] == {"T": 2.0, "n_steps": 4, "theta": 1.0}
@@ -177,6 +186,7 @@ def test_programmatic_values():
         ({"pde": {"source_degree": 0}}, "pde.source_degree", "0"),
     ],
 )
+@pytest.mark.serial
 def test_out_of_range(cfg, key, value):
     _raises(cfg, key, value)
 
@@ -197,10 +207,12 @@ def test_out_of_range(cfg, key, value):
         ({"pde": {"residual": "not a spec"}}, "pde.residual", '"not a spec"', "module:function"),
     ],
 )
+@pytest.mark.serial
 def test_bad_choice(cfg, key, value, allowed):
     _raises(cfg, key, value, allowed)
 
 
+@pytest.mark.serial
 def test_missing_files(tmp_path):
     missing = tmp_path / "nope.toml"
     with pytest.raises(ConfigError, match="nope.toml"):
@@ -213,6 +225,7 @@ def test_missing_files(tmp_path):
     _raises({"data": {"kind": "file"}}, "data.path")
 
 
+@pytest.mark.serial
 def test_toml_syntax_error_names_file_and_line(tmp_path):
     path = _write(tmp_path / "bad.toml", '[time]\nT = 1.0\nn_steps = = 3\n')
     with pytest.raises(ConfigError) as info:
@@ -234,6 +247,7 @@ def test_toml_syntax_error_names_file_and_line(tmp_path):
         ("pde.presett=heat", "did you mean 'pde.preset'"),
     ],
 )
+@pytest.mark.serial
 def test_bad_override(tmp_path, override, fragment):
     path = _write(tmp_path / "c.toml", "[time]\nT = 1.0\n")
     with pytest.raises(ConfigError) as info:
@@ -246,6 +260,7 @@ def test_bad_override(tmp_path, override, fragment):
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.serial
 def test_overrides_are_typed(tmp_path):
     path = _write(tmp_path / "c.toml", '[time]\nT = 1.0\n[pde]\npreset = "heat"\n')
     cfg = load_config(
@@ -278,6 +293,7 @@ def test_overrides_are_typed(tmp_path):
     assert load_config(path, ["time.T=2", "time.T=3"])["time"]["T"] == 3.0
 
 
+@pytest.mark.serial
 def test_dump_round_trip():
     cfgs = [
         validate({}),
@@ -301,6 +317,7 @@ def test_dump_round_trip():
         dump_config({"time": {"T": None}})
 
 
+@pytest.mark.serial
 def test_relative_paths_follow_the_file(tmp_path, monkeypatch):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "d.npz").write_bytes(b"")

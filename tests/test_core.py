@@ -14,6 +14,7 @@ from femnpde.model.reduced import FunctionSource, NetworkSource, ReducedFunction
 from femnpde.app.scenarios import paper_problem, target_source
 from femnpde.fem.solver import ThetaSolver
 from femnpde.model.verification import taylor_test
+from serial_reference import paper_mesh_pair
 
 
 def _reduced(problem, n_neurons=8, seed=3, weights=None, prefix="t_"):
@@ -100,10 +101,10 @@ def test_taylor_network_in_reaction_and_time_dependent_bc():
 
 @pytest.mark.parametrize("pde", ["heat", "allen-cahn"])
 def test_rank_independence(pde):
-    """Loss and gradient on COMM_WORLD equal those of a serial solve on each rank (1e-10 relative)."""
+    """Loss and gradient on COMM_WORLD equal those of a serial solve on a renumbered mesh (1e-10 relative)."""
     out = {}
-    for name, comm in (("self", MPI.COMM_SELF), ("world", MPI.COMM_WORLD)):
-        problem = paper_problem(pde, comm=comm, nx=6, ny=12, n_steps=6, theta=0.5)
+    for name, mesh in paper_mesh_pair(6, 12).items():
+        problem = paper_problem(pde, mesh=mesh, n_steps=6, theta=0.5)
         rf, theta0 = _reduced(problem, n_neurons=12, prefix=f"ranks_{name}_")
         out[name] = (rf(theta0), rf.derivative())
     (J1, g1), (J2, g2) = out["self"], out["world"]
@@ -114,37 +115,26 @@ def test_rank_independence(pde):
     assert all(np.array_equal(g_all[0], g) for g in g_all)
 
 
-def test_constant_jacobian_is_factorised_once():
-    problem = paper_problem("heat", nx=4, ny=8, n_steps=5)
-    assert problem.forms.jacobian_constant and problem.forms.affine
-    rf, theta0 = _reduced(problem, prefix="reuse_")
-    rf(theta0)
-    rf.derivative()
-    A = rf.solver.A
-    state = A.getObjectState() if hasattr(A, "getObjectState") else None
-    rf(theta0 + 0.1)
-    rf.derivative()
-    if state is not None:
-        assert A.getObjectState() == state  # the matrix was not reassembled
-    assert np.all(rf.solver.newton_iterations[1:] == 1)
-
-
 def test_allen_cahn_jacobian_is_not_constant():
     problem = paper_problem("allen-cahn", nx=4, ny=8, n_steps=3)
     assert not problem.forms.jacobian_constant and not problem.forms.affine
 
 
 def _manufactured_error(degree, n_cells, n_steps, theta, T=0.5, gamma=1.0):
-    """L2 error at T for u = sin(πx) sin(πy) cos(2t) on the unit square."""
+    """L2 error at T for u = sin(πx) sin(πy) (1 + t) on the unit square.
+
+    u is linear in t, so the theta scheme has no time truncation error: the
+    error is the spatial one, O(h^(p+1)), with any number of steps.
+    """
     comm = MPI.COMM_WORLD
     mesh = dolfinx.mesh.create_unit_square(comm, n_cells, n_cells)
 
     def exact(t, x):
-        return np.sin(np.pi * x[0]) * np.sin(np.pi * x[1]) * np.cos(2 * t)
+        return np.sin(np.pi * x[0]) * np.sin(np.pi * x[1]) * (1 + t)
 
     def source(t, x):  # g = u_t − γ Δu, x of shape (3, npts)
         s = np.sin(np.pi * x[0]) * np.sin(np.pi * x[1])
-        return s * (-2 * np.sin(2 * t) + gamma * 2 * np.pi**2 * np.cos(2 * t))
+        return s * (1 + gamma * 2 * np.pi**2 * (1 + t))
 
     problem = ParabolicProblem(
         mesh,
@@ -168,13 +158,9 @@ def _manufactured_error(degree, n_cells, n_steps, theta, T=0.5, gamma=1.0):
 
 @pytest.mark.parametrize("degree", [1, 2])
 def test_spatial_convergence(degree):
-    errors = [_manufactured_error(degree, n, n_steps=80, theta=0.5, T=0.2) for n in (4, 8, 16)]
+    errors = [_manufactured_error(degree, n, n_steps=2, theta=0.5, T=0.2) for n in (4, 8, 16)]
     rates = np.log2(np.array(errors[:-1]) / np.array(errors[1:]))
-    assert np.all(rates > degree + 1 - 0.25), rates
+    assert np.all(rates > degree + 1 - 0.25) and np.all(rates < degree + 1 + 0.5), rates
 
 
-@pytest.mark.parametrize("theta,order", [(1.0, 1), (0.5, 2)])
-def test_temporal_convergence(theta, order):
-    errors = [_manufactured_error(2, 24, n_steps=n, theta=theta, T=1.0, gamma=0.1) for n in (8, 16, 32)]
-    rates = np.log2(np.array(errors[:-1]) / np.array(errors[1:]))
-    assert np.all(rates > order - 0.2), rates
+# Temporal orders (BE 1, CN 2) are checked on manufactured Allen-Cahn solutions in test_manufactured.py.

@@ -94,6 +94,7 @@ def _write_on_root(path: Path, text: str) -> None:
 
 
 # ---------------------------------------------------------------- collection
+@pytest.mark.serial
 def test_collection_is_complete_and_documented():
     xdmf = {p.stem for p in MESH_DIR.glob("*.xdmf")}
     msh = {p.stem for p in MESH_DIR.glob("*.msh")}
@@ -187,6 +188,7 @@ def test_missing_file_is_named_with_the_folder_listing():
         read_mesh(MESH_DIR / "no_such_folder" / "mesh.msh")
 
 
+@pytest.mark.serial
 def test_unknown_suffix_lists_supported_formats():
     with pytest.raises(ValueError, match=r"README\.md.*\.xdmf/\.msh"):
         read_mesh(MESH_DIR / "README.md")

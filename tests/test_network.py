@@ -10,6 +10,9 @@ import pytest
 from femnpde.model import network
 from femnpde.model.network import ACTIVATIONS, ShallowNetwork, reference_learning_rate
 
+#: numpy only: nothing here depends on the number of MPI ranks.
+pytestmark = pytest.mark.serial
+
 DIMS = (1, 2, 3)
 
 

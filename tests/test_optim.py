@@ -22,6 +22,9 @@ from femnpde.optim import (
     minimize_lbfgs,
 )
 
+#: numpy/scipy only: nothing here depends on the number of MPI ranks.
+pytestmark = pytest.mark.serial
+
 # ---------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------

@@ -105,18 +105,6 @@ def test_failure_keeps_last_good_checkpoint(shared_tmp_path, monkeypatch):
     assert res["epochs"] == 10
 
 
-def test_train_writes_outputs(shared_tmp_path):
-    cfg = _config(shared_tmp_path / "c.toml", iterations=3)
-    out = shared_tmp_path / "run"
-    train(cfg, out=out, quiet=True)
-    for name in ("config.toml", "history.csv", "checkpoint.npz", "history.png", "u_vs_h.png", "g_vs_gstar.png"):
-        assert (out / name).is_file(), name
-    for field in ("u", "h", "g_theta", "g_star", "adjoint"):
-        assert (out / "fields" / f"fields_{field}.bp").exists(), field
-    res = forward(cfg, out=shared_tmp_path / "fwd", params=out / "checkpoint.npz")
-    assert np.isfinite(res["loss"])
-
-
 def test_sweep_summary(shared_tmp_path):
     cfg = _config(shared_tmp_path / "c.toml", iterations=2)
     rows = sweep(cfg, [2, 4], out=shared_tmp_path / "sweep", quiet=True)

@@ -8,7 +8,6 @@ propagates.  A :class:`Run` is a context manager that destroys them on exit.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import os
 import warnings
@@ -28,7 +27,10 @@ from femnpde.app.synthetic import synthetic_field, target_for
 from femnpde.app.validation import validate
 from femnpde.fem.problem import PRESETS, Dirichlet, ParabolicProblem, TimeGrid
 from femnpde.fem.solver import ThetaSolver
-from femnpde.model.network import ShallowNetwork, reference_learning_rate
+from femnpde.model.base import Model
+from femnpde.model.build import build_model, import_object
+from femnpde.model.network import reference_learning_rate
+from femnpde.model.parameters import PhysicalParameter
 from femnpde.model.reduced import FunctionSource, NetworkSource, ReducedFunctional
 from femnpde.obs.misfit import L2Misfit, Misfit, TimeWeights
 from femnpde.io.refine import refine_uniformly
@@ -59,7 +61,7 @@ class Run:
     cfg: dict[str, Any]
     problem: ParabolicProblem
     solver: ThetaSolver
-    network: ShallowNetwork
+    network: Model
     source: NetworkSource
     misfit: Misfit  # L2Misfit (field, subdomain) or PointMisfit (sensors)
     rf: ReducedFunctional
@@ -139,23 +141,23 @@ def _read_or_create_mesh(mcfg: Mapping[str, Any], comm: MPI.Comm, need_tags: boo
     return mesh, tags, cell_tags
 
 
-def _build_residual(pcfg: Mapping[str, Any]):
+def _build_residual(pcfg: Mapping[str, Any], constants: Sequence[str] = ()):
+    """The residual; the names in ``constants`` become its keyword arguments (problem constants)."""
     if "residual" not in pcfg:
         factory, names = PRESETS[pcfg["preset"]]
-        return factory(**{k: pcfg[k] for k in names})
+        if not constants:
+            return factory(**{k: pcfg[k] for k in names})
+        fixed = {k: pcfg[k] for k in names if k not in constants}
+
+        def residual(u, v, g, t, x, **consts):
+            return factory(**fixed, **consts)(u, v, g, t, x)
+
+        return residual
     spec = pcfg["residual"]
-    module_name, _, attr = spec.partition(":")
     try:
-        obj: Any = importlib.import_module(module_name)
-    except Exception as err:
-        raise ConfigError(f"pde.residual = {format_value(spec)}: importing module {module_name!r} failed: {err}",
-                          "pde.residual", spec) from err
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise ConfigError(f"pde.residual = {format_value(spec)}: module {module_name!r} has no attribute {attr!r}",
-                              "pde.residual", spec) from None
+        obj: Any = import_object(spec, "pde.residual")
+    except ImportError as err:
+        raise ConfigError(str(err), "pde.residual", spec) from err
     if not callable(obj):
         raise ConfigError(f"pde.residual = {format_value(spec)} is not callable; it must name a residual factory",
                           "pde.residual", spec)
@@ -226,8 +228,8 @@ def _with_neumann(residual, ncfg: Sequence[Mapping[str, Any]], mesh, facet_tags,
     ds = ufl.Measure("ds", domain=mesh, subdomain_data=facet_tags)
     terms = [(float(e["flux"]), int(e["where"])) for e in ncfg]
 
-    def with_flux(u, v, g, t, x):
-        form = residual(u, v, g, t, x)
+    def with_flux(u, v, g, t, x, **constants):
+        form = residual(u, v, g, t, x, **constants)
         for flux, tag in terms:
             form = form - flux * v * ds(tag)
         return form
@@ -277,7 +279,11 @@ def build_run(
         )
     need_tags = any(not isinstance(b["where"], str) for b in cfg["boundary"]) or bool(cfg["neumann"])
     mesh, facet_tags, cell_tags = _build_mesh(mcfg, comm, need_tags, obs["kind"] == "subdomain")
-    residual = _with_neumann(_build_residual(pcfg), cfg["neumann"], mesh, facet_tags, mesh.comm)
+    pars = cfg.get("parameters", {})
+    residual = _with_neumann(_build_residual(pcfg, tuple(pars)), cfg["neumann"], mesh, facet_tags, mesh.comm)
+    # The problem holds the values the synthetic data are made with; the
+    # reduced functional sets the [parameters] values for training.
+    constants = {n: float(pcfg[n]) if "residual" not in pcfg else p.get("true", p["initial"]) for n, p in pars.items()}
     icfg = cfg["initial_condition"]
     ic: Any = paper_initial_condition if icfg["kind"] == "paper" else float(icfg["value"])
     problem = ParabolicProblem(
@@ -290,6 +296,8 @@ def build_run(
         dirichlet=_dirichlet(cfg["boundary"], facet_tags, mesh.comm, tcfg["T"]),
         source=pcfg["source"],
         source_degree=pcfg["source_degree"],
+        n_sources=cfg["network"].get("outputs", 1),
+        constants=constants,
     )
     scfg = cfg["solver"]
     petsc_options = None
@@ -316,9 +324,10 @@ def build_run(
 def _finish_run(cfg: dict[str, Any], problem: ParabolicProblem, solver: ThetaSolver, cell_tags) -> Run:
     """The network, data, misfit and reduced functional of :func:`build_run` (the solver exists)."""
     ncfg, dcfg, lcfg, obs, mesh = cfg["network"], cfg["data"], cfg["loss"], cfg["observation"], problem.mesh
-    network = ShallowNetwork(
-        ncfg["neurons"], mesh.geometry.dim, beta=ncfg["beta"], activation=ncfg["activation"], seed=ncfg["seed"]
-    )
+    try:
+        network = build_model(ncfg, mesh.geometry.dim)
+    except (ImportError, ValueError) as err:  # ModuleNotFoundError (no JAX) included
+        raise ConfigError(f"[network]: {err}", "network.factory" if ncfg.get("kind") == "jax" else "network") from err
     source = NetworkSource(problem, network)
     weights = TimeWeights(
         rule=lcfg["time_rule"],
@@ -329,19 +338,29 @@ def _finish_run(cfg: dict[str, Any], problem: ParabolicProblem, solver: ThetaSol
     if dcfg["kind"] == "synthetic":
         target = target_for(problem, dcfg["target"])
         target_values = target.values()
+        if problem.n_sources > 1:  # the target feeds g[0]; the other coefficients are 0
+            padded = np.zeros((*target_values.shape, problem.n_sources))
+            padded[..., 0] = target_values
+            target_values = padded.reshape(target_values.shape[0], -1)
         field_data = synthetic_field(solver, problem, target_values)
     if obs["kind"] == "sensors":
         misfit = _point_misfit(cfg, problem, field_data, weights)
     else:
         misfit = _field_misfit(cfg, problem, field_data, weights, cell_tags)
+    parameters = [
+        PhysicalParameter(n, p["initial"], p["trainable"], tuple(p.get("bounds", (None, None))), p.get("scale"))
+        for n, p in cfg.get("parameters", {}).items()
+    ]
     try:
         # The adjoint of every level is kept (for output) only when the states are.
-        rf = ReducedFunctional(solver, source, misfit, keep_adjoint=solver.states.keeps_all_levels)
+        rf = ReducedFunctional(solver, source, misfit, keep_adjoint=solver.states.keeps_all_levels,
+                               parameters=parameters)
     except BaseException:
         misfit.destroy()
         raise
     ocfg = cfg["optimizer"]
-    lr = reference_learning_rate(ocfg["lr"], ncfg["neurons"], ncfg["beta"]) if ocfg["scale_lr"] else ocfg["lr"]
+    scaled = ocfg["scale_lr"] and ncfg.get("kind", "shallow") == "shallow"  # the mean-field rate of the paper's network
+    lr = reference_learning_rate(ocfg["lr"], ncfg["neurons"], ncfg["beta"]) if scaled else ocfg["lr"]
     return Run(
         cfg=cfg,
         problem=problem,

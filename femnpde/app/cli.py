@@ -148,10 +148,15 @@ def _cmd_mesh(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _check_config(args.config, args.set)
+    from femnpde.app.trainer import TrainingInterrupted
     from femnpde.app.training import train
 
-    train(args.config, out=args.out, resume=args.resume, overrides=args.set, quiet=args.quiet,
-          check_gradient=True if args.check_gradient else None)
+    try:
+        train(args.config, out=args.out, resume=args.resume, overrides=args.set, quiet=args.quiet,
+              check_gradient=True if args.check_gradient else None)
+    except TrainingInterrupted as err:  # SIGUSR1/SIGTERM: a checkpoint was written
+        _err0(str(err))
+        return 128 + err.signum
     return 0
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import inspect
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,12 +105,13 @@ def heat(gamma: float = 0.01) -> Residual:
     """Heat equation preset: ``∂t u − γΔu = g``.
 
     Args:
-        gamma: Diffusivity (> 0).
+        gamma: Diffusivity (> 0), or a UFL expression (e.g. a trainable
+            ``dolfinx.fem.Constant``).
 
     Returns:
         The residual ``γ ∇u·∇v − g v``.
     """
-    if not gamma > 0:
+    if isinstance(gamma, numbers.Real) and not gamma > 0:  # a UFL constant (trainable) is not checked
         raise ValueError(f"heat: gamma={gamma!r} must be > 0")
 
     def residual(u, v, g, t, x):
@@ -129,9 +130,9 @@ def allen_cahn(gamma: float = 0.01, epsilon: float = 0.32) -> Residual:
     Returns:
         The residual ``γ ∇u·∇v + ε⁻²(u³ − u) v − g v``.
     """
-    if not gamma > 0:
+    if isinstance(gamma, numbers.Real) and not gamma > 0:
         raise ValueError(f"allen_cahn: gamma={gamma!r} must be > 0")
-    if not epsilon > 0:
+    if isinstance(epsilon, numbers.Real) and not epsilon > 0:
         raise ValueError(f"allen_cahn: epsilon={epsilon!r} must be > 0")
 
     def residual(u, v, g, t, x):
@@ -159,6 +160,20 @@ def _with_quadrature_degree(form: ufl.Form, degree: int) -> ufl.Form:
         md.setdefault("quadrature_degree", degree)
         integrals.append(itg.reconstruct(metadata=md))
     return ufl.Form(integrals)
+
+
+def _derivative_wrt_constant(form: ufl.Form, const: dolfinx.fem.Constant) -> ufl.Form:
+    """``∂form/∂const`` (UFL differentiates forms only with respect to coefficients).
+
+    The constant is wrapped in a ``ufl.variable`` and every integrand is
+    differentiated with ``ufl.diff``; the integrals keep their metadata.
+    """
+    cv = ufl.variable(const)
+    integrals = [
+        itg.reconstruct(integrand=ufl.diff(ufl.replace(itg.integrand(), {const: cv}), cv))
+        for itg in form.integrals()
+    ]
+    return ufl.algorithms.expand_derivatives(ufl.Form(integrals))
 
 
 def _single_subdomain_integrals(form: ufl.Form) -> list[ufl.Integral]:
@@ -246,6 +261,8 @@ class _Forms:
     linear: dict[str, dolfinx.fem.Form] | None = None
     # The derivative blocks (of "u_prev", "g", "g_prev") that are constant.
     constant_blocks: dict[str, dolfinx.fem.Form] | None = None
+    # Per named constant c: the functional λ · ∂F/∂c (a scalar form).
+    constant_adjoints: dict[str, dolfinx.fem.Form] | None = None
 
 
 class ParabolicProblem:
@@ -285,6 +302,15 @@ class ParabolicProblem:
         source_degree: Degree of the source space (Lagrange degree, or
             quadrature degree for ``"quadrature"``; default ``degree`` and
             ``2 * degree + 2`` respectively).
+        n_sources: Number of network-fed coefficients: with ``m > 1`` the
+            source space has ``m`` components and the residual indexes them
+            as ``g[0], .., g[m-1]`` (e.g. a source and a diffusion factor).
+        constants: Named scalar constants ``{name: value}`` of the residual
+            (e.g. ``{"gamma": 0.01}``), held in :attr:`constants` as
+            ``dolfinx.fem.Constant`` and passed to the residual as keyword
+            arguments, ``residual(u, v, g, t, x, gamma=...)``; the adjoint
+            sweep can give the loss gradient with respect to them
+            (:attr:`forms` ``.constant_adjoints``: ``λ · ∂F/∂c``).
     """
 
     def __init__(
@@ -299,6 +325,8 @@ class ParabolicProblem:
         dirichlet: Sequence[Dirichlet] = (),
         source: str = "lagrange",
         source_degree: int | None = None,
+        n_sources: int = 1,
+        constants: Mapping[str, float] | None = None,
         form_compiler_options: dict | None = None,
         jit_options: dict | None = None,
     ) -> None:
@@ -311,6 +339,17 @@ class ParabolicProblem:
             )
         if source not in ("lagrange", "quadrature"):
             raise ValueError(f"ParabolicProblem: source={source!r} is not valid; use 'lagrange' or 'quadrature'")
+        if not isinstance(n_sources, numbers.Integral) or isinstance(n_sources, bool) or n_sources < 1:
+            raise ValueError(f"ParabolicProblem: n_sources={n_sources!r} is not valid; use an integer >= 1")
+        constants = dict(constants or {})
+        for name, value in constants.items():
+            if not (isinstance(name, str) and name.isidentifier()) or name in ("u", "v", "g", "t", "x"):
+                raise ValueError(
+                    f"ParabolicProblem: constant name {name!r} is not valid; use a Python identifier other than "
+                    "u, v, g, t, x (it is passed to the residual as a keyword argument)"
+                )
+            if not (isinstance(value, numbers.Real) and np.isfinite(value)):
+                raise ValueError(f"ParabolicProblem: constant {name} = {value!r} is not a finite number")
         if not callable(residual):
             raise TypeError("ParabolicProblem: residual must be a callable residual(u, v, g, t, x) -> ufl.Form")
         self.mesh = mesh
@@ -323,11 +362,13 @@ class ParabolicProblem:
         self.V = dolfinx.fem.functionspace(mesh, ("Lagrange", self.degree))
         if source == "lagrange":
             sdeg = self.degree if source_degree is None else int(source_degree)
-            self.G = dolfinx.fem.functionspace(mesh, ("Lagrange", sdeg))
+            shape = () if n_sources == 1 else (int(n_sources),)
+            self.G = dolfinx.fem.functionspace(mesh, ("Lagrange", sdeg, shape))
             self.quadrature_degree = None
         else:
             qdeg = 2 * self.degree + 2 if source_degree is None else int(source_degree)
-            qe = basix.ufl.quadrature_element(mesh.basix_cell(), value_shape=(), degree=qdeg)
+            shape = () if n_sources == 1 else (int(n_sources),)
+            qe = basix.ufl.quadrature_element(mesh.basix_cell(), value_shape=shape, degree=qdeg)
             self.G = dolfinx.fem.functionspace(mesh, qe)
             self.quadrature_degree = qdeg
 
@@ -341,14 +382,19 @@ class ParabolicProblem:
         self.t_prev = dolfinx.fem.Constant(mesh, PETSc.ScalarType(0.0))
         self.dt = dolfinx.fem.Constant(mesh, PETSc.ScalarType(self.time.dt))
         self.x = ufl.SpatialCoordinate(mesh)
+        self.n_sources = int(n_sources)
+        #: Named scalar constants of the residual (passed to it as keyword arguments).
+        self.constants: dict[str, dolfinx.fem.Constant] = {
+            name: dolfinx.fem.Constant(mesh, PETSc.ScalarType(value)) for name, value in constants.items()
+        }
         v = ufl.TestFunction(V)
 
         F = (self.u - self.u_prev) / self.dt * v * ufl.dx
         try:
-            a_new = residual(self.u, v, self.g, self.t, self.x)
+            a_new = residual(self.u, v, self.g, self.t, self.x, **self.constants)
             a_old = None
             if self.theta < 1.0:
-                a_old = residual(self.u_prev, v, self.g_prev, self.t_prev, self.x)
+                a_old = residual(self.u_prev, v, self.g_prev, self.t_prev, self.x, **self.constants)
         except Exception as err:  # the user's UFL raised: say where it came from
             raise ValueError(f"ParabolicProblem: calling the residual(u, v, g, t, x) failed: {err}") from err
         if not isinstance(a_new, ufl.Form):
@@ -429,7 +475,13 @@ class ParabolicProblem:
         linear = None
         if jacobian_constant and not (constants(F) & times) and set(constant_blocks) == all_present:
             linear = constant_blocks
+        constant_adjoints = {}
+        for name, const in self.constants.items():
+            dF = _derivative_wrt_constant(F, const)
+            if not dF.empty():
+                constant_adjoints[name] = compile_(ufl.replace(dF, {ufl.TestFunction(V): lam}))
         return _Forms(
+            constant_adjoints=constant_adjoints,
             residual=compile_(F),
             jacobian=compile_(J),
             adj_prev=adjoint_action(up),
@@ -549,13 +601,17 @@ class ParabolicProblem:
 
     @property
     def n_owned_source(self) -> int:
-        """Number of owned dofs of the source space on this rank."""
-        return self.G.dofmap.index_map.size_local
+        """Number of owned source values on this rank: owned dofs of the source space × ``n_sources``.
+
+        With several sources the values of one point are consecutive
+        (``(n_points, n_sources)`` in C order, the blocked layout of ``G``).
+        """
+        return self.G.dofmap.index_map.size_local * self.G.dofmap.index_map_bs
 
     def source_points(self) -> np.ndarray:
-        """Coordinates of the owned source-space dofs, shape ``(n_owned_source, gdim)``."""
+        """Coordinates of the owned source-space dofs (points), shape ``(n_owned_source / n_sources, gdim)``."""
         gdim = self.mesh.geometry.dim
-        n = self.n_owned_source
+        n = self.G.dofmap.index_map.size_local
         if self.source_kind == "lagrange":
             return np.ascontiguousarray(self.G.tabulate_dof_coordinates()[:n, :gdim])
         # Quadrature space: dofs are (cell, point) in cell order.

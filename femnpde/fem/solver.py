@@ -146,7 +146,7 @@ class ThetaSolver:
             self._ksp = _make_ksp(comm, f"{self.prefix}forward_", options)
             self._ksp_adj = self._ksp
         else:
-            self._step = NonlinearStep(
+            self._make_step = lambda: NonlinearStep(
                 problem,
                 self.prefix,
                 options,
@@ -155,6 +155,7 @@ class ThetaSolver:
                 max_it=self.newton_max_it,
                 refresh_ratio=jacobian_refresh_ratio,
             )
+            self._step = self._make_step()
             self._A = None
             self._ksp = self._step.snes.getKSP()
             self._ksp_adj = self._step.adjoint_ksp
@@ -173,6 +174,8 @@ class ThetaSolver:
         self.states, self.storage_plan = make_state_storage(state_storage, self.n_levels, n_local, comm)
         self.adjoints: MemoryStorage | None = None
         self.newton_iterations = np.zeros(self.n_levels, dtype=np.int32)
+        #: ``dJ/dc`` of the constants named in the last :meth:`adjoint` call.
+        self.constant_gradient: dict[str, float] = {}
         owned = problem.bc_dofs
         self._bc_owned = owned[owned < problem.n_owned]
         # Persistent views of the coefficient arrays (the property access is slow).
@@ -241,6 +244,44 @@ class ThetaSolver:
         self._f0 = f0
         self._f0_zero = f0.norm() == 0.0
         self._vec_of = {"u_prev": p.u_prev.x.petsc_vec, "g": p.g.x.petsc_vec, "g_prev": p.g_prev.x.petsc_vec}
+
+    def set_constants(self, values: dict[str, float]) -> None:
+        """Set named constants of the residual (``problem.constants``); reassemble what depends on them.
+
+        The matrices assembled once (constant Jacobian and its factorisation,
+        constant derivative blocks, the affine fast path) are rebuilt only
+        when a value actually changes.
+
+        Raises:
+            KeyError: A name is not a constant of the problem.
+        """
+        consts = self.problem.constants
+        changed = False
+        for name, value in values.items():
+            if name not in consts:
+                raise KeyError(f"ThetaSolver.set_constants: {name!r} is not a constant of the problem; "
+                               f"constants: {sorted(consts)}")
+            if float(consts[name].value) != float(value):
+                consts[name].value = value
+                changed = True
+        if not changed:
+            return
+        self.reset()  # the constant Jacobian and its factorisation
+        if self._step is not None:
+            # The nonlinear step assembled the constant (linear) parts of F once: rebuild it.
+            self._step.destroy()
+            self._step = self._make_step()
+            self._ksp = self._step.snes.getKSP()
+            self._ksp_adj = self._step.adjoint_ksp
+        forms = self.problem.forms
+        for name, M in self._blocks.items():
+            M.zeroEntries()
+            dolfinx.fem.petsc.assemble_matrix(M, forms.constant_blocks[name])
+            M.assemble()
+        if self._lin is not None:
+            self._lin["u"].destroy()
+            self._f0.destroy()
+            self._setup_linear()
 
     @property
     def uses_linear_fast_path(self) -> bool:
@@ -470,6 +511,7 @@ class ThetaSolver:
         source: np.ndarray,
         misfit_gradient: Callable[[int, np.ndarray, np.ndarray], None],
         keep_adjoint: bool = False,
+        constants: tuple[str, ...] = (),
     ) -> np.ndarray:
         """Run the adjoint sweep backwards in time.
 
@@ -479,6 +521,9 @@ class ThetaSolver:
             misfit_gradient: ``misfit_gradient(n, u_owned, out_owned)`` adds
                 ``∂J/∂u^n`` (owned entries) to ``out_owned``.
             keep_adjoint: Keep ``λ^n`` of every level in :attr:`adjoints`.
+            constants: Names of residual constants whose gradient
+                ``dJ/dc = Σ_n λ^n · ∂F^n/∂c`` is accumulated during the sweep
+                into :attr:`constant_gradient` (summed over ranks).
 
         Returns:
             ``dJ/dg`` on the owned source dofs at every level,
@@ -501,6 +546,12 @@ class ThetaSolver:
             lam_vec.zeroEntries()  # the warm start must not depend on the previous sweep
         step = self._step
         have_c = False
+        const_forms = forms.constant_adjoints or {}
+        unknown = [name for name in constants if name not in p.constants]
+        if unknown:
+            raise KeyError(f"ThetaSolver.adjoint: {unknown} are not constants of the problem; "
+                           f"constants: {sorted(p.constants)}")
+        dc = np.zeros(len(constants))
         for n in range(N, 0, -1):
             # u^{n-1} first: a checkpointing storage may recompute both levels then.
             u_prev = self.states.load(n - 1)
@@ -524,6 +575,12 @@ class ThetaSolver:
             p.lam.x.scatter_forward()
             if keep_adjoint:
                 self.adjoints.store(n, p.lam.x.array)
+            if constants:
+                if self._lin is not None:  # the mat-vec path skipped what assembly reads
+                    self._sync_coefficients(n)
+                for k, name in enumerate(constants):
+                    if name in const_forms:
+                        dc[k] += dolfinx.fem.assemble_scalar(const_forms[name])
             # Coupling to the previous step, (∂F^n/∂u^{n-1})^T λ^n, for step n-1.
             if step is not None:
                 have_c = n > 1 and step.coupling("u_prev", lam_vec, c)
@@ -546,6 +603,10 @@ class ThetaSolver:
                 else:
                     self._assemble_action(r, form)
                 R[level] += r.array_r[:ng]
+        if constants:
+            total = np.empty_like(dc)
+            p.comm.Allreduce(dc, total)
+            self.constant_gradient = dict(zip(constants, total.tolist()))
         if self._lin is not None:
             self._sync_coefficients(1)
         return R

@@ -26,14 +26,20 @@ Two evaluation modes are provided:
   part ``x @ w_x.T + eta`` is computed once, the hidden activations are
   cached, and the vector-Jacobian product reuses them.
 
-Only activation *outputs* ``s = sigma(z)`` are cached; every activation's
-derivative is computed from its output (``tanh' = 1 - s**2``,
-``sigmoid' = s (1 - s)``, ``softplus' = 1 - exp(-s)``).
+Only activation *outputs* are cached; every activation's derivative is
+computed from its output (``tanh' = 1 - s**2``, ``sigmoid' = s (1 - s)``,
+``softplus' = 1 - exp(-s)``).  On the grid, tanh and sigmoid are separable:
+with ``R = 1 / (1 + exp(-k z)) = B_n / (A_j + B_n)``, ``A = exp(-k P)``,
+``B = exp(k t w_t)`` (k = 2 for tanh, 1 for sigmoid), an activation costs
+one addition and one division, ``tanh = 2R - 1``, ``sigmoid = R`` and
+``sigma' = kappa R (1 - R)`` (kappa = 4, 1): the cache then holds ``R``.
 
 Everything is pure numpy and float64.  Heavy work is done with BLAS
-matrix products and in-place ufuncs on cache-sized blocks of the grid (whole
-time steps, or row blocks of one time step), never with Python loops over
-points or neurons.  ``tanh`` and ``sigmoid`` are evaluated through ``np.exp``
+matrix-vector products and in-place ufuncs on cache-sized blocks of the grid
+(whole time steps, or row blocks of one time step), never with Python loops
+over points or neurons; the blocks run on :attr:`ShallowNetwork.threads`
+threads (numpy releases the GIL), and per-block partial sums are reduced in
+block order, so the results do not depend on the number of threads.  ``tanh`` and ``sigmoid`` are evaluated through ``np.exp``
 (several times faster than ``np.tanh`` where numpy lacks a SIMD ``tanh``) and
 ``softplus`` as ``max(z, 0) + log1p(exp(-|z|))``; all are overflow-free with
 absolute errors below 1e-15.
@@ -49,9 +55,13 @@ from typing import Any
 
 import numpy as np
 
+from femnpde.model._threads import default_threads, run_ranges
+from femnpde.model.activations import ACTIVATIONS, activate_inplace as _activate_inplace
+from femnpde.model.activations import derivative_from_output as _derivative_from_output
+from femnpde.model.base import Model, as_points, as_times
+
 __all__ = ["ACTIVATIONS", "ShallowNetwork", "reference_learning_rate"]
 
-ACTIVATIONS: tuple[str, ...] = ("tanh", "sigmoid", "softplus")
 
 #: Default upper bound (bytes) for the activation cache of ``evaluate_grid``.
 _DEFAULT_MAX_CACHE_BYTES = 4 * 1024**3
@@ -63,77 +73,10 @@ _DEFAULT_MAX_CACHE_BYTES = 4 * 1024**3
 #: single time step (at least one row).
 _CHUNK_ELEMS = 1 << 16
 
-
-# ---------------------------------------------------------------------------
-# activations (in place) and their derivatives from the outputs
-# ---------------------------------------------------------------------------
-#
-# tanh and sigmoid are evaluated through np.exp, which is several times faster
-# than np.tanh on CPUs where numpy has no SIMD tanh (e.g. AVX2); the absolute
-# error is a few ulp of 1 (< 1e-15), which is what matters for the network
-# output (a sum of O(1) terms).  exp overflow to inf gives the exact limits
-# (-1 for tanh, 0 for sigmoid); callers suppress the overflow and
-# underflow warnings (also when the user has set np.seterr(all="raise")).
-
-
-def _activate_inplace(
-    z: np.ndarray, activation: str, tmp: np.ndarray | None = None
-) -> None:
-    """Overwrite pre-activations ``z`` with ``sigma(z)``.
-
-    Args:
-        z: Float64 array, modified in place.
-        activation: One of :data:`ACTIVATIONS`.
-        tmp: Optional scratch array of the same shape (used by softplus).
-    """
-    if activation == "tanh":
-        # tanh(z) = 2 / (1 + exp(-2 z)) - 1
-        z *= -2.0
-        np.exp(z, out=z)
-        z += 1.0
-        np.divide(2.0, z, out=z)
-        z -= 1.0
-    elif activation == "sigmoid":
-        # sigmoid(z) = 1 / (1 + exp(-z))
-        np.negative(z, out=z)
-        np.exp(z, out=z)
-        z += 1.0
-        np.reciprocal(z, out=z)
-    elif activation == "softplus":
-        # log(1 + exp(z)) = max(z, 0) + log1p(exp(-|z|)): no overflow.
-        if tmp is None:
-            tmp = np.empty_like(z)
-        np.abs(z, out=tmp)
-        np.negative(tmp, out=tmp)
-        np.exp(tmp, out=tmp)
-        np.log1p(tmp, out=tmp)
-        np.maximum(z, 0.0, out=z)
-        z += tmp
-    else:  # pragma: no cover - guarded by the constructor
-        raise ValueError(f"unknown activation {activation!r}")
-
-
-def _derivative_from_output(s: np.ndarray, out: np.ndarray, activation: str) -> None:
-    """Write ``sigma'(z)`` into ``out`` given the activation output ``s = sigma(z)``.
-
-    Args:
-        s: Activation outputs.
-        out: Array of the same shape as ``s`` receiving the derivative.
-        activation: One of :data:`ACTIVATIONS`.
-    """
-    if activation == "tanh":
-        np.multiply(s, s, out=out)
-        np.subtract(1.0, out, out=out)
-    elif activation == "sigmoid":
-        np.subtract(1.0, s, out=out)
-        out *= s
-    elif activation == "softplus":
-        # softplus'(z) = sigmoid(z) = 1 - exp(-softplus(z)); s >= 0, no overflow.
-        np.negative(s, out=out)
-        np.exp(out, out=out)
-        np.subtract(1.0, out, out=out)
-    else:  # pragma: no cover - guarded by the constructor
-        raise ValueError(f"unknown activation {activation!r}")
+#: Activation cache bound (bytes) when tanh/sigmoid use the separable form R:
+#: beyond it R is recomputed in vjp_grid (two passes over each block in the
+#: CPU cache), which is faster than the memory traffic of a larger cache.
+_RFORM_MAX_CACHE_BYTES = 64 * 1024**2
 
 
 def _grid_blocks(n_t: int, n_x: int, n: int) -> Iterator[tuple[int, int, int, int]]:
@@ -218,7 +161,8 @@ class _GridCache:
     t: np.ndarray  # (n_t,) copy of the evaluation times
     x: np.ndarray  # (n_x, d) copy of the evaluation points
     params: np.ndarray  # snapshot of the parameters used
-    S: np.ndarray | None  # (n_t, n_x, N) activations, or None if too large
+    S: np.ndarray | None  # (n_t, n_x, N) activations (or R, see r_form), or None if too large
+    r_form: bool = False  # S holds R = 1 / (1 + exp(-k z)), not sigma(z) (ShallowNetwork._r_form)
 
 
 # ---------------------------------------------------------------------------
@@ -226,8 +170,10 @@ class _GridCache:
 # ---------------------------------------------------------------------------
 
 
-class ShallowNetwork:
+class ShallowNetwork(Model):
     """Shallow network ``g(t, x) = N**-beta * sum_i c_i sigma(w_t,i t + w_i.x + eta_i)``.
+
+    The paper's network; implements :class:`~femnpde.model.base.Model`.
 
     Reference initialisation: ``c ~ U(-1, 1)`` and ``w_t, w_x, eta ~ N(0, 1)``,
     drawn from ``np.random.default_rng(seed)`` in the order ``c`` (N values),
@@ -251,6 +197,13 @@ class ShallowNetwork:
             recomputes the activations block by block from the stored ``t``
             and ``x`` (same result, roughly one extra forward pass of work).
             ``0`` disables the activation cache entirely.  Default 4 GiB.
+            For tanh and sigmoid on the grid (the separable form, see the
+            module documentation) the bound is at most 64 MiB: recomputing
+            is faster than a larger cache.
+        threads: Threads over blocks of the grid in :meth:`evaluate_grid`
+            and :meth:`vjp_grid` (the results do not depend on it); default
+            :func:`femnpde.model._threads.default_threads` (``FEMNPDE_NUM_THREADS``,
+            else ``OMP_NUM_THREADS``, else the available CPUs).
 
     Raises:
         ValueError: If an argument is invalid; the message names the
@@ -266,8 +219,11 @@ class ShallowNetwork:
         seed: int | None = 42,
         *,
         max_cache_bytes: int = _DEFAULT_MAX_CACHE_BYTES,
+        threads: int | None = None,
     ) -> None:
         self._configure(n_neurons, input_dim, beta, activation, max_cache_bytes)
+        if threads is not None:
+            self.threads = threads
         self._reference_init(_check_seed(seed))
 
     # -- construction helpers ------------------------------------------------
@@ -286,6 +242,7 @@ class ShallowNetwork:
         self._beta = _check_beta(beta)
         self._activation = _check_activation(activation)
         self._max_cache_bytes = _check_max_cache_bytes(max_cache_bytes)
+        self._threads = default_threads()
         self._scale = float(self._n) ** (-self._beta)
         n, d = self._n, self._d
         self._params = np.zeros(n * (3 + d), dtype=np.float64)
@@ -342,6 +299,17 @@ class ShallowNetwork:
     def scale(self) -> float:
         """Output scaling ``N ** -beta``."""
         return self._scale
+
+    @property
+    def threads(self) -> int:
+        """Threads of the grid evaluation and its VJP (results do not depend on it)."""
+        return self._threads
+
+    @threads.setter
+    def threads(self, value: int) -> None:
+        if not _is_int(value) or value < 1:
+            raise ValueError(f"threads must be an integer >= 1, got {value!r}")
+        self._threads = int(value)
 
     @property
     def n_params(self) -> int:
@@ -421,6 +389,7 @@ class ShallowNetwork:
         new._configure(
             self._n, self._d, self._beta, self._activation, self._max_cache_bytes
         )
+        new._threads = self._threads
         np.copyto(new._params, self._params)
         return new
 
@@ -433,22 +402,10 @@ class ShallowNetwork:
     # -- input checking -------------------------------------------------------
 
     def _as_times(self, t: np.ndarray, name: str = "t") -> np.ndarray:
-        arr = np.ascontiguousarray(t, dtype=np.float64)
-        if arr.ndim != 1:
-            raise ValueError(
-                f"{name} must be a 1-D array of times, got shape {arr.shape}"
-            )
-        return arr
+        return as_times(t, name)
 
     def _as_points(self, x: np.ndarray, name: str = "x") -> np.ndarray:
-        arr = np.ascontiguousarray(x, dtype=np.float64)
-        if arr.ndim == 1 and self._d == 1:
-            arr = arr.reshape(-1, 1)
-        if arr.ndim != 2 or arr.shape[1] != self._d:
-            raise ValueError(
-                f"{name} must have shape (n_points, {self._d}), got shape {arr.shape}"
-            )
-        return arr
+        return as_points(x, self._d, name)
 
     # -- pointwise evaluation ---------------------------------------------------
 
@@ -572,23 +529,34 @@ class ShallowNetwork:
         return p
 
     def _separable_factors(self, p: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """Factors of ``exp(-k z)`` on the grid, ``z[n, j] = P[j] + t[n] w_t``, for tanh (k = 2) and sigmoid (k = 1).
+        """Factors ``A = exp(-k P)`` (n_x, N) and ``B = exp(k t w_t)`` (n_t, N) for tanh (k = 2) and sigmoid (k = 1).
 
-        ``exp(-k (P[j] + t_n w_t)) = exp(-k P[j]) * exp(-k t_n w_t)``: the
-        exponentials are taken on the ``n_x x N`` and ``n_t x N`` factors only,
-        and each grid activation costs a product and a division instead of an
-        ``exp``.  Returns None (use the direct formula) for softplus, or when a
-        factor overflows or underflows (a product ``inf * 0`` would be nan).
+        With ``z[n, j] = P[j] + t_n w_t``, ``1 / (1 + exp(-k z)) = B[n] / (A[j] + B[n])``:
+        the exponentials are taken on the two factors only and each grid
+        activation costs one addition and one division (two passes over
+        memory) instead of an ``exp``.  The network output is affine in
+        this ``R`` (:meth:`_r_form`).  Returns None (use the direct formula)
+        for softplus, or when a factor or their sum overflows or underflows.
         """
         k = {"tanh": 2.0, "sigmoid": 1.0}.get(self._activation)
         if k is None:
             return None
         with np.errstate(over="ignore", under="ignore"):
             a = np.exp(-k * p)
-            b = np.exp(np.multiply.outer(-k * t, self._w_t))
-        if not (np.all(np.isfinite(a)) and np.all(a > 0) and np.all(np.isfinite(b)) and np.all(b > 0)):
-            return None
-        return a, b
+            b = np.exp(np.multiply.outer(k * t, self._w_t))
+            ok = (
+                np.all(np.isfinite(a)) and np.all(a > 0) and np.all(np.isfinite(b)) and np.all(b > 0)
+                and np.isfinite(np.max(a) + np.max(b))
+            )
+        return (a, b) if ok else None
+
+    def _r_form(self) -> tuple[float, float, float]:
+        """``(alpha, beta, kappa)`` with ``sigma = alpha R + beta`` and ``sigma' = kappa R (1 - R)``.
+
+        ``R = 1 / (1 + exp(-k z))``: tanh ``= 2R - 1``, ``tanh' = 4R(1 - R)``;
+        sigmoid ``= R``, ``sigmoid' = R(1 - R)``.
+        """
+        return (2.0, -1.0, 4.0) if self._activation == "tanh" else (1.0, 0.0, 1.0)
 
     def _grid_activations(
         self,
@@ -599,19 +567,13 @@ class ShallowNetwork:
         tmp: np.ndarray | None,
         factors: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
-        """Write ``sigma(P[j] + t[n] w_t)`` for one grid block into ``out`` (k, rows, N)."""
+        """Write ``R`` (with ``factors``) or ``sigma(P[j] + t[n] w_t)`` for one grid block into ``out`` (k, rows, N)."""
         n0, n1, j0, j1 = blk
         if factors is not None:
             a, b = factors
-            # exp(-k z) as a product of the factors; the product may overflow to
-            # inf or underflow to 0, which gives the exact limits below.
-            np.multiply(a[None, j0:j1, :], b[n0:n1, None, :], out=out)
-            out += 1.0
-            if self._activation == "tanh":  # 2 / (1 + exp(-2z)) - 1
-                np.divide(2.0, out, out=out)
-                out -= 1.0
-            else:  # sigmoid: 1 / (1 + exp(-z))
-                np.reciprocal(out, out=out)
+            bb = b[n0:n1, None, :]
+            np.add(a[None, j0:j1, :], bb, out=out)
+            np.divide(bb, out, out=out)
             return
         np.add(p[None, j0:j1, :], t[n0:n1, None, None] * self._w_t, out=out)
         _activate_inplace(out, self._activation, tmp)
@@ -649,37 +611,54 @@ class ShallowNetwork:
         n_t, n_x, n = t.size, x.shape[0], self._n
         self._grid_cache = None  # a failed call leaves no (inconsistent) cache
 
+        p = self._spatial_preactivation(x)
+        factors = self._separable_factors(p, t)
+        limit = self._max_cache_bytes
+        if factors is not None:
+            # Recomputing R (two passes in the CPU cache) is cheaper than
+            # writing and reading back a large activation array.
+            limit = min(limit, _RFORM_MAX_CACHE_BYTES)
         s_all: np.ndarray | None = None
-        if cache and n_t * n_x * n * 8 <= self._max_cache_bytes:
+        if cache and n_t * n_x * n * 8 <= limit:
             if self._s_buffer is None or self._s_buffer.shape != (n_t, n_x, n):
                 self._s_buffer = None  # free the old buffer before allocating
                 self._s_buffer = np.empty((n_t, n_x, n))
             s_all = self._s_buffer
-
-        p = self._spatial_preactivation(x)
-        factors = self._separable_factors(p, t)
+        elif self._s_buffer is not None and cache:
+            self._s_buffer = None  # not used for this grid: free it
         g = np.empty((n_t, n_x))
         cap = max(_CHUNK_ELEMS, n)
-        work = np.empty(cap) if s_all is None else None
-        tmp = np.empty(cap) if self._activation == "softplus" else None
-        with np.errstate(over="ignore", under="ignore"):
-            for blk in _grid_blocks(n_t, n_x, n):
-                n0, n1, j0, j1 = blk
-                shape = (n1 - n0, j1 - j0, n)
-                size = shape[0] * shape[1] * n
-                if s_all is not None:
-                    s = s_all[n0:n1, j0:j1]
-                else:
-                    s = work[:size].reshape(shape)
-                self._grid_activations(
-                    p, t, blk, s, None if tmp is None else tmp[:size].reshape(shape), factors
-                )
-                g[n0:n1, j0:j1] = (s.reshape(-1, n) @ self._c).reshape(shape[:2])
-        g *= self._scale
+        blocks = list(_grid_blocks(n_t, n_x, n))
+
+        def work_on(lo: int, hi: int) -> None:
+            # Scratch per thread; every block writes its own slice of g.
+            work = np.empty(cap) if s_all is None else None
+            tmp = np.empty(cap) if self._activation == "softplus" else None
+            with np.errstate(over="ignore", under="ignore"):
+                for blk in blocks[lo:hi]:
+                    n0, n1, j0, j1 = blk
+                    shape = (n1 - n0, j1 - j0, n)
+                    size = shape[0] * shape[1] * n
+                    if s_all is not None:
+                        s = s_all[n0:n1, j0:j1]
+                    else:
+                        s = work[:size].reshape(shape)
+                    self._grid_activations(
+                        p, t, blk, s, None if tmp is None else tmp[:size].reshape(shape), factors
+                    )
+                    g[n0:n1, j0:j1] = (s.reshape(-1, n) @ self._c).reshape(shape[:2])
+
+        run_ranges(work_on, len(blocks), self._threads)
+        if factors is None:
+            g *= self._scale
+        else:  # g = scale * (alpha R c + beta sum(c))
+            alpha, beta, _ = self._r_form()
+            g *= alpha * self._scale
+            g += beta * self._scale * float(np.sum(self._c))
 
         if cache:
             self._grid_cache = _GridCache(
-                t=t.copy(), x=x.copy(), params=self._params.copy(), S=s_all
+                t=t.copy(), x=x.copy(), params=self._params.copy(), S=s_all, r_form=factors is not None
             )
         return g
 
@@ -692,9 +671,11 @@ class ShallowNetwork:
         ``D = sigma'(S) * r[..., None] * (scale * c)``:
         ``dc = scale * S^T r``, ``d_eta = sum_{n,j} D``,
         ``d_wt = sum_n t_n sum_j D[n, j]`` and ``d_wx = sum_{n,j} D[n, j] x_j``.
-        For each cache-sized block, ``d_eta, d_wt, d_wx`` are accumulated by a
-        single GEMM ``sigma'(S)^T [r, r t, r x]`` (the factor ``scale * c`` is
-        applied once at the end), so ``D`` is never materialised.
+        For each cache-sized block, ``d_eta, d_wt, d_wx`` are accumulated by
+        matrix-vector products ``r_n^T sigma'(S_n)`` per time level (giving
+        ``d_eta`` and, weighted by ``t_n``, ``d_wt``) and ``(r x_k)^T
+        sigma'(S)`` (the factor ``scale * c`` is applied once at the end), so
+        ``D`` is never materialised.
 
         Args:
             r: Cotangent weights, shape ``(n_t, n_x)`` of the cached grid.
@@ -731,34 +712,83 @@ class ShallowNetwork:
                 f"got shape {r.shape}"
             )
 
-        # rhs[n, j] = (r, r t_n, r x_j): sigma'(S)^T rhs gives d_eta, d_wt, d_wx.
-        rhs = np.empty((n_t, n_x, d + 2))
-        rhs[..., 0] = r
-        np.multiply(r, t[:, None], out=rhs[..., 1])
-        np.multiply(r[..., None], x[None, :, :], out=rhs[..., 2:])
+        # rx[k, n, j] = r[n, j] x_j[k]: sigma'(S)^T rx gives d_wx; per time
+        # level u_n = sigma'(S_n)^T r_n gives d_eta = sum_n u_n and
+        # d_wt = sum_n t_n u_n (t_n is constant on a level).  Only
+        # matrix-vector products: BLAS is several times slower on one GEMM
+        # with the d + 2 columns (r, r t, r x).
+        rx = np.empty((d, n_t, n_x))
+        np.multiply(r[None, :, :], x.T[:, None, :], out=rx)
 
         cap = max(_CHUNK_ELEMS, n)
-        q = np.empty(cap)
-        p = self._spatial_preactivation(x) if s_all is None else None
-        factors = self._separable_factors(p, t) if s_all is None else None
-        work = np.empty(cap) if s_all is None else None
+        if s_all is None:
+            p = self._spatial_preactivation(x)
+            factors = self._separable_factors(p, t)
+            r_form = factors is not None
+        else:
+            p = factors = None
+            r_form = cache.r_form
+        blocks = list(_grid_blocks(n_t, n_x, n))
+        # Per-block contributions, summed in block order below: the result
+        # does not depend on the number of threads.
+        nb = len(blocks)
+        dc_parts = np.empty((nb, n))
+        eta_parts = np.empty((nb, n))
+        wt_parts = np.empty((nb, n))
+        wx_parts = np.empty((nb, d, n))
+
+        def work_on(lo: int, hi: int) -> None:
+            q = np.empty(cap)
+            work = np.empty(cap) if s_all is None else None
+            u = np.empty((max(1, _CHUNK_ELEMS // max(n_x * n, 1)), 1, n))
+            with np.errstate(over="ignore", under="ignore"):
+                for b in range(lo, hi):
+                    blk = blocks[b]
+                    n0, n1, j0, j1 = blk
+                    k, rows = n1 - n0, j1 - j0
+                    shape = (k, rows, n)
+                    size = k * rows * n
+                    qb = q[:size].reshape(shape)
+                    if s_all is not None:
+                        s = s_all[n0:n1, j0:j1]
+                    else:
+                        s = work[:size].reshape(shape)
+                        self._grid_activations(p, t, blk, s, qb, factors)
+                    rb = r[n0:n1, j0:j1]
+                    # The derivative pass first: it reads the cached block from
+                    # memory once, the product below finds it in the CPU cache.
+                    if r_form:  # R (1 - R) = R - R^2; the factor kappa comes at the end
+                        np.multiply(s, s, out=qb)
+                        np.subtract(s, qb, out=qb)
+                    else:
+                        _derivative_from_output(s, qb, self._activation)
+                    np.matmul(rb.reshape(-1), s.reshape(-1, n), out=dc_parts[b])
+                    ub = u[:k]
+                    np.matmul(rb[:, None, :], qb, out=ub)
+                    np.sum(ub[:, 0, :], axis=0, out=eta_parts[b])
+                    np.matmul(t[n0:n1], ub[:, 0, :], out=wt_parts[b])
+                    q2 = qb.reshape(-1, n)
+                    for k_x in range(d):  # d matrix-vector products: BLAS is slow on (d x rows) @ (rows x N)
+                        np.matmul(rx[k_x, n0:n1, j0:j1].reshape(-1), q2, out=wx_parts[b, k_x])
+
+        run_ranges(work_on, nb, self._threads)
         dc = np.zeros(n)
-        acc = np.zeros((n, d + 2))
-        with np.errstate(over="ignore", under="ignore"):
-            for blk in _grid_blocks(n_t, n_x, n):
-                n0, n1, j0, j1 = blk
-                shape = (n1 - n0, j1 - j0, n)
-                size = shape[0] * shape[1] * n
-                qb = q[:size].reshape(shape)
-                if s_all is not None:
-                    s = s_all[n0:n1, j0:j1]
-                else:
-                    s = work[:size].reshape(shape)
-                    self._grid_activations(p, t, blk, s, qb, factors)
-                dc += s.reshape(-1, n).T @ r[n0:n1, j0:j1].reshape(-1)
-                _derivative_from_output(s, qb, self._activation)
-                acc += qb.reshape(-1, n).T @ rhs[n0:n1, j0:j1].reshape(-1, d + 2)
-        return self._assemble_gradient(dc, acc[:, 1], acc[:, 2:], acc[:, 0])
+        aeta = np.zeros(n)
+        awt = np.zeros(n)
+        awx = np.zeros((d, n))
+        for b in range(nb):
+            dc += dc_parts[b]
+            aeta += eta_parts[b]
+            awt += wt_parts[b]
+            awx += wx_parts[b]
+        if r_form:  # sigma = alpha R + beta, sigma' = kappa R (1 - R)
+            alpha, beta, kappa = self._r_form()
+            dc *= alpha
+            dc += beta * float(np.sum(r))
+            aeta *= kappa
+            awt *= kappa
+            awx *= kappa
+        return self._assemble_gradient(dc, awt, awx.T, aeta)
 
     def clear_cache(self) -> None:
         """Discard the cache kept by :meth:`evaluate_grid` and free its memory."""
