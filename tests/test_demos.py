@@ -26,6 +26,7 @@ DEMOS = {
     "paper_allen_cahn.toml": ["run.iterations=6", "mesh.cells=[10, 20]", "time.n_steps=16", "network.neurons=20"],
     "annulus_sensors.toml": ["run.iterations=12"],
     "box_cavity_3d.toml": ["run.iterations=8", "time.n_steps=6"],
+    "box_cavity_3d_fine.toml": ["run.iterations=6", "time.n_steps=6", "mesh.refine=1", "network.neurons=10"],
     "gamma_recovery.toml": ["run.iterations=300", "mesh.cells=[6, 12]", "time.n_steps=16"],
 }
 

@@ -33,6 +33,7 @@ from femnpde.model.network import reference_learning_rate
 from femnpde.model.parameters import PhysicalParameter
 from femnpde.model.reduced import FunctionSource, NetworkSource, ReducedFunctional
 from femnpde.obs.misfit import L2Misfit, Misfit, TimeWeights
+from femnpde.io.refine import refine_uniformly
 from femnpde.obs.noise import add_field_noise
 
 __all__ = ["Run", "build_run"]
@@ -82,20 +83,30 @@ class Run:
 
 
 def _build_mesh(mcfg: Mapping[str, Any], comm: MPI.Comm, need_tags: bool, need_cell_tags: bool = False):
+    """The mesh, its facet and cell tags (None when absent or not needed), refined ``mesh.refine`` times."""
+    mesh, facet_tags, cell_tags = _read_or_create_mesh(mcfg, comm, need_tags, need_cell_tags)
+    if mcfg.get("refine", 0):
+        mesh, cell_tags, facet_tags = refine_uniformly(mesh, mcfg["refine"], cell_tags, facet_tags)
+    return mesh, facet_tags, cell_tags
+
+
+def _read_or_create_mesh(mcfg: Mapping[str, Any], comm: MPI.Comm, need_tags: bool, need_cell_tags: bool):
     """The mesh, its facet tags and cell tags (None for built-in meshes or when not needed)."""
     import dolfinx.mesh
 
+    # dolfinx.mesh.refine needs an unghosted mesh (it rebuilds the ghost layer).
+    ghost = dolfinx.mesh.GhostMode.none if mcfg.get("refine", 0) else dolfinx.mesh.GhostMode.shared_facet
     kind = mcfg["kind"]
     if kind == "rectangle":
         mesh = dolfinx.mesh.create_rectangle(
             comm, [np.array(mcfg["lower"]), np.array(mcfg["upper"])], list(mcfg["cells"]),
-            dolfinx.mesh.CellType[mcfg["cell_type"]],
+            dolfinx.mesh.CellType[mcfg["cell_type"]], ghost_mode=ghost,
         )
         return mesh, None, None
     if kind == "box":
         mesh = dolfinx.mesh.create_box(
             comm, [np.array(mcfg["lower"]), np.array(mcfg["upper"])], list(mcfg["cells"]),
-            dolfinx.mesh.CellType[mcfg["cell_type"]],
+            dolfinx.mesh.CellType[mcfg["cell_type"]], ghost_mode=ghost,
         )
         return mesh, None, None
     path = mcfg["path"]
@@ -106,7 +117,7 @@ def _build_mesh(mcfg: Mapping[str, Any], comm: MPI.Comm, need_tags: bool, need_c
         from femnpde.io.meshes import read_mesh
 
         try:
-            data = read_mesh(path, comm, gdim=mcfg["gdim"])
+            data = read_mesh(path, comm, gdim=mcfg["gdim"], ghost_mode=ghost)
         except (OSError, ValueError) as err:
             raise ConfigError(f"mesh.path = {format_value(path)}: {err}", "mesh.path", path) from err
         return data.mesh, data.facet_tags, data.cell_tags
@@ -114,7 +125,7 @@ def _build_mesh(mcfg: Mapping[str, Any], comm: MPI.Comm, need_tags: bool, need_c
 
     try:
         with dolfinx.io.XDMFFile(comm, path, "r") as f:
-            mesh = f.read_mesh(name=mcfg["name"])
+            mesh = f.read_mesh(name=mcfg["name"], ghost_mode=ghost)
             tdim = mesh.topology.dim
             tags = None
             if need_tags:
@@ -301,6 +312,7 @@ def build_run(
         newton_rtol=scfg["newton_rtol"],
         newton_atol=scfg["newton_atol"],
         newton_max_it=scfg["newton_max_it"],
+        state_storage=cfg["run"]["state_storage"],
     )
     try:  # from here on, a failure must not leak the solver's PETSc objects
         return _finish_run(cfg, problem, solver, cell_tags)
@@ -340,7 +352,9 @@ def _finish_run(cfg: dict[str, Any], problem: ParabolicProblem, solver: ThetaSol
         for n, p in cfg.get("parameters", {}).items()
     ]
     try:
-        rf = ReducedFunctional(solver, source, misfit, keep_adjoint=True, parameters=parameters)
+        # The adjoint of every level is kept (for output) only when the states are.
+        rf = ReducedFunctional(solver, source, misfit, keep_adjoint=solver.states.keeps_all_levels,
+                               parameters=parameters)
     except BaseException:
         misfit.destroy()
         raise

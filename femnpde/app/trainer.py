@@ -135,7 +135,7 @@ class TrainingLoop:
             epoch=self.epoch,
             loss=J,
             relative_rmse=rmse,
-            relative_max_error=self.misfit.relative_max_error(self.rf.states),
+            relative_max_error=self.rf.relative_max_error(),
             gradient_norm=float(np.linalg.norm(grad)),
             learning_rate=lr,
             wall_time=time.perf_counter() - self.t_start,

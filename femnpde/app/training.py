@@ -104,12 +104,13 @@ def _write_outputs(run, out: pathlib.Path, comm, fmt: str, have: dict[str, bool]
     """Final fields (u, h, g_θ, g*, adjoint) and the comparison plots (those ``have`` allows)."""
     problem = run.problem
     rf = run.rf
-    n_local = rf.states.to_array().shape[1]
+    u_all = rf.all_states()
+    n_local = u_all.shape[1]
     n_owned = problem.n_owned
-    fields_V = {"u": rf.states.to_array()}
+    fields_V = {"u": u_all}
     h_local = None
     if run.field_data is not None:  # the full-field data (synthetic runs)
-        h_local = np.zeros_like(rf.states.to_array())
+        h_local = np.zeros_like(u_all)
         h_local[:, :n_owned] = run.field_data
         fields_V["h"] = h_local
     if rf.adjoint_states is not None:
@@ -125,13 +126,13 @@ def _write_outputs(run, out: pathlib.Path, comm, fmt: str, have: dict[str, bool]
                             spaces=dict.fromkeys(fields_G, "G"))
     # The state as a readable checkpoint: the field data of another run (data.kind = "file").
     if have["adios4dolfinx"]:
-        written.append(write_field_data(out / "fields" / "u.bp", problem, rf.states.to_array(), name="u"))
+        written.append(write_field_data(out / "fields" / "u.bp", problem, u_all, name="u"))
     if not have["matplotlib"]:
         return written
     plot_times = run.cfg["run"]["plot_times"]
     idx = sorted({int(np.argmin(np.abs(times - t))) for t in plot_times})
     if h_local is not None:
-        plot_comparison(out / "u_vs_h.png", problem, rf.states.to_array(), h_local, idx, labels=("u", "h"), comm=comm,
+        plot_comparison(out / "u_vs_h.png", problem, u_all, h_local, idx, labels=("u", "h"), comm=comm,
                         title="state u (trained) vs data h")
     if (run.target_values is not None and problem.source_kind == "lagrange" and problem.n_sources == 1
             and problem.G.dofmap.index_map.size_local == n_owned):
@@ -253,6 +254,7 @@ def _train_run(
             f"femnpde train: {pde}, {run.network!r}, {run.rf.n_params} parameters, "
             f"{cfg['optimizer']['kind']} lr={run.lr:.4g}, epochs {start}..{n_iter}, {comm.size} rank(s) -> {out}",
         )
+        rank0_print(comm, f"femnpde train: {run.solver.storage_plan.describe()}")
     if check_gradient:
         _preflight_gradient_check(rf, theta, comm, quiet)
     with Progress(n_iter, comm, quiet=quiet, initial=start) as progress:

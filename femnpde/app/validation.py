@@ -35,6 +35,7 @@ from femnpde.app.checks import (
     _type_name,
     _unknown,
 )
+from femnpde.fem.storage_plan import validate_state_storage
 from femnpde.app.schema import (
     BOX_DEFAULTS,
     CELL_TYPES,
@@ -107,6 +108,7 @@ def _validate_mesh(user: Mapping[str, Any]) -> dict[str, Any]:
         out["facet_tags"] = _str("mesh.facet_tags", _get(sec, "mesh.facet_tags"))
         _reject_keys(sec, "mesh", ("lower", "upper", "cells", "cell_type"), 'is not used with mesh.kind = "file"',
                      'remove {key} or use mesh.kind = "rectangle" or "box"')
+    out["refine"] = _int("mesh.refine", _get(sec, "mesh.refine"), 0)
     return out
 
 
@@ -430,8 +432,16 @@ def _validate_run(user: Mapping[str, Any], T: float) -> dict[str, Any]:
         "plot_times": _floats("run.plot_times", sec.get("plot_times", [T / 4, T / 2, T]),
                               f"a list of numbers in [0, T] = [0, {T!r}]", None, lambda f: 0.0 <= f <= T),
         "field_format": _choice("run.field_format", _get(sec, "run.field_format"), CHOICES["run.field_format"]),
+        "state_storage": _state_storage(_get(sec, "run.state_storage")),
         "check_gradient": _bool("run.check_gradient", _get(sec, "run.check_gradient")),
     }
+
+
+def _state_storage(spec: Any) -> Any:
+    try:
+        return validate_state_storage(spec, "run.state_storage")
+    except ValueError as err:
+        raise ConfigError(str(err), "run.state_storage", spec) from err
 
 
 def _validate_solver(user: Mapping[str, Any]) -> dict[str, Any]:

@@ -27,9 +27,15 @@ import dolfinx.fem
 import dolfinx.fem.petsc
 from petsc4py import PETSc
 
+from femnpde.fem.linear_defaults import (
+    check_adjoint_capable,
+    default_linear_solver_options,
+    is_symmetric,
+    uses_krylov,
+)
 from femnpde.fem.newton import NonlinearStep, ksp_reason, options_with_defaults
 from femnpde.fem.problem import ParabolicProblem
-from femnpde.fem.storage import MemoryStorage, StateStorage
+from femnpde.fem.storage import MemoryStorage, StateStorage, make_state_storage
 
 __all__ = ["ThetaSolver", "SolverError", "default_linear_solver_options"]
 
@@ -38,29 +44,34 @@ class SolverError(RuntimeError):
     """A forward or adjoint solve failed (Newton or linear solver divergence)."""
 
 
-def default_linear_solver_options(comm_size: int = 1, n_dofs: int = 0) -> dict[str, str]:
-    """A direct solver: LU with MUMPS, else SuperLU_dist, else PETSc's own.
-
-    Small serial systems (<= 50 000 unknowns) use PETSc's own LU, whose
-    per-solve overhead is far below MUMPS' (0.02 ms against 0.5 ms for the
-    paper's 861 unknowns); the triangular solves dominate a time loop.
-    """
-    opts = {"ksp_type": "preonly", "pc_type": "lu"}
-    if comm_size == 1 and n_dofs <= 50_000:
-        opts["pc_factor_mat_solver_type"] = "petsc"
-        opts["pc_factor_mat_ordering_type"] = "nd"
-    elif PETSc.Sys.hasExternalPackage("mumps"):
-        opts["pc_factor_mat_solver_type"] = "mumps"
-    elif PETSc.Sys.hasExternalPackage("superlu_dist"):
-        opts["pc_factor_mat_solver_type"] = "superlu_dist"
-    return opts
-
-
 def _make_ksp(comm, prefix: str, options: dict[str, str]) -> PETSc.KSP:
     """A KSP with ``prefix``; ``options`` are defaults that command-line options override."""
     ksp = PETSc.KSP().create(comm)
     options_with_defaults(ksp, prefix, options)
     return ksp
+
+
+class _Recompute:
+    """The :class:`~femnpde.fem.checkpointing.Stepper` of one sweep: the solver's step with its source."""
+
+    def __init__(self, solver: "ThetaSolver", source: np.ndarray) -> None:
+        self._solver = solver
+        self._source = source
+
+    def step(self, n: int, u_prev: np.ndarray) -> np.ndarray:
+        self._solver.forward_step(n, self._source, u_prev)
+        return self._solver.problem.u.x.array
+
+    def begin(self) -> None:
+        """Before recomputing: keep the nonlinear step's lagged Newton matrix (the adjoint's preconditioner)."""
+        step = self._solver._step
+        self._saved = step.save_lag() if step is not None else None
+
+    def end(self) -> None:
+        """After recomputing: restore it, so the adjoint sees what it would without recomputation."""
+        if self._saved is not None:
+            self._solver._step.restore_lag(self._saved)
+            self._saved = None
 
 
 class ThetaSolver:
@@ -83,6 +94,12 @@ class ThetaSolver:
         jacobian_refresh_ratio: Nonlinear problems: refresh (reassemble and
             refactorise) the lagged Newton matrix when the residual falls by
             less than this factor in one iteration; 0 gives exact Newton.
+        state_storage: Where the forward sweep keeps the states for the
+            adjoint: ``"memory"`` (all levels) or a checkpointing budget,
+            ``{"snapshots": K}`` or ``{"budget": "2GB"}`` (per rank), with
+            optional ``"disk_snapshots"`` (see
+            :func:`femnpde.fem.storage_plan.validate_state_storage`); the
+            chosen plan is :attr:`storage_plan`.
     """
 
     def __init__(
@@ -96,6 +113,7 @@ class ThetaSolver:
         newton_max_it: int = 25,
         fast_affine: bool = True,
         jacobian_refresh_ratio: float = 0.03,
+        state_storage: str | dict = "memory",
     ) -> None:
         if not isinstance(petsc_options_prefix, str) or not petsc_options_prefix:
             raise ValueError("ThetaSolver: petsc_options_prefix must be a non-empty string, e.g. 'femnpde_'")
@@ -104,8 +122,11 @@ class ThetaSolver:
         forms = problem.forms
         comm = problem.comm
         imap = problem.V.dofmap.index_map
+        #: Whether the step Jacobian is symmetric: the adjoint then solves
+        #: with the untransposed operator (any preconditioner works).
+        self.symmetric = self._probe_symmetry()
         options = (
-            default_linear_solver_options(comm.size, imap.size_global)
+            default_linear_solver_options(comm.size, imap.size_global, problem.mesh.geometry.dim, self.symmetric)
             if petsc_options is None
             else dict(petsc_options)
         )
@@ -138,13 +159,19 @@ class ThetaSolver:
             self._A = None
             self._ksp = self._step.snes.getKSP()
             self._ksp_adj = self._step.adjoint_ksp
+        check_adjoint_capable(self._ksp_adj, self.symmetric)
+        # Krylov adjoints of constant Jacobians start from λ^{n+1} (zero at the start of each sweep).
+        self._adjoint_warm = self._step is None and uses_krylov(self._ksp_adj)
+        self._ksp_adj.setInitialGuessNonzero(self._adjoint_warm)
         self._rhs = dolfinx.fem.petsc.create_vector(problem.V)
         self._c = dolfinx.fem.petsc.create_vector(problem.V)
         self._r = dolfinx.fem.petsc.create_vector(problem.G)
         self._have_c = False
         n_local = problem.V.dofmap.index_map.size_local + problem.V.dofmap.index_map.num_ghosts
         self.n_levels = problem.time.n_steps + 1
-        self.states: StateStorage = MemoryStorage(self.n_levels, n_local)
+        self._n_local = n_local
+        self.states: StateStorage
+        self.states, self.storage_plan = make_state_storage(state_storage, self.n_levels, n_local, comm)
         self.adjoints: MemoryStorage | None = None
         self.newton_iterations = np.zeros(self.n_levels, dtype=np.int32)
         #: ``dJ/dc`` of the constants named in the last :meth:`adjoint` call.
@@ -170,6 +197,31 @@ class ThetaSolver:
         self._lin = None
         if forms.linear is not None and fast_affine:
             self._setup_linear()
+
+    def _probe_symmetry(self) -> bool:
+        """Assemble the step Jacobian once at a random state and test its symmetry (collective).
+
+        A random state (not u^0, where e.g. a convection term may vanish)
+        exposes any non-symmetric dependence on the coefficients; the
+        coefficients are restored.
+        """
+        p = self.problem
+        fs = (p.u, p.u_prev, p.g, p.g_prev)
+        saved = [f.x.array.copy() for f in fs]
+        rng = np.random.default_rng(1234 + p.comm.rank)
+        for f in fs:
+            f.x.array[:] = rng.uniform(-1.0, 1.0, f.x.array.size)
+            f.x.scatter_forward()
+        t_saved = (p.t.value.copy(), p.t_prev.value.copy())
+        p.t.value, p.t_prev.value = float(p.time.times[1]), float(p.time.times[0])
+        A = dolfinx.fem.petsc.assemble_matrix(p.forms.jacobian, bcs=p.bcs)
+        A.assemble()
+        symmetric = is_symmetric(A)
+        A.destroy()
+        for f, a in zip(fs, saved):
+            f.x.array[:] = a
+        p.t.value, p.t_prev.value = t_saved
+        return symmetric
 
     def _setup_linear(self) -> None:
         """Assemble A0 (no BCs) and f0 = F(0) once: F(u) = A0 u + Σ blocks · coefficients + f0."""
@@ -381,6 +433,8 @@ class ThetaSolver:
             self._assemble_A(self._A)
             self._ksp.setOperators(self._A)
             self._A_current = True
+        if self._adjoint_warm:
+            self._du.zeroEntries()  # the KSP is the adjoint's too, with a nonzero initial guess
         self._solve(self._ksp, self._b, self._du, n, transpose=False)
         # One Newton step solves an affine residual exactly.
         p.u.x.petsc_vec.axpy(-1.0, self._du)
@@ -438,10 +492,12 @@ class ThetaSolver:
         expected = (self.n_levels, p.n_owned_source)
         if source.shape != expected:
             raise ValueError(f"ThetaSolver.forward: source has shape {source.shape}, expected {expected}")
+        if hasattr(self.states, "attach"):
+            self.states.attach(_Recompute(self, source))
         self.states.store(0, p.u0.x.array)
         p.u.x.array[:] = p.u0.x.array
         for n in range(1, self.n_levels):
-            self.forward_step(n, source)
+            self.forward_step(n, source, p.u.x.array)
             self.states.store(n, p.u.x.array)
             if step_callback is not None:
                 step_callback(n)
@@ -482,10 +538,12 @@ class ThetaSolver:
         R = np.zeros((self.n_levels, ng))
         if keep_adjoint:
             if self.adjoints is None:
-                self.adjoints = MemoryStorage(self.n_levels, self.states.load(0).shape[0])
-            self.adjoints.store(0, np.zeros_like(self.states.load(0)))
+                self.adjoints = MemoryStorage(self.n_levels, self._n_local)
+            self.adjoints.store(0, np.zeros(self._n_local))
         rhs, c, r = self._rhs, self._c, self._r
         lam_vec = p.lam.x.petsc_vec
+        if self._adjoint_warm:
+            lam_vec.zeroEntries()  # the warm start must not depend on the previous sweep
         step = self._step
         have_c = False
         const_forms = forms.constant_adjoints or {}
@@ -495,8 +553,10 @@ class ThetaSolver:
                            f"constants: {sorted(p.constants)}")
         dc = np.zeros(len(constants))
         for n in range(N, 0, -1):
+            # u^{n-1} first: a checkpointing storage may recompute both levels then.
+            u_prev = self.states.load(n - 1)
             u_n = self.states.load(n)
-            self._set_step(n, source, u_n)
+            self._set_step(n, source, u_n, u_prev)
             if step is None and not self._A_current:
                 self._assemble_A(self._A)
                 self._ksp.setOperators(self._A)
@@ -509,7 +569,7 @@ class ThetaSolver:
             rhs_arr *= -1.0
             rhs_arr[self._bc_owned] = 0.0
             if step is None:
-                self._solve(self._ksp_adj, rhs, lam_vec, n, transpose=True)
+                self._solve(self._ksp_adj, rhs, lam_vec, n, transpose=not self.symmetric)
             else:
                 step.adjoint_solve(rhs, lam_vec, n, self._times[n])
             p.lam.x.scatter_forward()

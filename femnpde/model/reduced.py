@@ -183,6 +183,7 @@ class ReducedFunctional:
         self._g: np.ndarray | None = None
         self._J: float | None = None
         self._grad: np.ndarray | None = None
+        self._max_error_local: float | None = None
         self.n_forward = 0
         self.n_adjoint = 0
 
@@ -242,9 +243,68 @@ class ReducedFunctional:
         if consts:
             self.solver.set_constants(consts)
         self._g = self.source.values(net_theta)
-        self.solver.forward(self._g)
-        self._J = self.misfit.value(self.solver.states)
+        states = self.solver.states
+        if getattr(states, "keeps_all_levels", True):
+            self.solver.forward(self._g)
+            self._J = self.misfit.value(states)
+            self._max_error_local = None
+        else:
+            self._J, self._max_error_local = self._streamed_forward()
         self.n_forward += 1
+
+    def _streamed_forward(self) -> tuple[float, float]:
+        """Forward sweep taking the loss level by level (for storages that do not keep every level)."""
+        misfit = self.misfit
+        if not hasattr(misfit, "level_value"):
+            raise TypeError(
+                f"ReducedFunctional: {type(misfit).__name__} has no level_value(n, u_owned); it cannot be used "
+                f"with a checkpointing state storage (use state_storage = \"memory\")"
+            )
+        problem = self.solver.problem
+        n_owned = problem.n_owned
+        acc = {"J": misfit.level_value(0, problem.u0.x.array[:n_owned]),
+               "err": misfit.level_max_error(0, problem.u0.x.array[:n_owned])}
+        u = problem.u.x.array
+
+        def take(n: int) -> None:
+            acc["J"] += misfit.level_value(n, u[:n_owned])
+            acc["err"] = max(acc["err"], misfit.level_max_error(n, u[:n_owned]))
+
+        self.solver.forward(self._g, step_callback=take)
+        return self.comm.allreduce(acc["J"], op=MPI.SUM), acc["err"]
+
+    def all_states(self) -> np.ndarray:
+        """Every state of the last θ, shape ``(n_steps + 1, n_local)`` (local arrays with ghosts).
+
+        With a storage that keeps every level this is its array (a view); with
+        a checkpointing storage the forward sweep is run once more and every
+        level collected, which takes the memory of all levels (for writing
+        output, not during training).
+        """
+        if self._theta is None:
+            raise RuntimeError("ReducedFunctional.all_states: nothing evaluated yet")
+        states = self.solver.states
+        if getattr(states, "keeps_all_levels", True):
+            return states.to_array()
+        problem = self.solver.problem
+        u = problem.u.x.array
+        out = np.empty((self.solver.n_levels, u.size))
+        out[0] = problem.u0.x.array
+
+        def collect(n: int) -> None:
+            out[n] = u
+
+        self._grad = None  # the replay restarts the storage's schedule
+        self.solver.forward(self._g, step_callback=collect)
+        return out
+
+    def relative_max_error(self) -> float:
+        """``max_{n,j} |u^n_j − h^n_j| / max|h|`` of the last forward sweep (collective)."""
+        if self._theta is None:
+            raise RuntimeError("ReducedFunctional.relative_max_error: nothing evaluated yet")
+        if self._max_error_local is None:
+            return self.misfit.relative_max_error(self.solver.states)
+        return self.misfit.relative_from_max_error(self._max_error_local)
 
     def __call__(self, theta: np.ndarray) -> float:
         """The loss J(θ); sets the network's parameters to θ (see the module docstring)."""
