@@ -23,34 +23,40 @@ formats and is used by ``app``):
 """
 
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-try:
-    __version__ = version("femnpde")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0+unknown"
+#: The version (pyproject.toml reads it from here): right for a checkout run
+#: from its source tree (scripts/env-run) as well as for an installed one.
+__version__ = "0.1.0"
 
 #: public name -> module that defines it
 _API = {
     "TimeGrid": "femnpde.fem.problem",
     "Dirichlet": "femnpde.fem.problem",
     "ParabolicProblem": "femnpde.fem.problem",
-    "heat": "femnpde.fem.problem",
-    "allen_cahn": "femnpde.fem.problem",
+    "heat": "femnpde.fem.presets",
+    "allen_cahn": "femnpde.fem.presets",
     "ThetaSolver": "femnpde.fem.solver",
     "SolverError": "femnpde.fem.solver",
     "MemoryStorage": "femnpde.fem.storage",
     "StateStorage": "femnpde.fem.storage",
+    "CheckpointStorage": "femnpde.fem.checkpointing",
+    "StoragePlan": "femnpde.fem.storage_plan",
+    "plan_storage": "femnpde.fem.storage_plan",
     "QuadratureProjector": "femnpde.fem.projection",
     "TimeWeights": "femnpde.obs.weights",
     "Misfit": "femnpde.obs.misfit",
     "L2Misfit": "femnpde.obs.misfit",
     "PointMisfit": "femnpde.obs.points",
+    "synthetic_point_data": "femnpde.obs.points",
     "add_noise": "femnpde.obs.noise",
     "add_field_noise": "femnpde.obs.noise",
+    "Model": "femnpde.model.base",
     "ShallowNetwork": "femnpde.model.network",
-    "reference_learning_rate": "femnpde.model.network",
+    "MLP": "femnpde.model.mlp",
+    "JaxModel": "femnpde.model.jax_model",
+    "PhysicalParameter": "femnpde.model.parameters",
+    "reference_learning_rate": "femnpde.model.scaling",
     "NetworkSource": "femnpde.model.reduced",
     "FunctionSource": "femnpde.model.reduced",
     "ReducedFunctional": "femnpde.model.reduced",

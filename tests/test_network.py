@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from femnpde.model import network
+from femnpde.model import _grid as grid_module
 from femnpde.model.network import ACTIVATIONS, ShallowNetwork, reference_learning_rate
 
 #: numpy only: nothing here depends on the number of MPI ranks.
@@ -271,7 +271,7 @@ def test_blocking_does_not_change_results(monkeypatch, chunk):
     tt, xx = np.repeat(tg, 7), np.tile(xg, (5, 1))
     p_ref, pv_ref = ref(tt, xx), ref.vjp(tt, xx, r.ravel())
 
-    monkeypatch.setattr(network, "_CHUNK_ELEMS", chunk)
+    monkeypatch.setattr(grid_module, "_CHUNK_ELEMS", chunk)  # the grid blocks and the pointwise row chunks
     for mcb in (1 << 30, 0):
         net = ShallowNetwork(n, d, activation="softplus", seed=4, max_cache_bytes=mcb)
         np.testing.assert_allclose(net.evaluate_grid(tg, xg), g_ref, rtol=1e-13)

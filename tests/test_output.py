@@ -347,6 +347,7 @@ def test_write_fields_vtx(solved, shared_tmp):
         problem.time.times,
         spaces={"g": "G"},
     )
+    # One VTX file per function space (state space V, source space G).
     assert [f.name for f in files] == ["fields_u.bp", "fields_g.bp"]
     COMM.barrier()
     for f in files:

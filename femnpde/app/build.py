@@ -8,7 +8,6 @@ propagates.  A :class:`Run` is a context manager that destroys them on exit.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
 import os
@@ -31,9 +30,13 @@ from femnpde.app.synthetic import synthetic_field, target_for
 from femnpde.app.validation import validate
 from femnpde.fem.problem import PRESETS, Dirichlet, ParabolicProblem, TimeGrid
 from femnpde.fem.solver import ThetaSolver
-from femnpde.model.network import ShallowNetwork, reference_learning_rate
+from femnpde.model.base import Model
+from femnpde.model.build import build_model, import_object
+from femnpde.model.network import reference_learning_rate
+from femnpde.model.parameters import PhysicalParameter
 from femnpde.model.reduced import FunctionSource, NetworkSource, ReducedFunctional
 from femnpde.obs.misfit import L2Misfit, Misfit, TimeWeights
+from femnpde.io.refine import refine_uniformly
 from femnpde.obs.noise import add_field_noise
 
 __all__ = ["Run", "build_run"]
@@ -61,7 +64,7 @@ class Run:
     cfg: dict[str, Any]
     problem: ParabolicProblem
     solver: ThetaSolver
-    network: ShallowNetwork
+    network: Model
     source: NetworkSource
     misfit: Misfit  # L2Misfit (field, subdomain) or PointMisfit (sensors)
     rf: ReducedFunctional
@@ -88,20 +91,30 @@ class Run:
 
 
 def _build_mesh(mcfg: Mapping[str, Any], comm: MPI.Comm, need_tags: bool, need_cell_tags: bool = False):
+    """The mesh, its facet and cell tags (None when absent or not needed), refined ``mesh.refine`` times."""
+    mesh, facet_tags, cell_tags = _read_or_create_mesh(mcfg, comm, need_tags, need_cell_tags)
+    if mcfg.get("refine", 0):
+        mesh, cell_tags, facet_tags = refine_uniformly(mesh, mcfg["refine"], cell_tags, facet_tags)
+    return mesh, facet_tags, cell_tags
+
+
+def _read_or_create_mesh(mcfg: Mapping[str, Any], comm: MPI.Comm, need_tags: bool, need_cell_tags: bool):
     """The mesh, its facet tags and cell tags (None for built-in meshes or when not needed)."""
     import dolfinx.mesh
 
+    # dolfinx.mesh.refine needs an unghosted mesh (it rebuilds the ghost layer).
+    ghost = dolfinx.mesh.GhostMode.none if mcfg.get("refine", 0) else dolfinx.mesh.GhostMode.shared_facet
     kind = mcfg["kind"]
     if kind == "rectangle":
         mesh = dolfinx.mesh.create_rectangle(
             comm, [np.array(mcfg["lower"]), np.array(mcfg["upper"])], list(mcfg["cells"]),
-            dolfinx.mesh.CellType[mcfg["cell_type"]],
+            dolfinx.mesh.CellType[mcfg["cell_type"]], ghost_mode=ghost,
         )
         return mesh, None, None
     if kind == "box":
         mesh = dolfinx.mesh.create_box(
             comm, [np.array(mcfg["lower"]), np.array(mcfg["upper"])], list(mcfg["cells"]),
-            dolfinx.mesh.CellType[mcfg["cell_type"]],
+            dolfinx.mesh.CellType[mcfg["cell_type"]], ghost_mode=ghost,
         )
         return mesh, None, None
     path = mcfg["path"]
@@ -112,7 +125,7 @@ def _build_mesh(mcfg: Mapping[str, Any], comm: MPI.Comm, need_tags: bool, need_c
         from femnpde.io.meshes import read_mesh
 
         try:
-            data = read_mesh(path, comm, gdim=mcfg["gdim"])
+            data = read_mesh(path, comm, gdim=mcfg["gdim"], ghost_mode=ghost)
         except (OSError, ValueError) as err:
             raise ConfigError(f"mesh.path = {format_value(path)}: {err}", "mesh.path", path) from err
         return data.mesh, data.facet_tags, data.cell_tags
@@ -120,7 +133,7 @@ def _build_mesh(mcfg: Mapping[str, Any], comm: MPI.Comm, need_tags: bool, need_c
 
     try:
         with dolfinx.io.XDMFFile(comm, path, "r") as f:
-            mesh = f.read_mesh(name=mcfg["name"])
+            mesh = f.read_mesh(name=mcfg["name"], ghost_mode=ghost)
             tdim = mesh.topology.dim
             tags = None
             if need_tags:
@@ -136,23 +149,26 @@ def _build_mesh(mcfg: Mapping[str, Any], comm: MPI.Comm, need_tags: bool, need_c
     return mesh, tags, cell_tags
 
 
-def _build_residual(pcfg: Mapping[str, Any]):
+def _build_residual(pcfg: Mapping[str, Any], constants: Sequence[str] = ()):
+    """The residual; the names in ``constants`` become its keyword arguments (problem constants)."""
     if "residual" not in pcfg:
         factory, names = PRESETS[pcfg["preset"]]
-        return factory(**{k: pcfg[k] for k in names})
+        if not constants:
+            return factory(**{k: pcfg[k] for k in names})
+        fixed = {k: pcfg[k] for k in names if k not in constants}
+
+        def residual(u, v, g, t, x, **consts):
+            return factory(**fixed, **consts)(u, v, g, t, x)
+
+        return residual
     spec = pcfg["residual"]
-    module_name, _, attr = spec.partition(":")
     try:
-        obj: Any = importlib.import_module(module_name)
-    except (Exception, SystemExit, KeyboardInterrupt) as err:  # user code: sys.exit() is an error too
-        raise ConfigError(f"pde.residual = {format_value(spec)}: importing module {module_name!r} failed: {_describe(err)}",
+        obj: Any = import_object(spec, "pde.residual")
+    except ImportError as err:
+        raise ConfigError(str(err), "pde.residual", spec) from err
+    except (SystemExit, KeyboardInterrupt) as err:  # user code at import: sys.exit() is an error too
+        raise ConfigError(f"pde.residual = {format_value(spec)}: importing the module failed: {_describe(err)}",
                           "pde.residual", spec) from err
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise ConfigError(f"pde.residual = {format_value(spec)}: module {module_name!r} has no attribute {attr!r}",
-                              "pde.residual", spec) from None
     if not callable(obj):
         raise ConfigError(f"pde.residual = {format_value(spec)} is not callable; it must name a residual factory",
                           "pde.residual", spec)
@@ -245,8 +261,8 @@ def _with_neumann(residual, ncfg: Sequence[Mapping[str, Any]], mesh, facet_tags,
     ds = ufl.Measure("ds", domain=mesh, subdomain_data=facet_tags)
     terms = [(float(e["flux"]), int(e["where"])) for e in ncfg]
 
-    def with_flux(u, v, g, t, x):
-        form = residual(u, v, g, t, x)
+    def with_flux(u, v, g, t, x, **constants):
+        form = residual(u, v, g, t, x, **constants)
         for flux, tag in terms:
             form = form - flux * v * ds(tag)
         return form
@@ -319,7 +335,11 @@ def _build(cfg: dict[str, Any], comm: MPI.Comm, petsc_options_prefix: str, agree
     check_memory(estimate_memory(cfg, mesh.topology.index_map(tdim).size_global,
                                  mesh.topology.index_map(0).size_global, tdim, comm.size), budget, comm.size,
                  f"{mesh.topology.index_map(tdim).size_global} cells")
-    residual = _with_neumann(_build_residual(pcfg), cfg["neumann"], mesh, facet_tags, mesh.comm)
+    pars = cfg.get("parameters", {})
+    residual = _with_neumann(_build_residual(pcfg, tuple(pars)), cfg["neumann"], mesh, facet_tags, mesh.comm)
+    # The problem holds the values the synthetic data are made with; the
+    # reduced functional sets the [parameters] values for training.
+    constants = {n: float(pcfg[n]) if "residual" not in pcfg else p.get("true", p["initial"]) for n, p in pars.items()}
     icfg = cfg["initial_condition"]
     ic: Any = paper_initial_condition if icfg["kind"] == "paper" else float(icfg["value"])
     problem = ParabolicProblem(
@@ -332,6 +352,8 @@ def _build(cfg: dict[str, Any], comm: MPI.Comm, petsc_options_prefix: str, agree
         dirichlet=_dirichlet(cfg["boundary"], facet_tags, mesh.comm, tcfg["T"]),
         source=pcfg["source"],
         source_degree=pcfg["source_degree"],
+        n_sources=cfg["network"].get("outputs", 1),
+        constants=constants,
     )
     scfg = cfg["solver"]
     petsc_options = None
@@ -350,6 +372,7 @@ def _build(cfg: dict[str, Any], comm: MPI.Comm, petsc_options_prefix: str, agree
                 newton_rtol=scfg["newton_rtol"],
                 newton_atol=scfg["newton_atol"],
                 newton_max_it=scfg["newton_max_it"],
+                state_storage=cfg["run"]["state_storage"],
             )
     except PETSc.Error as err:
         raise _petsc_options_error(err, petsc_options) from err
@@ -376,9 +399,10 @@ def _petsc_options_error(err: BaseException, options: Mapping[str, str] | None) 
 def _finish_run(cfg: dict[str, Any], problem: ParabolicProblem, solver: ThetaSolver, cell_tags) -> Run:
     """The network, data, misfit and reduced functional of :func:`build_run` (the solver exists)."""
     ncfg, dcfg, lcfg, obs, mesh = cfg["network"], cfg["data"], cfg["loss"], cfg["observation"], problem.mesh
-    network = ShallowNetwork(
-        ncfg["neurons"], mesh.geometry.dim, beta=ncfg["beta"], activation=ncfg["activation"], seed=ncfg["seed"]
-    )
+    try:
+        network = build_model(ncfg, mesh.geometry.dim)
+    except (ImportError, ValueError) as err:  # ModuleNotFoundError (no JAX) included
+        raise ConfigError(f"[network]: {err}", "network.factory" if ncfg.get("kind") == "jax" else "network") from err
     source = NetworkSource(problem, network)
     weights = TimeWeights(
         rule=lcfg["time_rule"],
@@ -389,18 +413,29 @@ def _finish_run(cfg: dict[str, Any], problem: ParabolicProblem, solver: ThetaSol
     if dcfg["kind"] == "synthetic":
         target = target_for(problem, dcfg["target"])
         target_values = target.values()
+        if problem.n_sources > 1:  # the target feeds g[0]; the other coefficients are 0
+            padded = np.zeros((*target_values.shape, problem.n_sources))
+            padded[..., 0] = target_values
+            target_values = padded.reshape(target_values.shape[0], -1)
         field_data = synthetic_field(solver, problem, target_values)
     if obs["kind"] == "sensors":
         misfit = _point_misfit(cfg, problem, field_data, weights)
     else:
         misfit = _field_misfit(cfg, problem, field_data, weights, cell_tags)
+    parameters = [
+        PhysicalParameter(n, p["initial"], p["trainable"], tuple(p.get("bounds", (None, None))), p.get("scale"))
+        for n, p in cfg.get("parameters", {}).items()
+    ]
     try:
-        rf = ReducedFunctional(solver, source, misfit, keep_adjoint=True)
+        # The adjoint of every level is kept (for output) only when the states are.
+        rf = ReducedFunctional(solver, source, misfit, keep_adjoint=solver.states.keeps_all_levels,
+                               parameters=parameters)
     except BaseException:
         misfit.destroy()
         raise
     ocfg = cfg["optimizer"]
-    lr = reference_learning_rate(ocfg["lr"], ncfg["neurons"], ncfg["beta"]) if ocfg["scale_lr"] else ocfg["lr"]
+    scaled = ocfg["scale_lr"] and ncfg.get("kind", "shallow") == "shallow"  # the mean-field rate of the paper's network
+    lr = reference_learning_rate(ocfg["lr"], ncfg["neurons"], ncfg["beta"]) if scaled else ocfg["lr"]
     return Run(
         cfg=cfg,
         problem=problem,

@@ -150,10 +150,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume is not None and args.overwrite:
         raise ValueError("--resume and --overwrite exclude each other: --resume continues the run in DIR, "
                          "--overwrite replaces the run in --out")
+    from femnpde.app.trainer import TrainingInterrupted
     from femnpde.app.training import train
 
-    train(args.config, out=args.out, resume=args.resume, overrides=args.set, quiet=args.quiet,
-          overwrite=args.overwrite, check_gradient=True if args.check_gradient else None)
+    try:
+        train(args.config, out=args.out, resume=args.resume, overrides=args.set, quiet=args.quiet,
+              overwrite=args.overwrite, check_gradient=True if args.check_gradient else None)
+    except TrainingInterrupted as err:  # SIGUSR1/SIGTERM: a checkpoint was written
+        _print0(f"femnpde: error: {err}", file=sys.stderr)
+        return 128 + err.signum
     return 0
 
 

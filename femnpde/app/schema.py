@@ -42,6 +42,8 @@ from typing import Any
 
 import tomli_w
 
+from femnpde.model.build import MODEL_KINDS
+from femnpde.model.mlp import INITIALISATIONS, OUTPUT_SCALES
 from femnpde.model.network import ACTIVATIONS
 from femnpde.obs.weights import TIME_RULES
 
@@ -52,7 +54,10 @@ __all__ = [
     "DEFAULTS",
     "DEPENDENT",
     "HELP",
+    "NETWORK_KIND_KEYS",
     "OPTIONAL_DEFAULTS",
+    "PARAMETER_KEYS",
+    "PRESET_PARAMETERS",
     "ConfigError",
     "config_reference",
     "default",
@@ -89,6 +94,7 @@ DEFAULTS: dict[str, Any] = {
         "upper": [0.5, 1.0],
         "cells": [20, 40],
         "cell_type": "triangle",
+        "refine": 0,
     },
     "pde": {
         "preset": "heat",
@@ -134,6 +140,7 @@ DEFAULTS: dict[str, Any] = {
         "checkpoint_every": 50,
         "plot_times": [0.25, 0.5, 1.0],
         "field_format": "vtx",
+        "state_storage": "memory",
         "check_gradient": False,
     },
     "solver": {"newton_rtol": 1e-11, "newton_atol": 1e-13, "newton_max_it": 25},
@@ -158,7 +165,27 @@ OPTIONAL_DEFAULTS: dict[str, Any] = {
     "boundary.frequency": 1.0,
     "neumann.where": None,
     "neumann.flux": 0.0,
+    "network.kind": "shallow",
+    "network.hidden": None,
+    "network.init": "glorot",
+    "network.output_scale": "none",
+    "network.factory": None,
+    "network.options": None,
+    "network.outputs": 1,
 }
+
+#: Keys of [network] that only some kinds use (the shallow network uses neurons, beta, activation, seed).
+NETWORK_KIND_KEYS: dict[str, tuple[str, ...]] = {
+    "shallow": (),
+    "mlp": ("hidden", "init", "output_scale", "outputs"),
+    "jax": ("factory", "options", "outputs"),
+}
+
+#: The constants of each preset that [parameters] may name (checked against femnpde.fem.problem.PRESETS).
+PRESET_PARAMETERS: dict[str, tuple[str, ...]] = {"heat": ("gamma",), "allen-cahn": ("gamma", "epsilon")}
+
+#: Keys of one entry of [parameters] (``name = { initial = ..., ... }``).
+PARAMETER_KEYS: tuple[str, ...] = ("initial", "trainable", "bounds", "scale", "true")
 
 #: Defaults of the box mesh (``mesh.kind = "box"``).
 BOX_DEFAULTS: dict[str, Any] = {
@@ -188,6 +215,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "initial_condition.kind": ("paper", "constant"),
     "boundary.time_function": ("constant", "linear", "sin"),
     "network.activation": ACTIVATIONS,
+    "network.kind": MODEL_KINDS,
+    "network.init": INITIALISATIONS,
+    "network.output_scale": OUTPUT_SCALES,
     "data.kind": ("synthetic", "file"),
     "data.target": (
         "linear_t", "linear_x", "linear_y", "quadratic_t", "quadratic_x", "tanh_1", "tanh_2", "difficult",
@@ -224,6 +254,8 @@ HELP: dict[str, str] = {
     "mesh.gdim": "kind file: geometric dimension of a .msh file, 2 or 3",
     "mesh.name": "kind file: name of the mesh in an .xdmf file",
     "mesh.facet_tags": "kind file: name of the facet tags in an .xdmf file",
+    "mesh.refine": "uniform refinements after building or reading the mesh (4x the cells in 2D, 8x in 3D each; "
+    "cell and facet tags carried over), >= 0",
     "pde.preset": "the residual, ignored when pde.residual is given",
     "pde.residual": '"package.module:function", a factory returning residual(u, v, g, t, x) -> ufl.Form; called '
     "with those of gamma and epsilon its signature accepts",
@@ -249,6 +281,16 @@ HELP: dict[str, str] = {
     "network.beta": "scaling exponent in the open interval (0.5, 1)",
     "network.activation": "hidden activation",
     "network.seed": "seed of the initialisation, >= 0",
+    "network.kind": "shallow (the paper's network: neurons, beta), mlp (deep numpy network) or jax (a user JAX model)",
+    "network.hidden": "mlp, required: hidden widths, e.g. [64, 64]",
+    "network.init": "mlp: initialisation (paper: N(0, 1) hidden, U(-1, 1) output weights)",
+    "network.output_scale": "mlp: none, or mean-field (the last hidden width to the power -beta)",
+    "network.factory": 'jax, required: "package.module:function" returning (apply, params); called as '
+    "function(input_dim=d, n_outputs=outputs, seed=seed, **options)",
+    "network.options": "jax: a table of keyword arguments of the factory",
+    "network.outputs": "mlp, jax: network-fed coefficients g[0], g[1], ... of the residual, >= 1",
+    "parameters": "optional: name = { initial, trainable, bounds, scale, true }, constants of the residual learnt "
+    "with the network (preset: gamma, epsilon; custom residual: its keyword arguments)",
     "data.kind": "synthetic (the discrete solution with the target source) or file",
     "data.target": "target source g* of synthetic data",
     "data.noise": "relative noise level, >= 0: data + noise max|data| xi, xi standard normal",
@@ -285,6 +327,10 @@ HELP: dict[str, str] = {
     "run.checkpoint_every": "epochs between checkpoints, >= 1",
     "run.plot_times": "times in [0, T] of the comparison plots",
     "run.field_format": "format of fields/",
+    "run.state_storage": '"memory" (every state u^0..u^N kept), or checkpointing: {snapshots = K} (K restart '
+    'snapshots in memory) or {budget = "2GB"} (state memory per rank), optionally disk_snapshots = D (per-rank '
+    ".npy files in a private temporary directory, removed afterwards) and directory; the adjoint recomputes "
+    "states from the snapshots (multistage schedule), gradients unchanged",
     "run.check_gradient": "if true, Taylor + FD gradient check at the initial theta before the first epoch (exit 3 on failure)",
     "solver.petsc_options": "table option -> string/number/bool for the forward and adjoint linear solvers "
     "(default: direct LU)",

@@ -30,9 +30,16 @@ def target_for(problem: ParabolicProblem, name: str) -> FunctionSource:
 def synthetic_field(solver: Any, problem: ParabolicProblem, target_values: np.ndarray) -> np.ndarray:
     """The owned dof values of every level of the solution with source ``target_values`` (a copy).
 
-    The solver's state storage is cleared afterwards.
+    The levels are collected during the forward sweep (a checkpointing
+    storage does not keep them); the solver's state storage is cleared
+    afterwards.
     """
-    states = solver.forward(target_values)
-    data = np.array(states.to_array()[:, : problem.n_owned], dtype=np.float64, copy=True)
-    states.clear()
+    data = np.empty((problem.time.n_steps + 1, problem.n_owned))
+    data[0] = problem.u0.x.array[: problem.n_owned]
+    u = problem.u.x.array
+
+    def collect(n: int) -> None:
+        data[n] = u[: problem.n_owned]
+
+    solver.forward(target_values, step_callback=collect).clear()
     return data

@@ -15,6 +15,8 @@ Epoch ``k`` evaluates J and ∇J at θ_k, records them, then takes the step to
 from __future__ import annotations
 
 import pathlib
+import signal
+import threading
 import time
 from typing import Any, Protocol
 
@@ -25,10 +27,64 @@ from femnpde.io.checkpoint import save_checkpoint
 from femnpde.io.history import History
 from femnpde.optim import make_optimizer, make_schedule, minimize_lbfgs, schedule_options
 
-__all__ = ["DIVERGENCE_FACTOR", "FirstOrderStep", "LBFGSStep", "Step", "TrainingLoop", "make_step"]
+__all__ = ["DIVERGENCE_FACTOR", "FirstOrderStep", "LBFGSStep", "Step", "StopSignals", "TrainingInterrupted", "TrainingLoop", "make_step"]
+
 
 #: Training stops as diverged (a solver failure, exit 3) when the loss exceeds this factor times the best loss so far.
 DIVERGENCE_FACTOR = 1e6
+
+
+class TrainingInterrupted(RuntimeError):
+    """Training stopped on a signal after writing a checkpoint (``femnpde train`` exits with 128 + signal)."""
+
+    def __init__(self, signum: int, epoch: int, checkpoint_path: pathlib.Path) -> None:
+        self.signum = int(signum)
+        super().__init__(
+            f"{signal.Signals(signum).name} received: stopped after epoch {epoch} with a checkpoint in "
+            f"{checkpoint_path}; continue with --resume {checkpoint_path.parent}"
+        )
+
+
+class StopSignals:
+    """SIGUSR1 / SIGTERM during training ask for a checkpoint and a stop at the end of the epoch.
+
+    A batch system's wall-time warning (Slurm ``--signal``) reaches the ranks
+    at slightly different times, so the flag is agreed on with one allreduce
+    per epoch: every rank stops after the same epoch.  Handlers are installed
+    only in the main thread and restored on exit.
+
+    Args:
+        comm: The communicator of the run.
+    """
+
+    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+    def __init__(self, comm: Any) -> None:
+        self._comm = comm
+        self._received = 0
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self._received = signum
+
+    def received(self) -> int:
+        """The signal number any rank received (0: none); collective."""
+        if self._comm is None or self._comm.size == 1:
+            return int(self._received)
+        from mpi4py import MPI
+
+        return int(self._comm.allreduce(self._received, op=MPI.MAX))
 
 
 class Step(Protocol):
@@ -72,6 +128,8 @@ class TrainingLoop:
         self.best_loss = np.inf
         self.best_rmse = np.inf
         self.t_start = time.perf_counter()
+        self.signal = 0
+        self._signals: StopSignals | None = None
 
     def evaluate(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
         """J and ∇J at θ, checked by :meth:`check`."""
@@ -99,7 +157,7 @@ class TrainingLoop:
             epoch=self.epoch,
             loss=J,
             relative_rmse=rmse,
-            relative_max_error=self.misfit.relative_max_error(self.rf.states),
+            relative_max_error=self.rf.relative_max_error(),
             gradient_norm=float(np.linalg.norm(grad)),
             learning_rate=lr,
             wall_time=time.perf_counter() - self.t_start,
@@ -118,11 +176,24 @@ class TrainingLoop:
                         optimizer_state=optimizer_state, schedule_state=schedule_state, extra=self.extra)
         self.checkpoint_epoch = self.epoch
 
+    def interrupted(self) -> bool:
+        """Whether a rank received SIGUSR1/SIGTERM (collective: call once per epoch on every rank)."""
+        if self._signals is not None and not self.signal:
+            self.signal = self._signals.received()
+        return bool(self.signal)
+
     def run(self, step: Step, theta: np.ndarray, start: int, stop: int) -> np.ndarray:
-        """Run ``step`` for epochs ``start..stop-1``; a solver failure names the epoch and the checkpoint kept."""
+        """Run ``step`` for epochs ``start..stop-1``; a solver failure names the epoch and the checkpoint kept.
+
+        Raises:
+            SolverError: A solve failed (the last good checkpoint is kept).
+            TrainingInterrupted: SIGUSR1/SIGTERM arrived; a checkpoint of the
+                last finished epoch was written.
+        """
         self.step, self.epoch = step, start
         try:
-            return step.run(self, theta, start, stop)
+            with StopSignals(self.comm) as self._signals:
+                theta = step.run(self, theta, start, stop)
         except SolverError as err:
             if self.checkpoint_epoch is None:
                 kept = (f"No checkpoint was written (the first was due after epoch {self.every}); "
@@ -132,6 +203,19 @@ class TrainingLoop:
                         f"{self.checkpoint_path}; after fixing the cause, continue with --resume "
                         f"{self.checkpoint_path.parent}")
             raise SolverError(f"training failed at epoch {self.epoch}: {err}. {kept}") from err
+        finally:
+            self._signals = None
+        if self.signal:
+            raise TrainingInterrupted(self.signal, self.epoch, self.checkpoint_path)
+        return theta
+
+
+def _bounds(rf: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """``rf.bounds`` (trainable physical parameters), or None when θ is unbounded."""
+    bounds = getattr(rf, "bounds", None)
+    if bounds is None or not (np.any(np.isfinite(bounds[0])) or np.any(np.isfinite(bounds[1]))):
+        return None
+    return bounds
 
 
 class FirstOrderStep:
@@ -145,9 +229,15 @@ class FirstOrderStep:
             J, grad = loop.evaluate(theta)
             loop.record(J, grad, self.optimizer.lr)
             self.optimizer.step(theta, grad)
+            bounds = _bounds(loop.rf)
+            if bounds is not None:  # projected step: physical parameters stay within their bounds
+                np.clip(theta, bounds[0], bounds[1], out=theta)
             if self.schedule is not None:
                 self.schedule.step(J)
             loop.checkpoint(theta, force=loop.epoch == stop)
+            if loop.interrupted():
+                loop.checkpoint(theta, force=True)
+                return theta
         loop.epoch = stop
         return theta
 
@@ -176,10 +266,10 @@ class LBFGSStep:
             loop.rf(params)  # the row describes the accepted iterate (no sweep unless a trial came after it)
             loop.record(J, grad, float("nan"))
             loop.checkpoint(params)
-            return loop.epoch >= stop
+            return loop.epoch >= stop or loop.interrupted()
 
         result = minimize_lbfgs(loop.rf.value_and_gradient, theta, max_iterations=stop - start, callback=callback,
-                                memory=self.memory)
+                                memory=self.memory, bounds=_bounds(loop.rf))
         theta = np.array(result.params, dtype=np.float64)
         loop.checkpoint(theta, force=True)
         return theta

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import pathlib
+import sys
 import time
 from collections.abc import Sequence
 
@@ -27,6 +28,7 @@ import numpy as np
 from mpi4py import MPI
 
 from femnpde._mpi import on_root, rank0_print
+from femnpde._optional import available, missing_message
 from femnpde.app.build import build_run
 from femnpde.app.loading import load_config
 from femnpde.app.progress import Progress
@@ -132,16 +134,26 @@ def _check_resume_config(cfg: dict, saved: dict, run_dir: pathlib.Path, source: 
         )
 
 
-def _write_outputs(run, out: pathlib.Path, comm, fmt: str) -> list[pathlib.Path]:
-    """Final fields (u, h, g_θ, g*, adjoint) and the comparison plots."""
+def _optional_outputs(comm) -> dict[str, bool]:
+    """Which optional outputs can be written (before the run); one warning on rank 0 for each that cannot."""
+    have = {module: available(module) for module in ("adios4dolfinx", "matplotlib")}
+    for module, ok in have.items():
+        if not ok:
+            rank0_print(comm, f"femnpde: warning: {missing_message(module)}; they are skipped", file=sys.stderr)
+    return have
+
+
+def _write_outputs(run, out: pathlib.Path, comm, fmt: str, have: dict[str, bool]) -> list[pathlib.Path]:
+    """Final fields (u, h, g_θ, g*, adjoint) and the comparison plots (those ``have`` allows)."""
     problem = run.problem
     rf = run.rf
-    n_local = rf.states.to_array().shape[1]
+    u_all = rf.all_states()
+    n_local = u_all.shape[1]
     n_owned = problem.n_owned
-    fields_V = {"u": rf.states.to_array()}
+    fields_V = {"u": u_all}
     h_local = None
     if run.field_data is not None:  # the full-field data (synthetic runs)
-        h_local = np.zeros_like(rf.states.to_array())
+        h_local = np.zeros_like(u_all)
         h_local[:, :n_owned] = run.field_data
         fields_V["h"] = h_local
     if rf.adjoint_states is not None:
@@ -149,18 +161,24 @@ def _write_outputs(run, out: pathlib.Path, comm, fmt: str) -> list[pathlib.Path]
     fields_G = {"g_theta": rf.source_values}
     if run.target_values is not None:
         fields_G["g_star"] = run.target_values
+    if problem.n_sources > 1:  # vector sources are not written (yet): u, h and the adjoint are
+        fields_G = {}
     times = problem.time.times
     written = []
     written += write_fields(out / "fields" / "fields", problem, {**fields_V, **fields_G}, times, fmt=fmt,
                             spaces=dict.fromkeys(fields_G, "G"))
     # The state as a readable checkpoint: the field data of another run (data.kind = "file").
-    written.append(write_field_data(out / "fields" / "u.bp", problem, rf.states.to_array(), name="u"))
+    if have["adios4dolfinx"]:
+        written.append(write_field_data(out / "fields" / "u.bp", problem, u_all, name="u"))
+    if not have["matplotlib"]:
+        return written
     plot_times = run.cfg["run"]["plot_times"]
     idx = sorted({int(np.argmin(np.abs(times - t))) for t in plot_times})
     if h_local is not None:
-        plot_comparison(out / "u_vs_h.png", problem, rf.states.to_array(), h_local, idx, labels=("u", "h"), comm=comm,
+        plot_comparison(out / "u_vs_h.png", problem, u_all, h_local, idx, labels=("u", "h"), comm=comm,
                         title="state u (trained) vs data h")
-    if run.target_values is not None and problem.source_kind == "lagrange" and problem.G.dofmap.index_map.size_local == n_owned:
+    if (run.target_values is not None and problem.source_kind == "lagrange" and problem.n_sources == 1
+            and problem.G.dofmap.index_map.size_local == n_owned):
         g_local = np.zeros((len(times), n_local))
         gs_local = np.zeros((len(times), n_local))
         g_local[:, :n_owned] = rf.source_values
@@ -235,6 +253,7 @@ def train(
         out = run_dir
     out = _resolve_out(config, out)
     _prepare_run_dir(pathlib.Path(out), comm, overwrite, resume is not None)
+    have = _optional_outputs(comm) if write_outputs else {}
     rundir = RunDirectory(out, comm)
     with build_run(cfg, comm) as run:
         rundir.write_text("config.toml", dump_config(cfg))
@@ -242,8 +261,9 @@ def train(
             check_gradient = cfg["run"]["check_gradient"]
         result = _train_run(run, cfg, out, resume is not None, quiet, comm, check_gradient)
         if write_outputs:
-            _write_outputs(run, out, comm, cfg["run"]["field_format"])
-            plot_history(out / "history.csv", out / "history.png", comm, title=f"{pathlib.Path(config).stem}")
+            _write_outputs(run, out, comm, cfg["run"]["field_format"], have)
+            if have["matplotlib"]:
+                plot_history(out / "history.csv", out / "history.png", comm, title=f"{pathlib.Path(config).stem}")
     if not quiet:
         rank0_print(
             comm,
@@ -251,6 +271,9 @@ def train(
             f"{result['final_loss']:.4e}, relative RMSE {result['final_rmse']:.4e} (best {result['best_rmse']:.4e}); "
             f"outputs in {out}",
         )
+        if result["parameters"]:
+            rank0_print(comm, "femnpde train: physical parameters " + ", ".join(
+                f"{k} = {v:.10g}" for k, v in result["parameters"].items()))
     comm.Barrier()  # every output (rank 0's plots included) exists when train returns
     return result
 
@@ -263,11 +286,11 @@ def _train_run(
     step = make_step(cfg, run.lr)
     n_iter = cfg["run"]["iterations"]
     ck_path = out / "checkpoint.npz"
-    theta = run.network.params.copy()
+    theta = run.rf.initial_theta()
     start = 0
     if resume:
         ck = load_checkpoint(ck_path, comm)
-        theta = checkpoint_params(ck, ck_path, run.network.n_params)
+        theta = checkpoint_params(ck, ck_path, run.rf.n_params)
         saved = (ck.get("extra") or {}).get("config")
         if saved is not None:  # checkpoints before this field carry no configuration
             import tomllib
@@ -284,9 +307,10 @@ def _train_run(
         pde = cfg["pde"].get("residual") or cfg["pde"].get("preset")
         rank0_print(
             comm,
-            f"femnpde train: {pde}, N={cfg['network']['neurons']}, {run.network.n_params} parameters, "
+            f"femnpde train: {pde}, {run.network!r}, {run.rf.n_params} parameters, "
             f"{cfg['optimizer']['kind']} lr={run.lr:.4g}, epochs {start}..{n_iter}, {comm.size} rank(s) -> {out}",
         )
+        rank0_print(comm, f"femnpde train: {run.solver.storage_plan.describe()}")
     if check_gradient:
         _preflight_gradient_check(rf, theta, comm, quiet)
     with Progress(n_iter, comm, quiet=quiet, initial=start) as progress:
@@ -305,7 +329,8 @@ def _train_run(
         best_rmse=min(loop.best_rmse, misfit.relative_rmse(J_final)),
         wall_time=wall,
         out=str(out),
-        n_params=run.network.n_params,
+        n_params=rf.n_params,
+        parameters=rf.split(theta)[1],
     )
 
 
@@ -345,14 +370,15 @@ def forward(
     """Solve the configured problem (at the initial or checkpointed parameters) and write the fields."""
     cfg = load_config(config, overrides)
     out = _resolve_out(config, out, "-forward")
+    have = _optional_outputs(comm)
     RunDirectory(out, comm).write_text("config.toml", dump_config(cfg))
     with build_run(cfg, comm) as run:
-        theta = run.network.params.copy()
+        theta = run.rf.initial_theta()
         if params is not None:
-            theta = checkpoint_params(load_checkpoint(params, comm), params, run.network.n_params)
+            theta = checkpoint_params(load_checkpoint(params, comm), params, run.rf.n_params)
         J = run.rf(theta)
         run.rf.derivative(theta)
-        _write_outputs(run, out, comm, cfg["run"]["field_format"])
+        _write_outputs(run, out, comm, cfg["run"]["field_format"], have)
         rmse = run.misfit.relative_rmse(J)
     rank0_print(comm, f"femnpde forward: loss {J:.6e}, relative RMSE {rmse:.6e}; fields in {out}")
     comm.Barrier()

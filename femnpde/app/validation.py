@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from femnpde._optional import available, missing_message
 from femnpde.app.checks import (
     _all_keys,
     _bool,
@@ -34,6 +35,7 @@ from femnpde.app.checks import (
     _type_name,
     _unknown,
 )
+from femnpde.fem.storage_plan import validate_state_storage
 from femnpde.app.schema import (
     BOX_DEFAULTS,
     CELL_TYPES,
@@ -41,6 +43,9 @@ from femnpde.app.schema import (
     DATA_SUFFIXES,
     DEFAULTS,
     MESH_SUFFIXES,
+    NETWORK_KIND_KEYS,
+    PARAMETER_KEYS,
+    PRESET_PARAMETERS,
     ConfigError,
     format_value,
 )
@@ -103,6 +108,7 @@ def _validate_mesh(user: Mapping[str, Any]) -> dict[str, Any]:
         out["facet_tags"] = _str("mesh.facet_tags", _get(sec, "mesh.facet_tags"))
         _reject_keys(sec, "mesh", ("lower", "upper", "cells", "cell_type"), 'is not used with mesh.kind = "file"',
                      'remove {key} or use mesh.kind = "rectangle" or "box"')
+    out["refine"] = _int("mesh.refine", _get(sec, "mesh.refine"), 0)
     return out
 
 
@@ -255,13 +261,99 @@ def _validate_observation(user: Mapping[str, Any], mesh_kind: str, data_kind: st
 
 def _validate_network(user: Mapping[str, Any]) -> dict[str, Any]:
     sec = _section(user, "network")
-    return {
+    out = {
         "neurons": _int("network.neurons", _get(sec, "network.neurons"), 1),
         "beta": _float("network.beta", _get(sec, "network.beta"), lambda f: 0.5 < f < 1.0,
                        "a number in the open interval (0.5, 1)"),
         "activation": _choice("network.activation", _get(sec, "network.activation"), CHOICES["network.activation"]),
         "seed": _int("network.seed", _get(sec, "network.seed"), 0),
     }
+    kind_keys = [k for keys in NETWORK_KIND_KEYS.values() for k in keys]
+    if "kind" not in sec:  # the resolved default section stays as it was (saved configurations unchanged)
+        _reject_keys(sec, "network", kind_keys, 'is not used by the default kind "shallow"',
+                     'remove {key}, or network.kind = "mlp" or "jax"')
+        return out
+    kind = out["kind"] = _choice("network.kind", sec["kind"], CHOICES["network.kind"])
+    for k in kind_keys:
+        if k in sec and k not in NETWORK_KIND_KEYS[kind]:
+            users = " or ".join(repr(u) for u, keys in NETWORK_KIND_KEYS.items() if k in keys)
+            raise _error(f"network.{k}", sec[k], f"is not used with kind {kind!r}", f"remove it, or network.kind = {users}")
+    if kind != "shallow":
+        out["outputs"] = _int("network.outputs", _get(sec, "network.outputs"), 1)
+    if kind == "mlp":
+        if "hidden" not in sec:
+            raise ConfigError('network.hidden is missing; network.kind = "mlp" needs hidden = [64, 64] (widths)',
+                              "network.hidden")
+        out["hidden"] = _ints("network.hidden", sec["hidden"], "a non-empty list of integers >= 1, e.g. [64, 64]")
+        if not out["hidden"]:
+            raise _error("network.hidden", sec["hidden"], "is empty", "a non-empty list of integers >= 1")
+        out["init"] = _choice("network.init", _get(sec, "network.init"), CHOICES["network.init"])
+        out["output_scale"] = _choice("network.output_scale", _get(sec, "network.output_scale"),
+                                      CHOICES["network.output_scale"])
+    elif kind == "jax":
+        if "factory" not in sec:
+            raise ConfigError('network.factory is missing; network.kind = "jax" needs factory = '
+                              '"package.module:function"', "network.factory")
+        spec = _str("network.factory", sec["factory"], '"package.module:function"')
+        if not _RESIDUAL_SPEC.fullmatch(spec):
+            raise _error("network.factory", spec, "is not of the form package.module:function",
+                         'e.g. "femnpde.model.jax_model:mlp_factory"')
+        out["factory"] = spec
+        options = sec.get("options", {})
+        if not isinstance(options, Mapping):
+            raise _error("network.options", options, f"is {_type_name(options)}", "a table of keyword arguments")
+        out["options"] = dict(options)
+    return out
+
+
+def _validate_parameters(user: Mapping[str, Any], pcfg: Mapping[str, Any], data_kind: str) -> dict[str, Any]:
+    """``[parameters]``: named residual constants learnt with the network (see :mod:`femnpde.model.parameters`)."""
+    sec = user["parameters"]
+    if not isinstance(sec, Mapping):
+        raise _error("parameters", sec, f"is {_type_name(sec)}", "a table [parameters] of name = { initial = ... }")
+    custom = "residual" in pcfg
+    names = () if custom else PRESET_PARAMETERS[pcfg["preset"]]
+    out: dict[str, Any] = {}
+    for name, entry in sec.items():
+        key = f"parameters.{name}"
+        if not custom and name not in names:
+            raise _error(key, entry, f"is not a parameter of the preset {pcfg['preset']!r}",
+                         ", ".join(names) + " (or a custom pde.residual taking the name as a keyword)")
+        if not str(name).isidentifier() or name in ("u", "v", "g", "t", "x"):
+            raise _error(key, entry, "has a name that is not a residual keyword",
+                         "a Python identifier other than u, v, g, t, x")
+        if not isinstance(entry, Mapping):
+            raise _error(key, entry, f"is {_type_name(entry)}", "a table, e.g. { initial = 0.02, bounds = [1e-4, 1] }")
+        for k in entry:
+            if k not in PARAMETER_KEYS:
+                raise _unknown(f"{key}.{k}", str(k), PARAMETER_KEYS, key)
+        if "true" in entry and not custom:
+            raise _error(f"{key}.true", entry["true"], "is only used with a custom pde.residual",
+                         f"set pde.{name} (the value the synthetic data are made with)")
+        res: dict[str, Any] = {}
+        if "initial" in entry:
+            res["initial"] = _float(f"{key}.initial", entry["initial"])
+        elif not custom:
+            res["initial"] = float(pcfg[name])
+        else:
+            raise ConfigError(f"{key}.initial is missing; give initial = <number>", f"{key}.initial")
+        res["trainable"] = _bool(f"{key}.trainable", entry.get("trainable", True))
+        if "bounds" in entry:
+            lo, hi = _floats(f"{key}.bounds", entry["bounds"], "[lower, upper] with lower < upper", (2,))
+            if not lo < hi or not lo <= res["initial"] <= hi:
+                raise _error(f"{key}.bounds", entry["bounds"],
+                             f"does not hold lower < upper with the initial value {res['initial']!r} inside",
+                             "[lower, upper] with lower <= initial <= upper")
+            res["bounds"] = [lo, hi]
+        if "scale" in entry:
+            res["scale"] = _float(f"{key}.scale", entry["scale"], lambda f: f > 0, "a number > 0")
+        if "true" in entry:
+            res["true"] = _float(f"{key}.true", entry["true"])
+        elif custom and data_kind == "synthetic":
+            raise ConfigError(f"{key}.true is missing; synthetic data with a custom pde.residual need the value "
+                              "they are made with", f"{key}.true")
+        out[str(name)] = res
+    return out
 
 
 def _validate_data(user: Mapping[str, Any]) -> dict[str, Any]:
@@ -280,6 +372,8 @@ def _validate_data(user: Mapping[str, Any]) -> dict[str, Any]:
             raise _error("data.path", path, f"has suffix {format_value(Path(path).suffix)}", f"a path ending in {allowed}")
         if not os.path.exists(path):
             raise _error("data.path", path, "does not exist (file not found)", f"an existing {allowed} file")
+        if Path(path).suffix.lower() == ".bp" and not available("adios4dolfinx"):
+            raise ConfigError(f"data.path = {format_value(path)}: {missing_message('adios4dolfinx')}", "data.path", path)
         out["path"] = path
         out["name"] = _str("data.name", _get(sec, "data.name"), "the function name in the .bp file")
     else:
@@ -338,8 +432,16 @@ def _validate_run(user: Mapping[str, Any], T: float) -> dict[str, Any]:
         "plot_times": _floats("run.plot_times", sec.get("plot_times", [T / 4, T / 2, T]),
                               f"a list of numbers in [0, T] = [0, {T!r}]", None, lambda f: 0.0 <= f <= T),
         "field_format": _choice("run.field_format", _get(sec, "run.field_format"), CHOICES["run.field_format"]),
+        "state_storage": _state_storage(_get(sec, "run.state_storage")),
         "check_gradient": _bool("run.check_gradient", _get(sec, "run.check_gradient")),
     }
+
+
+def _state_storage(spec: Any) -> Any:
+    try:
+        return validate_state_storage(spec, "run.state_storage")
+    except ValueError as err:
+        raise ConfigError(str(err), "run.state_storage", spec) from err
 
 
 def _validate_solver(user: Mapping[str, Any]) -> dict[str, Any]:
@@ -399,7 +501,7 @@ def validate(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """
     if not isinstance(cfg, Mapping):
         raise ConfigError(f"the configuration must be a table (dict), got {_type_name(cfg)}")
-    sections = list(DEFAULTS)
+    sections = [*DEFAULTS, "parameters"]
     for k in cfg:
         if k not in sections:
             raise _unknown(str(k), str(k), sections, "")
@@ -428,6 +530,8 @@ def validate(cfg: Mapping[str, Any]) -> dict[str, Any]:
     resolved["observation"] = _validate_observation(
         user, mesh["kind"], resolved["data"]["kind"], time["n_steps"]
     )
+    if "parameters" in user:
+        resolved["parameters"] = _validate_parameters(user, resolved["pde"], resolved["data"]["kind"])
     data = resolved["data"]
     if data["kind"] == "file":
         field_file = Path(data["path"]).suffix.lower() == ".bp"

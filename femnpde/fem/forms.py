@@ -17,7 +17,7 @@ of three classes:
 
 Nothing is specific to a PDE.  Each piece keeps the quadrature degree of the
 integral it came from (pinned on ``F`` by
-:func:`~femnpde.fem.problem.pin_quadrature_degrees`), so the pieces add up to
+:func:`~femnpde.fem.quadrature.pin_quadrature_degrees`), so the pieces add up to
 the same discrete residual; an integral without a pinned degree is kept whole.  Integer powers
 ``f**k`` (2 <= k <= 8) become products, which FFCx evaluates several times
 faster than ``pow``.

@@ -439,6 +439,21 @@ class NonlinearStep:
         """Refresh the lagged Jacobian at the next Newton iteration."""
         self._stale = True
 
+    def save_lag(self) -> tuple:
+        """The lagged Newton matrix and its refresh state (a copy), for :meth:`restore_lag`.
+
+        Checkpointing recomputes forward steps in the middle of the adjoint
+        sweep; restoring afterwards keeps the preconditioner the adjoint
+        sees, hence the gradient, as without recomputation.
+        """
+        return (self._P.copy(), self._P_valid, self._stale, self._last_norm)
+
+    def restore_lag(self, saved: tuple) -> None:
+        """Put back what :meth:`save_lag` returned (the factorisation follows the restored values)."""
+        P, self._P_valid, self._stale, self._last_norm = saved
+        P.copy(self._P, structure=PETSc.Mat.Structure.SAME_NONZERO_PATTERN)
+        P.destroy()
+
     @property
     def snes(self) -> PETSc.SNES:
         """The forward SNES."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import inspect
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +34,8 @@ import ufl
 from petsc4py import PETSc
 
 from femnpde._mpi import tags_present
+from femnpde.fem.presets import PRESETS, Residual, allen_cahn, heat
+from femnpde.fem.quadrature import _with_quadrature_degree, pin_quadrature_degrees
 
 __all__ = [
     "TimeGrid",
@@ -45,10 +47,6 @@ __all__ = [
     "allen_cahn",
     "PRESETS",
 ]
-
-#: Signature of a spatial residual: ``residual(u, v, g, t, x) -> ufl.Form``.
-Residual = Callable[[Any, Any, Any, Any, Any], ufl.Form]
-
 
 @dataclass(frozen=True)
 class TimeGrid:
@@ -101,132 +99,18 @@ class Dirichlet:
     name: str = ""
 
 
-def heat(gamma: float = 0.01) -> Residual:
-    """Heat equation preset: ``∂t u − γΔu = g``.
+def _derivative_wrt_constant(form: ufl.Form, const: dolfinx.fem.Constant) -> ufl.Form:
+    """``∂form/∂const`` (UFL differentiates forms only with respect to coefficients).
 
-    Args:
-        gamma: Diffusivity (> 0).
-
-    Returns:
-        The residual ``γ ∇u·∇v − g v``.
+    The constant is wrapped in a ``ufl.variable`` and every integrand is
+    differentiated with ``ufl.diff``; the integrals keep their metadata.
     """
-    if not gamma > 0:
-        raise ValueError(f"heat: gamma={gamma!r} must be > 0")
-
-    def residual(u, v, g, t, x):
-        return gamma * ufl.inner(ufl.grad(u), ufl.grad(v)) * ufl.dx - g * v * ufl.dx
-
-    return residual
-
-
-def allen_cahn(gamma: float = 0.01, epsilon: float = 0.32) -> Residual:
-    """Allen–Cahn preset: ``∂t u − γΔu + ε⁻²(u³ − u) = g``.
-
-    Args:
-        gamma: Diffusivity (> 0).
-        epsilon: Interface parameter (> 0).
-
-    Returns:
-        The residual ``γ ∇u·∇v + ε⁻²(u³ − u) v − g v``.
-    """
-    if not gamma > 0:
-        raise ValueError(f"allen_cahn: gamma={gamma!r} must be > 0")
-    if not epsilon > 0:
-        raise ValueError(f"allen_cahn: epsilon={epsilon!r} must be > 0")
-
-    def residual(u, v, g, t, x):
-        return (
-            gamma * ufl.inner(ufl.grad(u), ufl.grad(v)) * ufl.dx
-            + epsilon**-2 * (u**3 - u) * v * ufl.dx
-            - g * v * ufl.dx
-        )
-
-    return residual
-
-
-#: Named presets: name -> (factory, allowed parameter names).
-PRESETS: dict[str, tuple[Callable[..., Residual], tuple[str, ...]]] = {
-    "heat": (heat, ("gamma",)),
-    "allen-cahn": (allen_cahn, ("gamma", "epsilon")),
-}
-
-
-def _with_quadrature_degree(form: ufl.Form, degree: int) -> ufl.Form:
-    """Return ``form`` with the quadrature degree of every integral not set by the user set to ``degree``."""
-    integrals = []
-    for itg in form.integrals():
-        md = dict(itg.metadata())
-        md.setdefault("quadrature_degree", degree)
-        integrals.append(itg.reconstruct(metadata=md))
-    return ufl.Form(integrals)
-
-
-def _single_subdomain_integrals(form: ufl.Form) -> list[ufl.Integral]:
-    """The integrals of ``form``, those over a tuple of subdomain ids split into one per id."""
-    out = []
-    for itg in form.integrals():
-        sid = itg.subdomain_id()
-        if isinstance(sid, tuple):
-            out.extend(itg.reconstruct(subdomain_id=i) for i in sid)
-        else:
-            out.append(itg)
-    return out
-
-
-def pin_quadrature_degrees(form: ufl.Form) -> ufl.Form:
-    """Fix the quadrature degree of every integral of ``form`` before it is differentiated.
-
-    Each integral without a ``quadrature_degree`` in its metadata gets the
-    degree the form compiler would estimate for ``form`` itself: UFL's
-    ``estimate_total_polynomial_degree`` of the integrand (after algebra
-    lowering and derivative expansion), maximised, as FFCx does, over the
-    integrals that share integral type, domain, subdomain id and metadata.
-    A degree set in the measure's metadata (``dx(degree=4)``,
-    ``ds(metadata={"quadrature_degree": 4})``) is kept.
-
-    Derivatives (``ufl.derivative``, ``ufl.adjoint``, ``ufl.action``) keep the
-    integrals' metadata, so the residual, its Jacobian and every adjoint form
-    then integrate with one quadrature rule per integral: the adjoint is the
-    exact derivative of the residual that the forward solves.  Without
-    pinning, a non-polynomial integrand such as ``exp(g) u v`` is estimated at
-    a higher degree in ∂F/∂g than in F, and the gradient is off by the
-    quadrature error (1e-8 … 1e-5 relative).
-
-    Args:
-        form: The residual.
-
-    Returns:
-        The same form with a quadrature degree in every integral's metadata.
-    """
-    from ufl.algorithms.apply_algebra_lowering import apply_algebra_lowering
-    from ufl.algorithms.apply_derivatives import apply_derivatives
-    from ufl.algorithms.estimate_degrees import estimate_total_polynomial_degree
-
-    integrals = _single_subdomain_integrals(form)
-
-    def key(itg: ufl.Integral) -> tuple:
-        md = tuple(sorted((k, repr(v)) for k, v in itg.metadata().items()))
-        return (itg.integral_type(), itg.ufl_domain(), itg.subdomain_id(), md)
-
-    degrees: list[int | None] = []
-    group_degree: dict[tuple, int] = {}
-    for itg in integrals:
-        if itg.metadata().get("quadrature_degree", -1) >= 0:  # set by the user (FFCx: < 0 means estimate)
-            degrees.append(None)
-            continue
-        integrand = apply_derivatives(apply_algebra_lowering(itg.integrand()))
-        deg = int(np.max(estimate_total_polynomial_degree(integrand)))
-        degrees.append(deg)
-        k = key(itg)
-        group_degree[k] = max(group_degree.get(k, deg), deg)
-    pinned = []
-    for itg, deg in zip(integrals, degrees):
-        if deg is not None:
-            md = dict(itg.metadata())
-            md["quadrature_degree"] = group_degree[key(itg)]
-            itg = itg.reconstruct(metadata=md)
-        pinned.append(itg)
-    return ufl.Form(pinned)
+    cv = ufl.variable(const)
+    integrals = [
+        itg.reconstruct(integrand=ufl.diff(ufl.replace(itg.integrand(), {const: cv}), cv))
+        for itg in form.integrals()
+    ]
+    return ufl.algorithms.expand_derivatives(ufl.Form(integrals))
 
 
 @dataclass
@@ -246,6 +130,8 @@ class _Forms:
     linear: dict[str, dolfinx.fem.Form] | None = None
     # The derivative blocks (of "u_prev", "g", "g_prev") that are constant.
     constant_blocks: dict[str, dolfinx.fem.Form] | None = None
+    # Per named constant c: the functional λ · ∂F/∂c (a scalar form).
+    constant_adjoints: dict[str, dolfinx.fem.Form] | None = None
 
 
 class ParabolicProblem:
@@ -259,7 +145,7 @@ class ParabolicProblem:
     :mod:`femnpde.model.reduced`.
 
     Every integral of the theta-step residual :attr:`F_ufl` carries a fixed
-    quadrature degree (:func:`pin_quadrature_degrees`), shared by the Jacobian
+    quadrature degree (:func:`~femnpde.fem.quadrature.pin_quadrature_degrees`), shared by the Jacobian
     and all adjoint forms, so the gradient is exact for any residual.
 
     Point arrays passed to callbacks (``initial_condition``, Dirichlet
@@ -269,7 +155,7 @@ class ParabolicProblem:
     Args:
         mesh: Any DOLFINx mesh (2D or 3D, serial or distributed).
         residual: The spatial residual ``a(u, v, g, t, x)`` in UFL; nonlinear
-            in ``u`` and ``g`` allowed.  See :func:`heat`, :func:`allen_cahn`.
+            in ``u`` and ``g`` allowed.  See :func:`~femnpde.fem.presets.heat`, :func:`~femnpde.fem.presets.allen_cahn`.
         degree: Lagrange degree of the solution space (>= 1).
         time: The time grid.
         theta: Theta of the time scheme, in [1/2, 1]: 1 backward Euler
@@ -285,6 +171,15 @@ class ParabolicProblem:
         source_degree: Degree of the source space (Lagrange degree, or
             quadrature degree for ``"quadrature"``; default ``degree`` and
             ``2 * degree + 2`` respectively).
+        n_sources: Number of network-fed coefficients: with ``m > 1`` the
+            source space has ``m`` components and the residual indexes them
+            as ``g[0], .., g[m-1]`` (e.g. a source and a diffusion factor).
+        constants: Named scalar constants ``{name: value}`` of the residual
+            (e.g. ``{"gamma": 0.01}``), held in :attr:`constants` as
+            ``dolfinx.fem.Constant`` and passed to the residual as keyword
+            arguments, ``residual(u, v, g, t, x, gamma=...)``; the adjoint
+            sweep can give the loss gradient with respect to them
+            (:attr:`forms` ``.constant_adjoints``: ``λ · ∂F/∂c``).
     """
 
     def __init__(
@@ -299,6 +194,8 @@ class ParabolicProblem:
         dirichlet: Sequence[Dirichlet] = (),
         source: str = "lagrange",
         source_degree: int | None = None,
+        n_sources: int = 1,
+        constants: Mapping[str, float] | None = None,
         form_compiler_options: dict | None = None,
         jit_options: dict | None = None,
     ) -> None:
@@ -311,6 +208,17 @@ class ParabolicProblem:
             )
         if source not in ("lagrange", "quadrature"):
             raise ValueError(f"ParabolicProblem: source={source!r} is not valid; use 'lagrange' or 'quadrature'")
+        if not isinstance(n_sources, numbers.Integral) or isinstance(n_sources, bool) or n_sources < 1:
+            raise ValueError(f"ParabolicProblem: n_sources={n_sources!r} is not valid; use an integer >= 1")
+        constants = dict(constants or {})
+        for name, value in constants.items():
+            if not (isinstance(name, str) and name.isidentifier()) or name in ("u", "v", "g", "t", "x"):
+                raise ValueError(
+                    f"ParabolicProblem: constant name {name!r} is not valid; use a Python identifier other than "
+                    "u, v, g, t, x (it is passed to the residual as a keyword argument)"
+                )
+            if not (isinstance(value, numbers.Real) and np.isfinite(value)):
+                raise ValueError(f"ParabolicProblem: constant {name} = {value!r} is not a finite number")
         if not callable(residual):
             raise TypeError("ParabolicProblem: residual must be a callable residual(u, v, g, t, x) -> ufl.Form")
         self.mesh = mesh
@@ -323,11 +231,13 @@ class ParabolicProblem:
         self.V = dolfinx.fem.functionspace(mesh, ("Lagrange", self.degree))
         if source == "lagrange":
             sdeg = self.degree if source_degree is None else int(source_degree)
-            self.G = dolfinx.fem.functionspace(mesh, ("Lagrange", sdeg))
+            shape = () if n_sources == 1 else (int(n_sources),)
+            self.G = dolfinx.fem.functionspace(mesh, ("Lagrange", sdeg, shape))
             self.quadrature_degree = None
         else:
             qdeg = 2 * self.degree + 2 if source_degree is None else int(source_degree)
-            qe = basix.ufl.quadrature_element(mesh.basix_cell(), value_shape=(), degree=qdeg)
+            shape = () if n_sources == 1 else (int(n_sources),)
+            qe = basix.ufl.quadrature_element(mesh.basix_cell(), value_shape=shape, degree=qdeg)
             self.G = dolfinx.fem.functionspace(mesh, qe)
             self.quadrature_degree = qdeg
 
@@ -341,14 +251,19 @@ class ParabolicProblem:
         self.t_prev = dolfinx.fem.Constant(mesh, PETSc.ScalarType(0.0))
         self.dt = dolfinx.fem.Constant(mesh, PETSc.ScalarType(self.time.dt))
         self.x = ufl.SpatialCoordinate(mesh)
+        self.n_sources = int(n_sources)
+        #: Named scalar constants of the residual (passed to it as keyword arguments).
+        self.constants: dict[str, dolfinx.fem.Constant] = {
+            name: dolfinx.fem.Constant(mesh, PETSc.ScalarType(value)) for name, value in constants.items()
+        }
         v = ufl.TestFunction(V)
 
         F = (self.u - self.u_prev) / self.dt * v * ufl.dx
         try:
-            a_new = residual(self.u, v, self.g, self.t, self.x)
+            a_new = residual(self.u, v, self.g, self.t, self.x, **self.constants)
             a_old = None
             if self.theta < 1.0:
-                a_old = residual(self.u_prev, v, self.g_prev, self.t_prev, self.x)
+                a_old = residual(self.u_prev, v, self.g_prev, self.t_prev, self.x, **self.constants)
         except Exception as err:  # the user's UFL raised: say where it came from
             raise ValueError(f"ParabolicProblem: calling the residual(u, v, g, t, x) failed: {err}") from err
         if not isinstance(a_new, ufl.Form):
@@ -429,7 +344,13 @@ class ParabolicProblem:
         linear = None
         if jacobian_constant and not (constants(F) & times) and set(constant_blocks) == all_present:
             linear = constant_blocks
+        constant_adjoints = {}
+        for name, const in self.constants.items():
+            dF = _derivative_wrt_constant(F, const)
+            if not dF.empty():
+                constant_adjoints[name] = compile_(ufl.replace(dF, {ufl.TestFunction(V): lam}))
         return _Forms(
+            constant_adjoints=constant_adjoints,
             residual=compile_(F),
             jacobian=compile_(J),
             adj_prev=adjoint_action(up),
@@ -549,13 +470,17 @@ class ParabolicProblem:
 
     @property
     def n_owned_source(self) -> int:
-        """Number of owned dofs of the source space on this rank."""
-        return self.G.dofmap.index_map.size_local
+        """Number of owned source values on this rank: owned dofs of the source space × ``n_sources``.
+
+        With several sources the values of one point are consecutive
+        (``(n_points, n_sources)`` in C order, the blocked layout of ``G``).
+        """
+        return self.G.dofmap.index_map.size_local * self.G.dofmap.index_map_bs
 
     def source_points(self) -> np.ndarray:
-        """Coordinates of the owned source-space dofs, shape ``(n_owned_source, gdim)``."""
+        """Coordinates of the owned source-space dofs (points), shape ``(n_owned_source / n_sources, gdim)``."""
         gdim = self.mesh.geometry.dim
-        n = self.n_owned_source
+        n = self.G.dofmap.index_map.size_local
         if self.source_kind == "lagrange":
             return np.ascontiguousarray(self.G.tabulate_dof_coordinates()[:n, :gdim])
         # Quadrature space: dofs are (cell, point) in cell order.

@@ -27,9 +27,15 @@ import dolfinx.fem
 import dolfinx.fem.petsc
 from petsc4py import PETSc
 
+from femnpde.fem.linear_defaults import (
+    check_adjoint_capable,
+    default_linear_solver_options,
+    is_symmetric,
+    uses_krylov,
+)
 from femnpde.fem.newton import NonlinearStep, ksp_reason, options_with_defaults
 from femnpde.fem.problem import ParabolicProblem
-from femnpde.fem.storage import MemoryStorage, StateStorage
+from femnpde.fem.storage import MemoryStorage, StateStorage, make_state_storage
 
 __all__ = ["ThetaSolver", "SolverError", "default_linear_solver_options"]
 
@@ -38,29 +44,34 @@ class SolverError(RuntimeError):
     """A forward or adjoint solve failed (Newton or linear solver divergence)."""
 
 
-def default_linear_solver_options(comm_size: int = 1, n_dofs: int = 0) -> dict[str, str]:
-    """A direct solver: LU with MUMPS, else SuperLU_dist, else PETSc's own.
-
-    Small serial systems (<= 50 000 unknowns) use PETSc's own LU, whose
-    per-solve overhead is far below MUMPS' (0.02 ms against 0.5 ms for the
-    paper's 861 unknowns); the triangular solves dominate a time loop.
-    """
-    opts = {"ksp_type": "preonly", "pc_type": "lu"}
-    if comm_size == 1 and n_dofs <= 50_000:
-        opts["pc_factor_mat_solver_type"] = "petsc"
-        opts["pc_factor_mat_ordering_type"] = "nd"
-    elif PETSc.Sys.hasExternalPackage("mumps"):
-        opts["pc_factor_mat_solver_type"] = "mumps"
-    elif PETSc.Sys.hasExternalPackage("superlu_dist"):
-        opts["pc_factor_mat_solver_type"] = "superlu_dist"
-    return opts
-
-
 def _make_ksp(comm, prefix: str, options: dict[str, str]) -> PETSc.KSP:
     """A KSP with ``prefix``; ``options`` are defaults that command-line options override."""
     ksp = PETSc.KSP().create(comm)
     options_with_defaults(ksp, prefix, options)
     return ksp
+
+
+class _Recompute:
+    """The :class:`~femnpde.fem.checkpointing.Stepper` of one sweep: the solver's step with its source."""
+
+    def __init__(self, solver: "ThetaSolver", source: np.ndarray) -> None:
+        self._solver = solver
+        self._source = source
+
+    def step(self, n: int, u_prev: np.ndarray) -> np.ndarray:
+        self._solver.forward_step(n, self._source, u_prev)
+        return self._solver.problem.u.x.array
+
+    def begin(self) -> None:
+        """Before recomputing: keep the nonlinear step's lagged Newton matrix (the adjoint's preconditioner)."""
+        step = self._solver._step
+        self._saved = step.save_lag() if step is not None else None
+
+    def end(self) -> None:
+        """After recomputing: restore it, so the adjoint sees what it would without recomputation."""
+        if self._saved is not None:
+            self._solver._step.restore_lag(self._saved)
+            self._saved = None
 
 
 class ThetaSolver:
@@ -83,6 +94,12 @@ class ThetaSolver:
         jacobian_refresh_ratio: Nonlinear problems: refresh (reassemble and
             refactorise) the lagged Newton matrix when the residual falls by
             less than this factor in one iteration; 0 gives exact Newton.
+        state_storage: Where the forward sweep keeps the states for the
+            adjoint: ``"memory"`` (all levels) or a checkpointing budget,
+            ``{"snapshots": K}`` or ``{"budget": "2GB"}`` (per rank), with
+            optional ``"disk_snapshots"`` (see
+            :func:`femnpde.fem.storage_plan.validate_state_storage`); the
+            chosen plan is :attr:`storage_plan`.
     """
 
     def __init__(
@@ -96,6 +113,7 @@ class ThetaSolver:
         newton_max_it: int = 25,
         fast_affine: bool = True,
         jacobian_refresh_ratio: float = 0.03,
+        state_storage: str | dict = "memory",
     ) -> None:
         if not isinstance(petsc_options_prefix, str) or not petsc_options_prefix:
             raise ValueError("ThetaSolver: petsc_options_prefix must be a non-empty string, e.g. 'femnpde_'")
@@ -104,8 +122,11 @@ class ThetaSolver:
         forms = problem.forms
         comm = problem.comm
         imap = problem.V.dofmap.index_map
+        #: Whether the step Jacobian is symmetric: the adjoint then solves
+        #: with the untransposed operator (any preconditioner works).
+        self.symmetric = self._probe_symmetry()
         options = (
-            default_linear_solver_options(comm.size, imap.size_global)
+            default_linear_solver_options(comm.size, imap.size_global, problem.mesh.geometry.dim, self.symmetric)
             if petsc_options is None
             else dict(petsc_options)
         )
@@ -125,7 +146,7 @@ class ThetaSolver:
             self._ksp = _make_ksp(comm, f"{self.prefix}forward_", options)
             self._ksp_adj = self._ksp
         else:
-            self._step = NonlinearStep(
+            self._make_step = lambda: NonlinearStep(
                 problem,
                 self.prefix,
                 options,
@@ -134,18 +155,27 @@ class ThetaSolver:
                 max_it=self.newton_max_it,
                 refresh_ratio=jacobian_refresh_ratio,
             )
+            self._step = self._make_step()
             self._A = None
             self._ksp = self._step.snes.getKSP()
             self._ksp_adj = self._step.adjoint_ksp
+        check_adjoint_capable(self._ksp_adj, self.symmetric)
+        # Krylov adjoints of constant Jacobians start from λ^{n+1} (zero at the start of each sweep).
+        self._adjoint_warm = self._step is None and uses_krylov(self._ksp_adj)
+        self._ksp_adj.setInitialGuessNonzero(self._adjoint_warm)
         self._rhs = dolfinx.fem.petsc.create_vector(problem.V)
         self._c = dolfinx.fem.petsc.create_vector(problem.V)
         self._r = dolfinx.fem.petsc.create_vector(problem.G)
         self._have_c = False
         n_local = problem.V.dofmap.index_map.size_local + problem.V.dofmap.index_map.num_ghosts
         self.n_levels = problem.time.n_steps + 1
-        self.states: StateStorage = MemoryStorage(self.n_levels, n_local)
+        self._n_local = n_local
+        self.states: StateStorage
+        self.states, self.storage_plan = make_state_storage(state_storage, self.n_levels, n_local, comm)
         self.adjoints: MemoryStorage | None = None
         self.newton_iterations = np.zeros(self.n_levels, dtype=np.int32)
+        #: ``dJ/dc`` of the constants named in the last :meth:`adjoint` call.
+        self.constant_gradient: dict[str, float] = {}
         owned = problem.bc_dofs
         self._bc_owned = owned[owned < problem.n_owned]
         # Persistent views of the coefficient arrays (the property access is slow).
@@ -168,6 +198,31 @@ class ThetaSolver:
         if forms.linear is not None and fast_affine:
             self._setup_linear()
 
+    def _probe_symmetry(self) -> bool:
+        """Assemble the step Jacobian once at a random state and test its symmetry (collective).
+
+        A random state (not u^0, where e.g. a convection term may vanish)
+        exposes any non-symmetric dependence on the coefficients; the
+        coefficients are restored.
+        """
+        p = self.problem
+        fs = (p.u, p.u_prev, p.g, p.g_prev)
+        saved = [f.x.array.copy() for f in fs]
+        rng = np.random.default_rng(1234 + p.comm.rank)
+        for f in fs:
+            f.x.array[:] = rng.uniform(-1.0, 1.0, f.x.array.size)
+            f.x.scatter_forward()
+        t_saved = (p.t.value.copy(), p.t_prev.value.copy())
+        p.t.value, p.t_prev.value = float(p.time.times[1]), float(p.time.times[0])
+        A = dolfinx.fem.petsc.assemble_matrix(p.forms.jacobian, bcs=p.bcs)
+        A.assemble()
+        symmetric = is_symmetric(A)
+        A.destroy()
+        for f, a in zip(fs, saved):
+            f.x.array[:] = a
+        p.t.value, p.t_prev.value = t_saved
+        return symmetric
+
     def _setup_linear(self) -> None:
         """Assemble A0 (no BCs) and f0 = F(0) once: F(u) = A0 u + Σ blocks · coefficients + f0."""
         p = self.problem
@@ -189,6 +244,44 @@ class ThetaSolver:
         self._f0 = f0
         self._f0_zero = f0.norm() == 0.0
         self._vec_of = {"u_prev": p.u_prev.x.petsc_vec, "g": p.g.x.petsc_vec, "g_prev": p.g_prev.x.petsc_vec}
+
+    def set_constants(self, values: dict[str, float]) -> None:
+        """Set named constants of the residual (``problem.constants``); reassemble what depends on them.
+
+        The matrices assembled once (constant Jacobian and its factorisation,
+        constant derivative blocks, the affine fast path) are rebuilt only
+        when a value actually changes.
+
+        Raises:
+            KeyError: A name is not a constant of the problem.
+        """
+        consts = self.problem.constants
+        changed = False
+        for name, value in values.items():
+            if name not in consts:
+                raise KeyError(f"ThetaSolver.set_constants: {name!r} is not a constant of the problem; "
+                               f"constants: {sorted(consts)}")
+            if float(consts[name].value) != float(value):
+                consts[name].value = value
+                changed = True
+        if not changed:
+            return
+        self.reset()  # the constant Jacobian and its factorisation
+        if self._step is not None:
+            # The nonlinear step assembled the constant (linear) parts of F once: rebuild it.
+            self._step.destroy()
+            self._step = self._make_step()
+            self._ksp = self._step.snes.getKSP()
+            self._ksp_adj = self._step.adjoint_ksp
+        forms = self.problem.forms
+        for name, M in self._blocks.items():
+            M.zeroEntries()
+            dolfinx.fem.petsc.assemble_matrix(M, forms.constant_blocks[name])
+            M.assemble()
+        if self._lin is not None:
+            self._lin["u"].destroy()
+            self._f0.destroy()
+            self._setup_linear()
 
     @property
     def uses_linear_fast_path(self) -> bool:
@@ -340,6 +433,8 @@ class ThetaSolver:
             self._assemble_A(self._A)
             self._ksp.setOperators(self._A)
             self._A_current = True
+        if self._adjoint_warm:
+            self._du.zeroEntries()  # the KSP is the adjoint's too, with a nonzero initial guess
         self._solve(self._ksp, self._b, self._du, n, transpose=False)
         # One Newton step solves an affine residual exactly.
         p.u.x.petsc_vec.axpy(-1.0, self._du)
@@ -397,10 +492,12 @@ class ThetaSolver:
         expected = (self.n_levels, p.n_owned_source)
         if source.shape != expected:
             raise ValueError(f"ThetaSolver.forward: source has shape {source.shape}, expected {expected}")
+        if hasattr(self.states, "attach"):
+            self.states.attach(_Recompute(self, source))
         self.states.store(0, p.u0.x.array)
         p.u.x.array[:] = p.u0.x.array
         for n in range(1, self.n_levels):
-            self.forward_step(n, source)
+            self.forward_step(n, source, p.u.x.array)
             self.states.store(n, p.u.x.array)
             if step_callback is not None:
                 step_callback(n)
@@ -414,6 +511,7 @@ class ThetaSolver:
         source: np.ndarray,
         misfit_gradient: Callable[[int, np.ndarray, np.ndarray], None],
         keep_adjoint: bool = False,
+        constants: tuple[str, ...] = (),
     ) -> np.ndarray:
         """Run the adjoint sweep backwards in time.
 
@@ -423,6 +521,9 @@ class ThetaSolver:
             misfit_gradient: ``misfit_gradient(n, u_owned, out_owned)`` adds
                 ``∂J/∂u^n`` (owned entries) to ``out_owned``.
             keep_adjoint: Keep ``λ^n`` of every level in :attr:`adjoints`.
+            constants: Names of residual constants whose gradient
+                ``dJ/dc = Σ_n λ^n · ∂F^n/∂c`` is accumulated during the sweep
+                into :attr:`constant_gradient` (summed over ranks).
 
         Returns:
             ``dJ/dg`` on the owned source dofs at every level,
@@ -437,15 +538,25 @@ class ThetaSolver:
         R = np.zeros((self.n_levels, ng))
         if keep_adjoint:
             if self.adjoints is None:
-                self.adjoints = MemoryStorage(self.n_levels, self.states.load(0).shape[0])
-            self.adjoints.store(0, np.zeros_like(self.states.load(0)))
+                self.adjoints = MemoryStorage(self.n_levels, self._n_local)
+            self.adjoints.store(0, np.zeros(self._n_local))
         rhs, c, r = self._rhs, self._c, self._r
         lam_vec = p.lam.x.petsc_vec
+        if self._adjoint_warm:
+            lam_vec.zeroEntries()  # the warm start must not depend on the previous sweep
         step = self._step
         have_c = False
+        const_forms = forms.constant_adjoints or {}
+        unknown = [name for name in constants if name not in p.constants]
+        if unknown:
+            raise KeyError(f"ThetaSolver.adjoint: {unknown} are not constants of the problem; "
+                           f"constants: {sorted(p.constants)}")
+        dc = np.zeros(len(constants))
         for n in range(N, 0, -1):
+            # u^{n-1} first: a checkpointing storage may recompute both levels then.
+            u_prev = self.states.load(n - 1)
             u_n = self.states.load(n)
-            self._set_step(n, source, u_n)
+            self._set_step(n, source, u_n, u_prev)
             if step is None and not self._A_current:
                 self._assemble_A(self._A)
                 self._ksp.setOperators(self._A)
@@ -458,12 +569,18 @@ class ThetaSolver:
             rhs_arr *= -1.0
             rhs_arr[self._bc_owned] = 0.0
             if step is None:
-                self._solve(self._ksp_adj, rhs, lam_vec, n, transpose=True)
+                self._solve(self._ksp_adj, rhs, lam_vec, n, transpose=not self.symmetric)
             else:
                 step.adjoint_solve(rhs, lam_vec, n, self._times[n])
             p.lam.x.scatter_forward()
             if keep_adjoint:
                 self.adjoints.store(n, p.lam.x.array)
+            if constants:
+                if self._lin is not None:  # the mat-vec path skipped what assembly reads
+                    self._sync_coefficients(n)
+                for k, name in enumerate(constants):
+                    if name in const_forms:
+                        dc[k] += dolfinx.fem.assemble_scalar(const_forms[name])
             # Coupling to the previous step, (∂F^n/∂u^{n-1})^T λ^n, for step n-1.
             if step is not None:
                 have_c = n > 1 and step.coupling("u_prev", lam_vec, c)
@@ -486,6 +603,10 @@ class ThetaSolver:
                 else:
                     self._assemble_action(r, form)
                 R[level] += r.array_r[:ng]
+        if constants:
+            total = np.empty_like(dc)
+            p.comm.Allreduce(dc, total)
+            self.constant_gradient = dict(zip(constants, total.tolist()))
         if self._lin is not None:
             self._sync_coefficients(1)
         return R

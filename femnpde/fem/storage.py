@@ -2,21 +2,36 @@
 
 A storage maps a time level ``n`` to the local array (owned and ghost
 entries) of ``u^n``.  :class:`MemoryStorage` keeps everything in memory;
-checkpointing to disk or recomputation schedules plug in through the same
-four methods.
+:class:`femnpde.fem.checkpointing.CheckpointStorage` keeps a bounded number
+of snapshots (memory and disk) and recomputes the rest during the adjoint
+sweep, through the same four methods; :func:`make_state_storage` picks one
+from a specification.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import numpy as np
+from mpi4py import MPI
 
-__all__ = ["StateStorage", "MemoryStorage"]
+from femnpde.fem.checkpointing import CheckpointStorage
+from femnpde.fem.storage_plan import plan_storage
+
+__all__ = ["StateStorage", "MemoryStorage", "make_state_storage"]
 
 
 class StateStorage(Protocol):
-    """Interface of a state storage."""
+    """Interface of a state storage.
+
+    ``keeps_all_levels`` tells whether every level can be loaded in any order
+    after the forward sweep; when it is false, the storage serves the adjoint
+    sweep only (levels N down to 0) and losses must be taken during the
+    forward sweep.
+    """
+
+    keeps_all_levels: bool
 
     def store(self, n: int, values: np.ndarray) -> None:
         """Keep a copy of the state at time level ``n``."""
@@ -36,6 +51,8 @@ class StateStorage(Protocol):
 
 class MemoryStorage:
     """All states in one preallocated array (``(n_levels, n_local)``)."""
+
+    keeps_all_levels = True
 
     def __init__(self, n_levels: int, n_local: int) -> None:
         self._data = np.zeros((n_levels, n_local), dtype=np.float64)
@@ -74,3 +91,26 @@ class MemoryStorage:
     def nbytes(self) -> int:
         """Memory held, in bytes."""
         return self._data.nbytes
+
+
+def make_state_storage(spec: str | Mapping[str, Any], n_levels: int, n_local: int, comm: MPI.Comm):
+    """The state storage for ``spec`` and its plan (collective: one allreduce).
+
+    Args:
+        spec: ``"memory"``, ``{"snapshots": K}`` or ``{"budget": "2GB"}``
+            (optionally ``"disk_snapshots"``, ``"directory"``); see
+            :func:`femnpde.fem.storage_plan.validate_state_storage`.
+        n_levels: Time levels N + 1.
+        n_local: Local state length (owned + ghosts) on this rank.
+        comm: The problem's communicator (every rank gets the same schedule,
+            sized by the largest rank).
+
+    Returns:
+        ``(storage, plan)`` with ``plan`` a
+        :class:`femnpde.fem.checkpointing.StoragePlan`.
+    """
+    n_local_max = comm.allreduce(int(n_local), op=MPI.MAX)
+    plan = plan_storage(spec, n_levels - 1, n_local_max)
+    if plan.kind == "memory":
+        return MemoryStorage(n_levels, n_local), plan
+    return CheckpointStorage(plan), plan

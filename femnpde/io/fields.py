@@ -44,12 +44,16 @@ def write_fields(
     Files, with ``path`` a location without extension (a ``.bp``/``.xdmf``
     suffix is dropped), e.g. ``run / "fields"``:
 
-    * ``fmt="vtx"``: one ADIOS2 directory ``<path>_<name>.bp`` per field
-      (:class:`dolfinx.io.VTXWriter`, the field at every time, the mesh
-      written once; higher-degree Lagrange fields are written exactly).
+    * ``fmt="vtx"``: one ADIOS2 directory per function space,
+      ``<path>_<name1>-<name2>....bp`` (:class:`dolfinx.io.VTXWriter`): the
+      fields that share a space (e.g. u, h and the adjoint) open in ParaView
+      as one dataset with time steps; the mesh is written once, and
+      higher-degree Lagrange fields are written exactly.
     * ``fmt="xdmf"``: one ``<path>.xdmf`` (+ ``<path>.h5``) holding the
-      mesh and all fields at every time (higher-degree fields are
-      interpolated onto the mesh nodes by DOLFINx).
+      mesh and all fields at every time.  XDMF stores fields of the mesh's
+      own degree only, so higher-degree fields (e.g. P2) are interpolated
+      onto the Lagrange space of the mesh's degree (their values at the mesh
+      nodes); use VTX for the exact P2 fields.
 
     Args:
         path: Output location without extension.
@@ -133,6 +137,21 @@ def write_fields(
             funcs[name] = dolfinx.fem.Function(projector.W, name=name)
         else:
             funcs[name] = dolfinx.fem.Function(G, name=name)
+    # XDMF: fields of another degree than the mesh's are written interpolated
+    # onto the Lagrange space of the mesh's degree (one such space for all).
+    mesh_degree = problem.mesh.geometry.cmaps[0].degree
+    xdmf_funcs = dict(funcs)
+    if fmt == "xdmf":
+        nodal = None
+        for name, f in funcs.items():
+            if f.function_space.ufl_element().embedded_superdegree != mesh_degree:
+                if nodal is None:
+                    nodal = dolfinx.fem.functionspace(problem.mesh, ("Lagrange", mesh_degree))
+                xdmf_funcs[name] = dolfinx.fem.Function(nodal, name=name)
+    # VTX: one file per function space, in the order the fields were given.
+    groups: dict[str, list[str]] = {}
+    for name in fields:
+        groups.setdefault(space_of[name], []).append(name)
 
     def load(n: int) -> None:
         for name, arr in fields.items():
@@ -146,23 +165,25 @@ def write_fields(
             else:
                 f.x.array[:n_owned_g] = values
                 f.x.scatter_forward()
+            if xdmf_funcs[name] is not f:
+                xdmf_funcs[name].interpolate(f)
 
     written: list[pathlib.Path] = []
     try:
         if fmt == "vtx":
-            written = [path.parent / f"{path.name}_{name}.bp" for name in fields]
+            written = [path.parent / f"{path.name}_{'-'.join(names)}.bp" for names in groups.values()]
             with contextlib.ExitStack() as stack:
                 writers = [
                     stack.enter_context(
                         dolfinx.io.VTXWriter(
                             comm,
                             p,
-                            [funcs[name]],
+                            [funcs[name] for name in names],
                             engine="BPFile",
                             mesh_policy=dolfinx.io.VTXMeshPolicy.reuse,
                         )
                     )
-                    for p, name in zip(written, fields)
+                    for p, names in zip(written, groups.values())
                 ]
                 for n in range(n_levels):
                     load(n)
@@ -175,7 +196,7 @@ def write_fields(
                 for n in range(n_levels):
                     load(n)
                     for name in fields:
-                        xdmf.write_function(funcs[name], float(times[n]))
+                        xdmf.write_function(xdmf_funcs[name], float(times[n]))
             written = [target]
     finally:
         if projector is not None:

@@ -26,14 +26,20 @@ Two evaluation modes are provided:
   part ``x @ w_x.T + eta`` is computed once, the hidden activations are
   cached, and the vector-Jacobian product reuses them.
 
-Only activation *outputs* ``s = sigma(z)`` are cached; every activation's
-derivative is computed from its output (``tanh' = 1 - s**2``,
-``sigmoid' = s (1 - s)``, ``softplus' = 1 - exp(-s)``).
+Only activation *outputs* are cached; every activation's derivative is
+computed from its output (``tanh' = 1 - s**2``, ``sigmoid' = s (1 - s)``,
+``softplus' = 1 - exp(-s)``).  On the grid, tanh and sigmoid are separable:
+with ``R = 1 / (1 + exp(-k z)) = B_n / (A_j + B_n)``, ``A = exp(-k P)``,
+``B = exp(k t w_t)`` (k = 2 for tanh, 1 for sigmoid), an activation costs
+one addition and one division, ``tanh = 2R - 1``, ``sigmoid = R`` and
+``sigma' = kappa R (1 - R)`` (kappa = 4, 1): the cache then holds ``R``.
 
 Everything is pure numpy and float64.  Heavy work is done with BLAS
-matrix products and in-place ufuncs on cache-sized blocks of the grid (whole
-time steps, or row blocks of one time step), never with Python loops over
-points or neurons.  ``tanh`` and ``sigmoid`` are evaluated through ``np.exp``
+matrix-vector products and in-place ufuncs on cache-sized blocks of the grid
+(whole time steps, or row blocks of one time step), never with Python loops
+over points or neurons; the blocks run on :attr:`ShallowNetwork.threads`
+threads (numpy releases the GIL), and per-block partial sums are reduced in
+block order, so the results do not depend on the number of threads.  ``tanh`` and ``sigmoid`` are evaluated through ``np.exp``
 (several times faster than ``np.tanh`` where numpy lacks a SIMD ``tanh``) and
 ``softplus`` as ``max(z, 0) + log1p(exp(-|z|))``; all are overflow-free with
 absolute errors below 1e-15.
@@ -41,184 +47,32 @@ absolute errors below 1e-15.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator
-from dataclasses import dataclass
-from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
 
+from femnpde.model import _grid
+from femnpde.model._grid import ShallowGridMixin, _GridCache
+from femnpde.model._network_checks import (
+    _check_activation,
+    _check_beta,
+    _check_input_dim,
+    _check_max_cache_bytes,
+    _check_n_neurons,
+    _check_seed,
+    _is_int,
+)
+from femnpde.model._threads import default_threads
+from femnpde.model.activations import ACTIVATIONS, activate_inplace as _activate_inplace
+from femnpde.model.activations import derivative_from_output as _derivative_from_output
+from femnpde.model.base import Model, as_points, as_times
+from femnpde.model.scaling import reference_learning_rate
+
 __all__ = ["ACTIVATIONS", "ShallowNetwork", "reference_learning_rate"]
 
-ACTIVATIONS: tuple[str, ...] = ("tanh", "sigmoid", "softplus")
 
 #: Default upper bound (bytes) for the activation cache of ``evaluate_grid``.
 _DEFAULT_MAX_CACHE_BYTES = 4 * 1024**3
-
-#: Number of float64 entries (512 KiB) in one chunk of the (rows x neurons)
-#: pre-activation matrix.  All elementwise work is done chunk by chunk so that
-#: the several passes of an activation run in the CPU cache; a chunk holds
-#: whole time steps (grid mode) if they fit, otherwise a block of rows of a
-#: single time step (at least one row).
-_CHUNK_ELEMS = 1 << 16
-
-
-# ---------------------------------------------------------------------------
-# activations (in place) and their derivatives from the outputs
-# ---------------------------------------------------------------------------
-#
-# tanh and sigmoid are evaluated through np.exp, which is several times faster
-# than np.tanh on CPUs where numpy has no SIMD tanh (e.g. AVX2); the absolute
-# error is a few ulp of 1 (< 1e-15), which is what matters for the network
-# output (a sum of O(1) terms).  exp overflow to inf gives the exact limits
-# (-1 for tanh, 0 for sigmoid); callers suppress the overflow and
-# underflow warnings (also when the user has set np.seterr(all="raise")).
-
-
-def _activate_inplace(
-    z: np.ndarray, activation: str, tmp: np.ndarray | None = None
-) -> None:
-    """Overwrite pre-activations ``z`` with ``sigma(z)``.
-
-    Args:
-        z: Float64 array, modified in place.
-        activation: One of :data:`ACTIVATIONS`.
-        tmp: Optional scratch array of the same shape (used by softplus).
-    """
-    if activation == "tanh":
-        # tanh(z) = 2 / (1 + exp(-2 z)) - 1
-        z *= -2.0
-        np.exp(z, out=z)
-        z += 1.0
-        np.divide(2.0, z, out=z)
-        z -= 1.0
-    elif activation == "sigmoid":
-        # sigmoid(z) = 1 / (1 + exp(-z))
-        np.negative(z, out=z)
-        np.exp(z, out=z)
-        z += 1.0
-        np.reciprocal(z, out=z)
-    elif activation == "softplus":
-        # log(1 + exp(z)) = max(z, 0) + log1p(exp(-|z|)): no overflow.
-        if tmp is None:
-            tmp = np.empty_like(z)
-        np.abs(z, out=tmp)
-        np.negative(tmp, out=tmp)
-        np.exp(tmp, out=tmp)
-        np.log1p(tmp, out=tmp)
-        np.maximum(z, 0.0, out=z)
-        z += tmp
-    else:  # pragma: no cover - guarded by the constructor
-        raise ValueError(f"unknown activation {activation!r}")
-
-
-def _derivative_from_output(s: np.ndarray, out: np.ndarray, activation: str) -> None:
-    """Write ``sigma'(z)`` into ``out`` given the activation output ``s = sigma(z)``.
-
-    Args:
-        s: Activation outputs.
-        out: Array of the same shape as ``s`` receiving the derivative.
-        activation: One of :data:`ACTIVATIONS`.
-    """
-    if activation == "tanh":
-        np.multiply(s, s, out=out)
-        np.subtract(1.0, out, out=out)
-    elif activation == "sigmoid":
-        np.subtract(1.0, s, out=out)
-        out *= s
-    elif activation == "softplus":
-        # softplus'(z) = sigmoid(z) = 1 - exp(-softplus(z)); s >= 0, no overflow.
-        np.negative(s, out=out)
-        np.exp(out, out=out)
-        np.subtract(1.0, out, out=out)
-    else:  # pragma: no cover - guarded by the constructor
-        raise ValueError(f"unknown activation {activation!r}")
-
-
-def _grid_blocks(n_t: int, n_x: int, n: int) -> Iterator[tuple[int, int, int, int]]:
-    """Yield ``(n0, n1, j0, j1)`` blocks covering the ``n_t x n_x`` grid.
-
-    Either a block holds whole time steps (``j0, j1 = 0, n_x``) or a row range
-    of a single time step (``n1 = n0 + 1``); in both cases the block of the
-    ``(n_t, n_x, N)`` activation array is contiguous and has at most
-    ``max(_CHUNK_ELEMS, N)`` entries.
-    """
-    per_time = n_x * n
-    if per_time <= _CHUNK_ELEMS:
-        k = max(1, _CHUNK_ELEMS // max(per_time, 1))
-        for n0 in range(0, n_t, k):
-            yield n0, min(n0 + k, n_t), 0, n_x
-    else:
-        rows = max(1, _CHUNK_ELEMS // n)
-        for n0 in range(n_t):
-            for j0 in range(0, n_x, rows):
-                yield n0, n0 + 1, j0, min(j0 + rows, n_x)
-
-
-# ---------------------------------------------------------------------------
-# argument validation helpers
-# ---------------------------------------------------------------------------
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, Integral) and not isinstance(value, bool)
-
-
-def _check_n_neurons(n_neurons: Any) -> int:
-    if not _is_int(n_neurons) or n_neurons < 1:
-        raise ValueError(f"n_neurons must be an integer >= 1, got {n_neurons!r}")
-    return int(n_neurons)
-
-
-def _check_input_dim(input_dim: Any) -> int:
-    if not _is_int(input_dim) or input_dim not in (1, 2, 3):
-        raise ValueError(f"input_dim must be 1, 2 or 3, got {input_dim!r}")
-    return int(input_dim)
-
-
-def _check_beta(beta: Any) -> float:
-    if (
-        isinstance(beta, bool)
-        or not isinstance(beta, Real)
-        or not math.isfinite(float(beta))
-        or not 0.0 < float(beta) <= 1.0
-    ):
-        raise ValueError(
-            f"beta must be a real number with 0 < beta <= 1 "
-            f"(the mean-field analysis uses 1/2 < beta < 1), got {beta!r}"
-        )
-    return float(beta)
-
-
-def _check_activation(activation: Any) -> str:
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    return str(activation)
-
-
-def _check_max_cache_bytes(max_cache_bytes: Any) -> int:
-    if not _is_int(max_cache_bytes) or max_cache_bytes < 0:
-        raise ValueError(
-            f"max_cache_bytes must be an integer >= 0, got {max_cache_bytes!r}"
-        )
-    return int(max_cache_bytes)
-
-
-def _check_seed(seed: Any) -> int | None:
-    if seed is not None and (not _is_int(seed) or seed < 0):
-        raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
-    return None if seed is None else int(seed)
-
-
-@dataclass
-class _GridCache:
-    """State kept by :meth:`ShallowNetwork.evaluate_grid` for ``vjp_grid``."""
-
-    t: np.ndarray  # (n_t,) copy of the evaluation times
-    x: np.ndarray  # (n_x, d) copy of the evaluation points
-    params: np.ndarray  # snapshot of the parameters used
-    S: np.ndarray | None  # (n_t, n_x, N) activations, or None if too large
 
 
 # ---------------------------------------------------------------------------
@@ -226,8 +80,10 @@ class _GridCache:
 # ---------------------------------------------------------------------------
 
 
-class ShallowNetwork:
+class ShallowNetwork(ShallowGridMixin, Model):
     """Shallow network ``g(t, x) = N**-beta * sum_i c_i sigma(w_t,i t + w_i.x + eta_i)``.
+
+    The paper's network; implements :class:`~femnpde.model.base.Model`.
 
     Reference initialisation: ``c ~ U(-1, 1)`` and ``w_t, w_x, eta ~ N(0, 1)``,
     drawn from ``np.random.default_rng(seed)`` in the order ``c`` (N values),
@@ -251,6 +107,13 @@ class ShallowNetwork:
             recomputes the activations block by block from the stored ``t``
             and ``x`` (same result, roughly one extra forward pass of work).
             ``0`` disables the activation cache entirely.  Default 4 GiB.
+            For tanh and sigmoid on the grid (the separable form, see the
+            module documentation) the bound is at most 64 MiB: recomputing
+            is faster than a larger cache.
+        threads: Threads over blocks of the grid in :meth:`evaluate_grid`
+            and :meth:`vjp_grid` (the results do not depend on it); default
+            :func:`femnpde.model._threads.default_threads` (``FEMNPDE_NUM_THREADS``,
+            else ``OMP_NUM_THREADS``, else the available CPUs).
 
     Raises:
         ValueError: If an argument is invalid; the message names the
@@ -266,8 +129,11 @@ class ShallowNetwork:
         seed: int | None = 42,
         *,
         max_cache_bytes: int = _DEFAULT_MAX_CACHE_BYTES,
+        threads: int | None = None,
     ) -> None:
         self._configure(n_neurons, input_dim, beta, activation, max_cache_bytes)
+        if threads is not None:
+            self.threads = threads
         self._reference_init(_check_seed(seed))
 
     # -- construction helpers ------------------------------------------------
@@ -286,6 +152,7 @@ class ShallowNetwork:
         self._beta = _check_beta(beta)
         self._activation = _check_activation(activation)
         self._max_cache_bytes = _check_max_cache_bytes(max_cache_bytes)
+        self._threads = default_threads()
         self._scale = float(self._n) ** (-self._beta)
         n, d = self._n, self._d
         self._params = np.zeros(n * (3 + d), dtype=np.float64)
@@ -342,6 +209,17 @@ class ShallowNetwork:
     def scale(self) -> float:
         """Output scaling ``N ** -beta``."""
         return self._scale
+
+    @property
+    def threads(self) -> int:
+        """Threads of the grid evaluation and its VJP (results do not depend on it)."""
+        return self._threads
+
+    @threads.setter
+    def threads(self, value: int) -> None:
+        if not _is_int(value) or value < 1:
+            raise ValueError(f"threads must be an integer >= 1, got {value!r}")
+        self._threads = int(value)
 
     @property
     def n_params(self) -> int:
@@ -421,6 +299,7 @@ class ShallowNetwork:
         new._configure(
             self._n, self._d, self._beta, self._activation, self._max_cache_bytes
         )
+        new._threads = self._threads
         np.copyto(new._params, self._params)
         return new
 
@@ -433,27 +312,15 @@ class ShallowNetwork:
     # -- input checking -------------------------------------------------------
 
     def _as_times(self, t: np.ndarray, name: str = "t") -> np.ndarray:
-        arr = np.ascontiguousarray(t, dtype=np.float64)
-        if arr.ndim != 1:
-            raise ValueError(
-                f"{name} must be a 1-D array of times, got shape {arr.shape}"
-            )
-        return arr
+        return as_times(t, name)
 
     def _as_points(self, x: np.ndarray, name: str = "x") -> np.ndarray:
-        arr = np.ascontiguousarray(x, dtype=np.float64)
-        if arr.ndim == 1 and self._d == 1:
-            arr = arr.reshape(-1, 1)
-        if arr.ndim != 2 or arr.shape[1] != self._d:
-            raise ValueError(
-                f"{name} must have shape (n_points, {self._d}), got shape {arr.shape}"
-            )
-        return arr
+        return as_points(x, self._d, name)
 
     # -- pointwise evaluation ---------------------------------------------------
 
     def _rows_per_chunk(self) -> int:
-        return max(1, _CHUNK_ELEMS // self._n)
+        return max(1, _grid._CHUNK_ELEMS // self._n)  # one home: tests patch _grid._CHUNK_ELEMS
 
     def _augmented(self, t: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Return ``A = [t, x, 1]`` (M, d+2) and ``W = [w_t; w_x.T; eta]`` (d+2, N)."""
@@ -563,208 +430,6 @@ class ShallowNetwork:
         g[(2 + d) * n :] = sc * aeta
         return g
 
-    # -- tensor-grid evaluation ------------------------------------------------
-
-    def _spatial_preactivation(self, x: np.ndarray) -> np.ndarray:
-        """``P = x @ w_x.T + eta``, shape ``(n_x, N)``."""
-        p = x @ self._w_x.T
-        p += self._eta
-        return p
-
-    def _separable_factors(self, p: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """Factors of ``exp(-k z)`` on the grid, ``z[n, j] = P[j] + t[n] w_t``, for tanh (k = 2) and sigmoid (k = 1).
-
-        ``exp(-k (P[j] + t_n w_t)) = exp(-k P[j]) * exp(-k t_n w_t)``: the
-        exponentials are taken on the ``n_x x N`` and ``n_t x N`` factors only,
-        and each grid activation costs a product and a division instead of an
-        ``exp``.  Returns None (use the direct formula) for softplus, or when a
-        factor overflows or underflows (a product ``inf * 0`` would be nan).
-        """
-        k = {"tanh": 2.0, "sigmoid": 1.0}.get(self._activation)
-        if k is None:
-            return None
-        with np.errstate(over="ignore", under="ignore"):
-            a = np.exp(-k * p)
-            b = np.exp(np.multiply.outer(-k * t, self._w_t))
-        if not (np.all(np.isfinite(a)) and np.all(a > 0) and np.all(np.isfinite(b)) and np.all(b > 0)):
-            return None
-        return a, b
-
-    def _grid_activations(
-        self,
-        p: np.ndarray,
-        t: np.ndarray,
-        blk: tuple[int, int, int, int],
-        out: np.ndarray,
-        tmp: np.ndarray | None,
-        factors: tuple[np.ndarray, np.ndarray] | None = None,
-    ) -> None:
-        """Write ``sigma(P[j] + t[n] w_t)`` for one grid block into ``out`` (k, rows, N)."""
-        n0, n1, j0, j1 = blk
-        if factors is not None:
-            a, b = factors
-            # exp(-k z) as a product of the factors; the product may overflow to
-            # inf or underflow to 0, which gives the exact limits below.
-            np.multiply(a[None, j0:j1, :], b[n0:n1, None, :], out=out)
-            out += 1.0
-            if self._activation == "tanh":  # 2 / (1 + exp(-2z)) - 1
-                np.divide(2.0, out, out=out)
-                out -= 1.0
-            else:  # sigmoid: 1 / (1 + exp(-z))
-                np.reciprocal(out, out=out)
-            return
-        np.add(p[None, j0:j1, :], t[n0:n1, None, None] * self._w_t, out=out)
-        _activate_inplace(out, self._activation, tmp)
-
-    def evaluate_grid(
-        self, t: np.ndarray, x: np.ndarray, cache: bool = True
-    ) -> np.ndarray:
-        """Evaluate the network on the tensor grid ``t x x``.
-
-        ``P = x @ w_x.T + eta`` is computed once; then, for cache-sized blocks
-        of the grid, ``S = sigma(P + t_n w_t)`` and ``G = N**-beta * S @ c``
-        (BLAS matrix-vector products).
-
-        Args:
-            t: Times, shape ``(n_t,)``.
-            x: Points, shape ``(n_x, d)`` (shape ``(n_x,)`` is accepted for d = 1).
-            cache: If True, keep what :meth:`vjp_grid` needs: copies of ``t``
-                and ``x``, a snapshot of the parameters and, if it fits into
-                ``max_cache_bytes``, all activations ``S`` (shape
-                ``(n_t, n_x, N)``, ``n_t * n_x * N * 8`` bytes).  The
-                activation buffer is kept for reuse by later calls on grids
-                of the same shape (also across parameter updates) until
-                :meth:`clear_cache`.  If False, any previous cache is
-                invalidated (so ``vjp_grid`` can never silently use a stale
-                grid).
-
-        Returns:
-            ``G`` with ``G[n, j] = g(t[n], x[j])``, shape ``(n_t, n_x)``.
-
-        Raises:
-            ValueError: On inconsistent shapes.
-        """
-        t = self._as_times(t)
-        x = self._as_points(x)
-        n_t, n_x, n = t.size, x.shape[0], self._n
-        self._grid_cache = None  # a failed call leaves no (inconsistent) cache
-
-        s_all: np.ndarray | None = None
-        if cache and n_t * n_x * n * 8 <= self._max_cache_bytes:
-            if self._s_buffer is None or self._s_buffer.shape != (n_t, n_x, n):
-                self._s_buffer = None  # free the old buffer before allocating
-                self._s_buffer = np.empty((n_t, n_x, n))
-            s_all = self._s_buffer
-
-        p = self._spatial_preactivation(x)
-        factors = self._separable_factors(p, t)
-        g = np.empty((n_t, n_x))
-        cap = max(_CHUNK_ELEMS, n)
-        work = np.empty(cap) if s_all is None else None
-        tmp = np.empty(cap) if self._activation == "softplus" else None
-        with np.errstate(over="ignore", under="ignore"):
-            for blk in _grid_blocks(n_t, n_x, n):
-                n0, n1, j0, j1 = blk
-                shape = (n1 - n0, j1 - j0, n)
-                size = shape[0] * shape[1] * n
-                if s_all is not None:
-                    s = s_all[n0:n1, j0:j1]
-                else:
-                    s = work[:size].reshape(shape)
-                self._grid_activations(
-                    p, t, blk, s, None if tmp is None else tmp[:size].reshape(shape), factors
-                )
-                g[n0:n1, j0:j1] = (s.reshape(-1, n) @ self._c).reshape(shape[:2])
-        g *= self._scale
-
-        if cache:
-            self._grid_cache = _GridCache(
-                t=t.copy(), x=x.copy(), params=self._params.copy(), S=s_all
-            )
-        return g
-
-    def vjp_grid(self, r: np.ndarray) -> np.ndarray:
-        """Vector-Jacobian product for the last :meth:`evaluate_grid` call.
-
-        Computes ``d/dtheta sum_{n,j} r[n, j] G[n, j]`` reusing the cached
-        activations (or recomputing them block by block if they were too large
-        to cache, see ``max_cache_bytes``).  With
-        ``D = sigma'(S) * r[..., None] * (scale * c)``:
-        ``dc = scale * S^T r``, ``d_eta = sum_{n,j} D``,
-        ``d_wt = sum_n t_n sum_j D[n, j]`` and ``d_wx = sum_{n,j} D[n, j] x_j``.
-        For each cache-sized block, ``d_eta, d_wt, d_wx`` are accumulated by a
-        single GEMM ``sigma'(S)^T [r, r t, r x]`` (the factor ``scale * c`` is
-        applied once at the end), so ``D`` is never materialised.
-
-        Args:
-            r: Cotangent weights, shape ``(n_t, n_x)`` of the cached grid.
-
-        Returns:
-            Flat gradient of shape ``(n_params,)`` with the layout of
-            :attr:`params`.
-
-        Raises:
-            RuntimeError: If there is no cache (no ``evaluate_grid(...,
-                cache=True)`` call, or it was discarded by ``clear_cache``,
-                a parameter assignment or ``evaluate_grid(..., cache=False)``),
-                or if the parameters were modified in place since.
-            ValueError: If ``r`` has the wrong shape.
-        """
-        cache = self._grid_cache
-        if cache is None:
-            raise RuntimeError(
-                "vjp_grid: no cached grid evaluation; call evaluate_grid(t, x, cache=True) "
-                "first (the cache is discarded by clear_cache(), by assigning parameters "
-                "and by evaluate_grid(..., cache=False))"
-            )
-        if not np.array_equal(cache.params, self._params):
-            raise RuntimeError(
-                "vjp_grid: the parameters changed since the last evaluate_grid call; "
-                "call evaluate_grid again before vjp_grid"
-            )
-        t, x, s_all = cache.t, cache.x, cache.S
-        n_t, n_x, n, d = t.size, x.shape[0], self._n, self._d
-        r = np.ascontiguousarray(r, dtype=np.float64)
-        if r.shape != (n_t, n_x):
-            raise ValueError(
-                f"r must have the shape (n_t, n_x) = {(n_t, n_x)} of the cached grid, "
-                f"got shape {r.shape}"
-            )
-
-        # rhs[n, j] = (r, r t_n, r x_j): sigma'(S)^T rhs gives d_eta, d_wt, d_wx.
-        rhs = np.empty((n_t, n_x, d + 2))
-        rhs[..., 0] = r
-        np.multiply(r, t[:, None], out=rhs[..., 1])
-        np.multiply(r[..., None], x[None, :, :], out=rhs[..., 2:])
-
-        cap = max(_CHUNK_ELEMS, n)
-        q = np.empty(cap)
-        p = self._spatial_preactivation(x) if s_all is None else None
-        factors = self._separable_factors(p, t) if s_all is None else None
-        work = np.empty(cap) if s_all is None else None
-        dc = np.zeros(n)
-        acc = np.zeros((n, d + 2))
-        with np.errstate(over="ignore", under="ignore"):
-            for blk in _grid_blocks(n_t, n_x, n):
-                n0, n1, j0, j1 = blk
-                shape = (n1 - n0, j1 - j0, n)
-                size = shape[0] * shape[1] * n
-                qb = q[:size].reshape(shape)
-                if s_all is not None:
-                    s = s_all[n0:n1, j0:j1]
-                else:
-                    s = work[:size].reshape(shape)
-                    self._grid_activations(p, t, blk, s, qb, factors)
-                dc += s.reshape(-1, n).T @ r[n0:n1, j0:j1].reshape(-1)
-                _derivative_from_output(s, qb, self._activation)
-                acc += qb.reshape(-1, n).T @ rhs[n0:n1, j0:j1].reshape(-1, d + 2)
-        return self._assemble_gradient(dc, acc[:, 1], acc[:, 2:], acc[:, 0])
-
-    def clear_cache(self) -> None:
-        """Discard the cache kept by :meth:`evaluate_grid` and free its memory."""
-        self._grid_cache = None
-        self._s_buffer = None
-
     # -- serialisation ---------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
@@ -809,34 +474,3 @@ class ShallowNetwork:
         )
         net.params = d["params"]
         return net
-
-
-def reference_learning_rate(base_lr: float, n_neurons: int, beta: float) -> float:
-    """Learning rate ``base_lr * N ** (2 beta - 1)`` of the mean-field scaling.
-
-    With the output scaled by ``N**-beta`` every parameter's gradient is
-    ``O(N**-beta)``, so one gradient step changes the output by
-    ``lr * sum_i |dg/dtheta_i|**2 = O(lr * N**(1 - 2 beta))``; the factor
-    ``N**(2 beta - 1)`` keeps that change ``O(1)`` as ``N`` grows.
-
-    Args:
-        base_lr: Base learning rate (> 0).
-        n_neurons: Number of neurons ``N`` (integer >= 1).
-        beta: Scaling exponent, ``0 < beta <= 1``.
-
-    Returns:
-        The scaled learning rate.
-
-    Raises:
-        ValueError: If an argument is invalid.
-    """
-    if (
-        isinstance(base_lr, bool)
-        or not isinstance(base_lr, Real)
-        or not math.isfinite(float(base_lr))
-        or base_lr <= 0
-    ):
-        raise ValueError(f"base_lr must be a finite number > 0, got {base_lr!r}")
-    n = _check_n_neurons(n_neurons)
-    b = _check_beta(beta)
-    return float(base_lr) * float(n) ** (2.0 * b - 1.0)

@@ -19,13 +19,15 @@ parameters they found.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from mpi4py import MPI
 
 from femnpde.fem.problem import ParabolicProblem
 from femnpde.fem.solver import SolverError, ThetaSolver
+from femnpde.model.base import Model
+from femnpde.model.parameters import PhysicalParameter, check_parameters, parameter_bounds
 
 __all__ = ["NetworkSource", "FunctionSource", "ReducedFunctional", "check_replicated"]
 
@@ -55,20 +57,32 @@ def check_replicated(comm: MPI.Comm, array: np.ndarray, what: str = "theta") -> 
 
 
 class NetworkSource:
-    """The network sampled at (t_n, x_j) for all levels n and owned source dofs j.
+    """A model sampled at (t_n, x_j) for all levels n and owned source dofs j.
+
+    Uses only the :class:`~femnpde.model.base.Model` interface.  With
+    ``m = model.n_outputs > 1`` outputs the problem must have
+    ``n_sources = m``; the values of one point are consecutive (the blocked
+    layout of the source space), output k feeding the residual's ``g[k]``.
 
     Args:
         problem: The problem whose source space is sampled.
-        network: A :class:`femnpde.model.network.ShallowNetwork` with input
+        network: A :class:`~femnpde.model.base.Model` (e.g.
+            :class:`~femnpde.model.network.ShallowNetwork`) with input
             dimension equal to the mesh's geometric dimension.
     """
 
-    def __init__(self, problem: ParabolicProblem, network) -> None:
+    def __init__(self, problem: ParabolicProblem, network: Model) -> None:
         gdim = problem.mesh.geometry.dim
         if network.input_dim != gdim:
             raise ValueError(
                 f"NetworkSource: the network takes x in R^{network.input_dim} but the mesh has geometric "
                 f"dimension {gdim}"
+            )
+        m = getattr(problem, "n_sources", 1)
+        if network.n_outputs != m:
+            raise ValueError(
+                f"NetworkSource: the network has {network.n_outputs} output(s) but the problem has "
+                f"n_sources = {m} network-fed coefficient(s); they must be equal"
             )
         self.problem = problem
         self.network = network
@@ -76,14 +90,18 @@ class NetworkSource:
         self.times = problem.time.times
 
     def values(self, theta: np.ndarray | None = None) -> np.ndarray:
-        """``g^n_j``, shape ``(n_steps + 1, n_owned_source)``; caches activations for :meth:`vjp`."""
+        """``g^n_j``, shape ``(n_steps + 1, n_owned_source)``; caches the forward for :meth:`vjp`."""
         if theta is not None:
             self.network.params = theta
-        return self.network.evaluate_grid(self.times, self.points, cache=True)
+        G = self.network.evaluate_grid(self.times, self.points, cache=True)
+        return G.reshape(len(self.times), -1)
 
     def vjp(self, R: np.ndarray) -> np.ndarray:
         """``Σ_{n,j} R[n,j] ∂g^n_j/∂θ`` summed over all ranks (one allreduce)."""
-        local = self.network.vjp_grid(R)
+        net = self.network
+        shape = (len(self.times), len(self.points)) if net.n_outputs == 1 else (
+            len(self.times), len(self.points), net.n_outputs)
+        local = net.vjp_grid(np.asarray(R).reshape(shape))
         out = np.empty_like(local)
         self.problem.comm.Allreduce(local, out, op=MPI.SUM)
         return out
@@ -138,24 +156,63 @@ class ReducedFunctional:
         misfit: The loss (e.g. :class:`femnpde.obs.misfit.L2Misfit`).
         keep_adjoint: Keep the adjoint field of every level after each
             gradient (see :attr:`adjoint_states`), e.g. to write it out.
+        parameters: Physical parameters (constants of the problem's
+            residual); the trainable ones follow the model's parameters in
+            θ, in this order, and the others are set to their initial value.
     """
 
-    def __init__(self, solver: ThetaSolver, source: NetworkSource, misfit, keep_adjoint: bool = False) -> None:
+    def __init__(
+        self,
+        solver: ThetaSolver,
+        source: NetworkSource,
+        misfit,
+        keep_adjoint: bool = False,
+        parameters: Sequence[PhysicalParameter] = (),
+    ) -> None:
         self.solver = solver
         self.source = source
         self.misfit = misfit
         self.keep_adjoint = keep_adjoint
+        self.parameters = check_parameters(parameters, tuple(getattr(solver.problem, "constants", {})))
+        self._trainable = tuple(p.name for p in self.parameters if p.trainable)
+        self._scales = np.array([p.theta_scale for p in self.parameters if p.trainable])
+        fixed = {p.name: p.initial for p in self.parameters if not p.trainable}
+        if fixed:
+            solver.set_constants(fixed)
         self._theta: np.ndarray | None = None
         self._g: np.ndarray | None = None
         self._J: float | None = None
         self._grad: np.ndarray | None = None
+        self._max_error_local: float | None = None
         self.n_forward = 0
         self.n_adjoint = 0
 
     @property
     def n_params(self) -> int:
-        """Number of network parameters."""
-        return self.source.network.n_params
+        """Length of θ: the model's parameters and the trainable physical parameters."""
+        return self.source.network.n_params + len(self._trainable)
+
+    @property
+    def trainable_parameters(self) -> tuple[str, ...]:
+        """Names of the trainable physical parameters (the last entries of θ, in order)."""
+        return self._trainable
+
+    @property
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Lower and upper bounds of θ (``±inf`` where unbounded)."""
+        return parameter_bounds(self.source.network.n_params, self.parameters)
+
+    def initial_theta(self) -> np.ndarray:
+        """θ from the model's current parameters and the physical parameters' initial values (scaled)."""
+        init = {p.name: p.initial for p in self.parameters}
+        values = np.array([init[n] for n in self._trainable], dtype=np.float64)
+        return np.concatenate([self.source.network.get_params(), values / self._scales])
+
+    def split(self, theta: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+        """``(model parameters, {name: physical value} of the trainable physical parameters)``."""
+        n = self.source.network.n_params
+        values = np.asarray(theta[n:], dtype=np.float64) * self._scales
+        return theta[:n], dict(zip(self._trainable, values.tolist()))
 
     @property
     def network(self):
@@ -174,17 +231,80 @@ class ReducedFunctional:
         # Before the cache test: a rank whose θ drifted must not skip the sweep alone.
         check_replicated(self.comm, theta, "ReducedFunctional: theta")
         if self._theta is not None and np.array_equal(theta, self._theta):
-            if not np.array_equal(self.source.network.params, theta):
+            net_theta, _ = self.split(theta)
+            if not np.array_equal(self.source.network.params, net_theta):
                 # The parameters were changed since (e.g. restored): set them
                 # back to θ, and the activation cache with them.
-                self._g = self.source.values(theta)
+                self._g = self.source.values(net_theta)
             return
         self._theta = theta.copy()
         self._grad = None
-        self._g = self.source.values(theta)
-        self.solver.forward(self._g)
-        self._J = self.misfit.value(self.solver.states)
+        net_theta, consts = self.split(theta)
+        if consts:
+            self.solver.set_constants(consts)
+        self._g = self.source.values(net_theta)
+        states = self.solver.states
+        if getattr(states, "keeps_all_levels", True):
+            self.solver.forward(self._g)
+            self._J = self.misfit.value(states)
+            self._max_error_local = None
+        else:
+            self._J, self._max_error_local = self._streamed_forward()
         self.n_forward += 1
+
+    def _streamed_forward(self) -> tuple[float, float]:
+        """Forward sweep taking the loss level by level (for storages that do not keep every level)."""
+        misfit = self.misfit
+        if not hasattr(misfit, "level_value"):
+            raise TypeError(
+                f"ReducedFunctional: {type(misfit).__name__} has no level_value(n, u_owned); it cannot be used "
+                f"with a checkpointing state storage (use state_storage = \"memory\")"
+            )
+        problem = self.solver.problem
+        n_owned = problem.n_owned
+        acc = {"J": misfit.level_value(0, problem.u0.x.array[:n_owned]),
+               "err": misfit.level_max_error(0, problem.u0.x.array[:n_owned])}
+        u = problem.u.x.array
+
+        def take(n: int) -> None:
+            acc["J"] += misfit.level_value(n, u[:n_owned])
+            acc["err"] = max(acc["err"], misfit.level_max_error(n, u[:n_owned]))
+
+        self.solver.forward(self._g, step_callback=take)
+        return self.comm.allreduce(acc["J"], op=MPI.SUM), acc["err"]
+
+    def all_states(self) -> np.ndarray:
+        """Every state of the last θ, shape ``(n_steps + 1, n_local)`` (local arrays with ghosts).
+
+        With a storage that keeps every level this is its array (a view); with
+        a checkpointing storage the forward sweep is run once more and every
+        level collected, which takes the memory of all levels (for writing
+        output, not during training).
+        """
+        if self._theta is None:
+            raise RuntimeError("ReducedFunctional.all_states: nothing evaluated yet")
+        states = self.solver.states
+        if getattr(states, "keeps_all_levels", True):
+            return states.to_array()
+        problem = self.solver.problem
+        u = problem.u.x.array
+        out = np.empty((self.solver.n_levels, u.size))
+        out[0] = problem.u0.x.array
+
+        def collect(n: int) -> None:
+            out[n] = u
+
+        self._grad = None  # the replay restarts the storage's schedule
+        self.solver.forward(self._g, step_callback=collect)
+        return out
+
+    def relative_max_error(self) -> float:
+        """``max_{n,j} |u^n_j − h^n_j| / max|h|`` of the last forward sweep (collective)."""
+        if self._theta is None:
+            raise RuntimeError("ReducedFunctional.relative_max_error: nothing evaluated yet")
+        if self._max_error_local is None:
+            return self.misfit.relative_max_error(self.solver.states)
+        return self.misfit.relative_from_max_error(self._max_error_local)
 
     def __call__(self, theta: np.ndarray) -> float:
         """The loss J(θ); sets the network's parameters to θ (see the module docstring)."""
@@ -199,11 +319,18 @@ class ReducedFunctional:
             theta = self._theta
         self._forward(theta)
         if self._grad is None:
-            R = self.solver.adjoint(self._g, self.misfit.add_gradient, keep_adjoint=self.keep_adjoint)
+            R = self.solver.adjoint(
+                self._g, self.misfit.add_gradient, keep_adjoint=self.keep_adjoint, constants=self._trainable
+            )
+            net_theta, _ = self.split(self._theta)
             # The network cache belongs to the θ of the last forward: make sure it is ours.
-            if not np.array_equal(self.source.network.params, self._theta):
-                self._g = self.source.values(self._theta)
-            self._grad = self.source.vjp(R)
+            if not np.array_equal(self.source.network.params, net_theta):
+                self._g = self.source.values(net_theta)
+            grad = self.source.vjp(R)
+            if self._trainable:
+                dc = self.solver.constant_gradient
+                grad = np.concatenate([grad, np.array([dc[n] for n in self._trainable]) * self._scales])
+            self._grad = grad
             self.n_adjoint += 1
         return self._grad.copy()
 

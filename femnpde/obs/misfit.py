@@ -88,13 +88,38 @@ class Misfit(ABC):
         n_owned = self.problem.n_owned
         local = 0.0
         for n in self.observed_levels:
-            local += 0.5 * self.w[n] * self._local_value(n, states.load(n)[:n_owned])
+            local += self.level_value(n, states.load(n)[:n_owned])
         return self.comm.allreduce(local, op=MPI.SUM)
+
+    def level_value(self, n: int, u_owned: np.ndarray) -> float:
+        """This rank's part of level n's term ``½ w_n ‖B u^n − d^n‖²_W`` (0 if unobserved; local).
+
+        Summed over the levels in increasing order and over the ranks it is
+        :meth:`value`: a loss can be taken during the forward sweep, level by
+        level (storages that do not keep every state).
+        """
+        if self.w[n] == 0.0:
+            return 0.0
+        self._check_ready("level_value")
+        return 0.5 * self.w[n] * self._local_value(n, u_owned)
 
     def relative_rmse(self, loss: float) -> float:
         """``sqrt(J) / max|d|`` (nan if the data are zero)."""
         m = self.max_abs_data()
         return float(np.sqrt(max(loss, 0.0)) / m) if m > 0 else float("nan")
+
+    def level_max_error(self, n: int, u_owned: np.ndarray) -> float:
+        """This rank's ``max_k |(B u^n − d^n)_k|`` (0 if unobserved; local)."""
+        if self.w[n] == 0.0:
+            return 0.0
+        self._check_ready("level_max_error")
+        return float(np.max(np.abs(self._residual(n, u_owned)), initial=0.0))
+
+    def relative_from_max_error(self, local: float) -> float:
+        """The largest :meth:`level_max_error` of this rank -> the relative max error (one allreduce)."""
+        glob = self.comm.allreduce(local, op=MPI.MAX)
+        m = self.max_abs_data()
+        return glob / m if m > 0 else float("nan")
 
     def relative_max_error(self, states) -> float:
         """``max_{n,k} |(B u^n − d^n)_k| / max|d|`` over the observed levels (one allreduce)."""
@@ -102,11 +127,8 @@ class Misfit(ABC):
         n_owned = self.problem.n_owned
         local = 0.0
         for n in self.observed_levels:
-            r = self._residual(n, states.load(n)[:n_owned])
-            local = max(local, float(np.max(np.abs(r), initial=0.0)))
-        glob = self.comm.allreduce(local, op=MPI.MAX)
-        m = self.max_abs_data()
-        return glob / m if m > 0 else float("nan")
+            local = max(local, self.level_max_error(n, states.load(n)[:n_owned]))
+        return self.relative_from_max_error(local)
 
     def __enter__(self) -> Self:
         return self

@@ -47,8 +47,9 @@ def minimize_lbfgs(
     ftol: float = 0.0,
     memory: int = 10,
     max_evaluations: int | None = None,
+    bounds: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> LBFGSResult:
-    """Minimise a smooth function with L-BFGS (scipy's L-BFGS-B, unbounded).
+    """Minimise a smooth function with L-BFGS (scipy's L-BFGS-B, unbounded unless ``bounds``).
 
     Runs ``scipy.optimize.minimize(method="L-BFGS-B", jac=True)``.  With the
     default ``gtol = ftol = 0`` the run lasts ``max_iterations`` iterations
@@ -88,6 +89,8 @@ def minimize_lbfgs(
         max_evaluations: Optional cap on evaluations of ``fun_and_grad``
             (scipy's ``maxfun``, checked at the end of each iteration); None
             means no cap beyond ``max_iterations``.
+        bounds: Optional ``(lower, upper)`` arrays of the shape of ``x0``
+            (``-inf``/``inf`` where unbounded), e.g. ``ReducedFunctional.bounds``.
 
     Returns:
         An :class:`LBFGSResult`.
@@ -151,11 +154,18 @@ def minimize_lbfgs(
             stopped_by_callback = True
             raise StopIteration
 
+    scipy_bounds = None
+    if bounds is not None:
+        lo, hi = (np.broadcast_to(np.asarray(b, dtype=np.float64), x_start.shape) for b in bounds)
+        if np.any(x_start < lo) or np.any(x_start > hi):
+            raise ValueError("x0 lies outside the bounds")
+        scipy_bounds = list(zip(np.where(np.isinf(lo), None, lo), np.where(np.isinf(hi), None, hi)))
     res = minimize(
         evaluate,
         x_start,
         method="L-BFGS-B",
         jac=True,
+        bounds=scipy_bounds,
         callback=scipy_callback,
         options={
             "maxiter": max_iterations,

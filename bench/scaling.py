@@ -1,0 +1,247 @@
+"""Scaling of the PDE part (forward + adjoint) at >= 200 000 dofs, 1 and 2 ranks.
+
+One configuration per process (so that the peak RSS belongs to it), the row
+appended to a JSON file on rank 0; ``--report`` prints the table with the
+speed-ups against the fastest single-rank configuration of each case::
+
+    scripts/env-run python3 bench/scaling.py --case heat2d --solver lu
+    scripts/env-run mpirun -n 2 python3 bench/scaling.py --case heat2d --solver lu
+    scripts/env-run python3 bench/scaling.py --case heat2d --solver lu --storage 8
+    scripts/env-run python3 bench/scaling.py --report
+
+Cases (P1, backward Euler, PDE part only: the source is the target ``g*``
+sampled on the grid, no network):
+
+* ``heat2d`` / ``ac2d``: the paper's rectangle, 320 x 640 squares (321 x 641 = 205 761 dofs);
+* ``heat3d`` / ``ac3d``: ``meshes/box_cavity`` refined 3 times (~250 000 dofs).
+
+For each: the median (``--repeats``) time of the loss (forward sweep +
+misfit) and of loss + gradient (+ adjoint sweep), their ratio, the linear
+iterations per solve, the process's peak RSS per rank, and the state
+storage's predicted and measured peak (``--storage K``: K snapshots in memory;
+``--storage memory``: every level).  ``--accuracy`` instead prints the
+relative gradient error of CG + AMG against LU for several ``ksp_rtol``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+from mpi4py import MPI
+
+from gradient_cost import median_time  # bench/ is on sys.path when this script runs
+
+from femnpde.app.scenarios import paper_problem, target_source
+from femnpde.fem.linear_defaults import default_linear_solver_options
+from femnpde.fem.problem import Dirichlet, ParabolicProblem, TimeGrid, allen_cahn, heat
+from femnpde.fem.solver import ThetaSolver
+from femnpde.io.meshes import read_mesh
+from femnpde.io.refine import refine_uniformly
+from femnpde.model.reduced import FunctionSource
+from femnpde.obs.misfit import L2Misfit
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "scaling.json"
+SOLVERS = {
+    "lu": {"ksp_type": "preonly", "pc_type": "lu", "pc_factor_mat_solver_type": "mumps"},
+    "petsclu": {"ksp_type": "preonly", "pc_type": "lu", "pc_factor_mat_solver_type": "petsc",
+                "pc_factor_mat_ordering_type": "nd"},
+    "cg-hypre": {"ksp_type": "cg", "pc_type": "hypre", "pc_hypre_type": "boomeramg", "ksp_rtol": "1e-10"},
+    "cg-gamg": {"ksp_type": "cg", "pc_type": "gamg", "ksp_rtol": "1e-10"},
+    "cg-bjacobi": {"ksp_type": "cg", "pc_type": "bjacobi", "sub_pc_type": "icc", "ksp_rtol": "1e-10"},
+}
+
+
+def build(case: str, comm: MPI.Comm, n_steps: int, small: bool = False) -> ParabolicProblem:
+    pde = "heat" if case.startswith("heat") else "allen-cahn"
+    if case.endswith("2d"):
+        nx = 40 if small else 320
+        return paper_problem(pde, comm=comm, nx=nx, ny=2 * nx, n_steps=n_steps)
+    data = read_mesh(HERE.parent / "meshes" / "box_cavity.xdmf", comm, gdim=3)
+    mesh, _, facets = refine_uniformly(data.mesh, 1 if small else 3, None, data.facet_tags)
+    residual = heat(0.01) if pde == "heat" else allen_cahn(0.02, 0.5)
+    return ParabolicProblem(
+        mesh, residual, time=TimeGrid(1.0, n_steps),
+        initial_condition=lambda x: 0.2 * np.sin(np.pi * x[0]) * np.sin(np.pi * x[1]) * np.sin(np.pi * x[2]),
+        dirichlet=[Dirichlet((facets, 1), 0.0)],
+    )
+
+
+def target(problem: ParabolicProblem) -> np.ndarray:
+    if problem.mesh.geometry.dim == 2:
+        return FunctionSource(problem, target_source("difficult")).values()
+    return FunctionSource(problem, lambda t, x: 2.0 * np.exp(-10 * ((x[:, 0] - t) ** 2 + (x[:, 1] - 0.5) ** 2))).values()
+
+
+def count_solves(solver: ThetaSolver) -> list[int]:
+    log: list[int] = []
+    orig = solver._solve
+
+    def solve(ksp, b, x, n, transpose):
+        orig(ksp, b, x, n, transpose)
+        log.append(ksp.getIterationNumber())
+
+    solver._solve = solve
+    return log
+
+
+def run(args, comm) -> dict:
+    problem = build(args.case, comm, args.steps, args.small)
+    n_dofs = problem.V.dofmap.index_map.size_global
+    options = None if args.solver == "default" else dict(SOLVERS[args.solver])
+    g = target(problem)
+    data_solver = ThetaSolver(problem, "scal_data_", options)
+    data = np.empty((args.steps + 1, problem.n_owned))
+    data[0] = problem.u0.x.array[: problem.n_owned]
+
+    def collect(n):
+        data[n] = problem.u.x.array[: problem.n_owned]
+
+    data_solver.forward(g, step_callback=collect)
+    data_solver.destroy()
+    misfit = L2Misfit(problem, data)
+    storage = "memory" if args.storage == "memory" else {"snapshots": int(args.storage)}
+    # numpy's allocations (the states, the adjoint's dJ/dg, temporaries) are traced from here
+    # to the end of the first loss + gradient; PETSc's (matrices, factorisations) are not.
+    tracemalloc.start()
+    solver = ThetaSolver(problem, "scal_", options, state_storage=storage)
+    chosen = options or default_linear_solver_options(comm.size, n_dofs, problem.mesh.geometry.dim, solver.symmetric)
+    g2 = 0.9 * g
+    bounded = not solver.states.keeps_all_levels
+    n_owned = problem.n_owned
+
+    def loss():
+        if bounded:
+            acc = [misfit.level_value(0, problem.u0.x.array[:n_owned])]
+            solver.forward(g2, step_callback=lambda n: acc.append(misfit.level_value(n, problem.u.x.array[:n_owned])))
+            return comm.allreduce(sum(acc))
+        return misfit.value(solver.forward(g2))
+
+    def loss_grad():
+        J = loss()
+        return J, solver.adjoint(g2, misfit.add_gradient)
+
+    log = count_solves(solver)
+    loss_grad()  # warm-up: factorisations, AMG set-up, JIT
+    traced_peak = comm.allreduce(tracemalloc.get_traced_memory()[1], op=MPI.MAX)
+    tracemalloc.stop()
+    n_fwd = len(log)
+    t_loss = median_time(loss, args.repeats, comm)
+    log.clear()
+    t_lg = median_time(loss_grad, args.repeats, comm)
+    its = np.array(log, dtype=float)
+    J, R = loss_grad()
+    grad_norm = float(np.sqrt(comm.allreduce(float(np.sum(R * R)))))
+    plan = solver.storage_plan
+    measured = getattr(solver.states, "peak_bytes", None)
+    if measured is None:
+        measured = solver.states.nbytes
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss = comm.gather(rss_kb / 1024.0, root=0)
+    store_peak = comm.allreduce(int(measured), op=MPI.MAX)
+    row = dict(
+        case=args.case, solver=args.solver, options=chosen, storage=args.storage, ranks=comm.size, dofs=n_dofs,
+        steps=args.steps, loss=t_loss, loss_grad=t_lg, ratio=t_lg / t_loss, loss_value=J, grad_norm=grad_norm,
+        its_per_solve=float(its.mean()) if its.size else 0.0, solves_per_sweep=n_fwd,
+        peak_rss_mb=rss, storage_predicted_mb=plan.predicted_peak_bytes / 1e6, storage_measured_mb=store_peak / 1e6,
+        storage_all_levels_mb=plan.memory_bytes / 1e6, traced_peak_mb=traced_peak / 1e6, recomputation_factor=plan.recomputation_factor,
+        load_average=os.getloadavg(), repeats=args.repeats, symmetric=solver.symmetric,
+    )
+    solver.destroy()
+    misfit.destroy()
+    return row
+
+
+def accuracy(args, comm) -> None:
+    """Relative gradient error of CG + AMG against LU, for several Krylov tolerances."""
+    problem = paper_problem(args.case.startswith("heat") and "heat" or "allen-cahn", comm=comm, nx=80, ny=160,
+                            n_steps=args.steps)
+    g = target(problem)
+    ref = ThetaSolver(problem, "acc_ref_", SOLVERS["lu"])
+    data = ref.forward(g).array[:, : problem.n_owned].copy()
+    misfit = L2Misfit(problem, data)
+    g2 = 0.9 * g
+    J_lu = misfit.value(ref.forward(g2))
+    R_lu = ref.adjoint(g2, misfit.add_gradient)
+    norm = np.sqrt(comm.allreduce(float(np.sum(R_lu**2))))
+    if comm.rank == 0:
+        print(f"# {args.case}: {problem.V.dofmap.index_map.size_global} dofs, {args.steps} steps; error vs MUMPS LU")
+        print(f"{'pc':>6} {'ksp_rtol':>9} {'rel. loss error':>16} {'rel. dJ/dg error':>17}")
+    for pc in ("hypre", "gamg"):
+        for rtol in ("1e-6", "1e-8", "1e-10", "1e-12"):
+            opts = {**SOLVERS[f"cg-{pc}"], "ksp_rtol": rtol}
+            s = ThetaSolver(problem, f"acc_{pc}_{rtol.replace('-', 'm')}_", opts)
+            J = misfit.value(s.forward(g2))
+            R = s.adjoint(g2, misfit.add_gradient)
+            err = np.sqrt(comm.allreduce(float(np.sum((R - R_lu) ** 2)))) / norm
+            if comm.rank == 0:
+                print(f"{pc:>6} {rtol:>9} {abs(J - J_lu) / abs(J_lu):16.2e} {err:17.2e}", flush=True)
+            s.destroy()
+
+
+def report(path: Path) -> None:
+    rows = json.loads(path.read_text())
+    print(f"{'case':<7} {'solver':<10} {'storage':>7} {'ranks':>5} {'dofs':>7} {'loss [s]':>9} {'l+g [s]':>8} "
+          f"{'ratio':>5} {'speed-up':>8} {'its':>5} {'RSS/rank [MB]':>14} {'store pred/meas [MB]':>21} {'traced':>7} "
+          f"{'recomp':>6} "
+          f"{'load':>5}")
+    best1: dict[str, float] = {}
+    for r in rows:
+        if r["ranks"] == 1:
+            best1[r["case"]] = min(best1.get(r["case"], np.inf), r["loss_grad"])
+    for r in sorted(rows, key=lambda r: (r["case"], r["solver"], str(r["storage"]), r["ranks"])):
+        sp = best1.get(r["case"], np.nan) / r["loss_grad"]
+        rss = "/".join(f"{x:.0f}" for x in r["peak_rss_mb"])
+        print(f"{r['case']:<7} {r['solver']:<10} {str(r['storage']):>7} {r['ranks']:>5} {r['dofs']:>7} "
+              f"{r['loss']:9.2f} {r['loss_grad']:8.2f} {r['ratio']:5.2f} {sp:8.2f} {r['its_per_solve']:5.1f} "
+              f"{rss:>14} {r['storage_predicted_mb']:10.1f}/{r['storage_measured_mb']:<10.1f} "
+              f"{r.get('traced_peak_mb', float('nan')):7.1f} {r['recomputation_factor']:6.2f} {r['load_average'][0]:5.1f}")
+    print("# traced: peak of numpy's allocations from the solver's construction to the end of the first "
+          "loss+grad (states, dJ/dg, temporaries), largest rank")
+    print("# speed-up: the case's fastest single-rank loss+grad divided by this row's; "
+          "load: 1-minute load average at the end of the row (2-core machine shared with other work)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--case", default="heat2d", choices=["heat2d", "ac2d", "heat3d", "ac3d"])
+    parser.add_argument("--solver", default="default", choices=["default", *SOLVERS])
+    parser.add_argument("--storage", default="memory", help="'memory' or K (snapshots in memory)")
+    parser.add_argument("--steps", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--small", action="store_true", help="a small mesh, to try the script (not for figures)")
+    parser.add_argument("--report", action="store_true")
+    parser.add_argument("--accuracy", action="store_true")
+    args = parser.parse_args()
+    comm = MPI.COMM_WORLD
+    if args.report:
+        if comm.rank == 0:
+            report(args.out)
+        return
+    if args.accuracy:
+        accuracy(args, comm)
+        return
+    row = run(args, comm)
+    if comm.rank == 0:
+        rows = json.loads(args.out.read_text()) if args.out.exists() else []
+        key = ("case", "solver", "storage", "ranks", "dofs", "steps")
+        rows = [r for r in rows if tuple(r[k] for k in key) != tuple(row[k] for k in key)]
+        rows.append(row)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(rows, indent=1))
+        print(json.dumps({k: row[k] for k in ("case", "solver", "storage", "ranks", "dofs", "loss", "loss_grad",
+                                              "ratio", "its_per_solve", "peak_rss_mb", "storage_predicted_mb",
+                                              "storage_measured_mb", "traced_peak_mb", "recomputation_factor",
+                                              "load_average")}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""Iterative solvers with exact adjoints: symmetric untransposed adjoint solves, transpose checks, tolerances."""
+
+import numpy as np
+import pytest
+import ufl
+from mpi4py import MPI
+
+from femnpde.app.scenarios import paper_mesh, paper_problem, target_source
+from femnpde.fem.linear_defaults import default_linear_solver_options
+from femnpde.fem.problem import Dirichlet, ParabolicProblem, TimeGrid
+from femnpde.fem.solver import ThetaSolver
+from femnpde.model.network import ShallowNetwork
+from femnpde.model.reduced import FunctionSource, NetworkSource, ReducedFunctional
+from femnpde.model.verification import taylor_test
+from femnpde.obs.misfit import L2Misfit
+
+CG_AMG = {"ksp_type": "cg", "pc_type": "hypre", "pc_hypre_type": "boomeramg", "ksp_rtol": "1e-10"}
+CG_GAMG = {"ksp_type": "cg", "pc_type": "gamg", "ksp_rtol": "1e-10"}
+#: Relative gradient tolerance of the iterative defaults (ksp_rtol = 1e-10), see fem/linear_defaults.py.
+KRYLOV_GRADIENT_RTOL = 1e-8
+
+
+def _burgers(u, v, g, t, x):
+    return 0.01 * ufl.inner(ufl.grad(u), ufl.grad(v)) * ufl.dx + u * u.dx(0) * v * ufl.dx - g * v * ufl.dx
+
+
+def test_symmetry_is_detected():
+    for pde in ("heat", "allen-cahn"):
+        s = ThetaSolver(paper_problem(pde, nx=4, ny=8, n_steps=2), f"sym_{pde[0]}_")
+        assert s.symmetric, pde
+        s.destroy()
+    mesh = paper_mesh(MPI.COMM_WORLD, 4, 8)
+    p = ParabolicProblem(mesh, _burgers, time=TimeGrid(1.0, 2), initial_condition=lambda x: 0 * x[0],
+                         dirichlet=[Dirichlet("boundary", 0.0)])
+    s = ThetaSolver(p, "sym_b_")
+    assert not s.symmetric  # u ∂x u: its Jacobian vanishes at u = 0, not at the random probe state
+    s.destroy()
+
+
+def test_nonsymmetric_with_hypre_is_refused_before_running():
+    mesh = paper_mesh(MPI.COMM_WORLD, 4, 8)
+    p = ParabolicProblem(mesh, _burgers, time=TimeGrid(1.0, 2), initial_condition=lambda x: 0 * x[0],
+                         dirichlet=[Dirichlet("boundary", 0.0)])
+    with pytest.raises(ValueError, match="pc_type 'hypre'.*no effective transpose.*gamg"):
+        ThetaSolver(p, "nohypre_", {"ksp_type": "gmres", "pc_type": "hypre"})
+
+
+def _rf(pde, options, comm=MPI.COMM_WORLD, prefix="kr_", nx=8, n_steps=16, storage="memory"):
+    # 16 steps: Allen–Cahn's step Jacobian is then positive definite (1/dt > 1/ε²), as CG needs.
+    problem = paper_problem(pde, comm=comm, nx=nx, ny=2 * nx, n_steps=n_steps)
+    ref = ThetaSolver(problem, prefix + "data_")
+    data = ref.forward(FunctionSource(problem, target_source("difficult")).values()).array[:, : problem.n_owned].copy()
+    ref.destroy()
+    solver = ThetaSolver(problem, prefix, options, state_storage=storage)
+    net = ShallowNetwork(6, 2, seed=5)
+    return ReducedFunctional(solver, NetworkSource(problem, net), L2Misfit(problem, data)), net.params.copy()
+
+
+def _solves(solver):
+    """Record (transposed?, iterations) of each linear solve."""
+    log = []
+    orig = solver._solve
+
+    def solve(ksp, b, x, n, transpose):
+        orig(ksp, b, x, n, transpose)
+        log.append((transpose, ksp.getIterationNumber()))
+
+    solver._solve = solve
+    return log
+
+
+@pytest.mark.parametrize("pde", ["heat", "allen-cahn"])
+@pytest.mark.parametrize("options", [CG_AMG, CG_GAMG], ids=["cg-hypre", "cg-gamg"])
+def test_krylov_gradient_matches_direct_and_adjoint_is_untransposed(pde, options):
+    rf_lu, theta = _rf(pde, None, prefix=f"kr_lu_{pde[0]}_")
+    J_lu, dJ_lu = rf_lu.value_and_gradient(theta)
+    tag = options["pc_type"]
+    rf_k, _ = _rf(pde, options, prefix=f"kr_{tag}_{pde[0]}_")
+    log = _solves(rf_k.solver)
+    J_k, dJ_k = rf_k.value_and_gradient(theta)
+    assert abs(J_k - J_lu) <= KRYLOV_GRADIENT_RTOL * abs(J_lu)
+    assert np.linalg.norm(dJ_k - dJ_lu) <= KRYLOV_GRADIENT_RTOL * np.linalg.norm(dJ_lu)
+    assert rf_k.solver.symmetric
+    if rf_k.solver.snes is None:  # constant Jacobian: the solver's own linear solves
+        fwd = [its for tr, its in log[: len(log) - 16]]
+        adj = [its for tr, its in log[-16:]]
+        assert not any(tr for tr, _ in log)  # symmetric: plain solves only
+        # The adjoint's Krylov work stays at the forward's per-solve level (warm start from λ^{n+1}).
+        assert np.mean(adj) <= 1.5 * np.mean(fwd) + 1, (fwd, adj)
+    else:  # nonlinear steps (fem/newton.py) detect the symmetry too and solve untransposed
+        assert rf_k.solver._step.symmetric
+    rf_lu.solver.destroy()
+    rf_k.solver.destroy()
+
+
+@pytest.mark.parametrize("pde", ["heat", "allen-cahn"])
+def test_gradcheck_with_iterative_solver_and_rank_agreement(pde):
+    """Taylor test with CG + BoomerAMG; the gradient on this rank count agrees with the serial one."""
+    rf, theta = _rf(pde, CG_AMG, prefix=f"kr_tay_{pde[0]}_")
+    dtheta = np.random.default_rng(0).standard_normal(theta.size)
+    result = taylor_test(rf, theta, dtheta, n_steps=4)
+    assert np.all(result.rates > 1.9) and np.all(result.rates < 2.1), result.rates
+    _, dJ = rf.value_and_gradient(theta)
+    rf_self, _ = _rf(pde, CG_AMG, comm=MPI.COMM_SELF, prefix=f"kr_self_{pde[0]}_")
+    _, dJ_self = rf_self.value_and_gradient(theta)
+    assert np.linalg.norm(dJ - dJ_self) <= KRYLOV_GRADIENT_RTOL * np.linalg.norm(dJ_self)
+    # Finite differences along dtheta, central, h = 1e-4.
+    h = 1e-4
+    fd = (rf(theta + h * dtheta) - rf(theta - h * dtheta)) / (2 * h)
+    assert fd == pytest.approx(float(dJ @ dtheta), rel=1e-5)
+    rf.solver.destroy()
+    rf_self.solver.destroy()
+
+
+def test_krylov_with_checkpointing_is_identical():
+    rf_m, theta = _rf("heat", CG_AMG, prefix="kr_ck_m_", n_steps=16)
+    rf_c, _ = _rf("heat", CG_AMG, prefix="kr_ck_c_", n_steps=16, storage={"snapshots": 3})
+    J_m, dJ_m = rf_m.value_and_gradient(theta)
+    J_c, dJ_c = rf_c.value_and_gradient(theta)
+    assert J_m == J_c and np.array_equal(dJ_m, dJ_c)
+    rf_m.solver.destroy()
+    rf_c.solver.destroy()
+
+
+def test_defaults_table():
+    assert default_linear_solver_options(1, 10_000, 2)["pc_factor_mat_solver_type"] == "petsc"
+    assert default_linear_solver_options(2, 200_000, 2)["pc_type"] == "lu"
+    big3d = default_linear_solver_options(2, 300_000, 3, symmetric=True)
+    assert big3d["ksp_type"] == "cg" and big3d["pc_type"] in ("hypre", "gamg")
+    assert default_linear_solver_options(1, 300_000, 3, symmetric=False)["ksp_type"] == "gmres"
+    assert default_linear_solver_options(1, 300_000, 3, symmetric=False)["pc_type"] == "gamg"
