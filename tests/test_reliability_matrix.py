@@ -120,7 +120,7 @@ CASES = [
     Case("out holds another run", ["is not empty", "--overwrite"], prepare="run", two_ranks_default=True),
     # --- user modules
     Case("user module missing", ["pde.residual", "No module named 'nosuchmod'"], ["pde.residual=nosuchmod:f"]),
-    Case("user module syntax error", ["pde.residual", "SyntaxError"], ["pde.residual=brokenmod:f"],
+    Case("user module syntax error", ["pde.residual", "invalid syntax (brokenmod.py, line 1)"], ["pde.residual=brokenmod:f"],
          files={"brokenmod.py": "def f(:\n"}, env={"PYTHONPATH": "{tmp}"}, two_ranks_default=True),
     Case("user factory missing", ["pde.residual", "has no attribute 'nosuch'"], ["pde.residual=usermod:nosuch"]),
     Case("user factory exits", ["pde.residual", "sys.exit"], ["pde.residual=usermod:calls_sys_exit"]),
