@@ -114,6 +114,9 @@ class NonlinearStep:
             iterations (0, the default: plain chord; measured on Allen–Cahn,
             depth 3 saves 7-10 % of the iterations but costs more than that
             in Python at 861 unknowns).
+        symmetric: Whether the step Jacobian is symmetric (the
+            :class:`~femnpde.fem.solver.ThetaSolver` probes it once): the
+            adjoint then solves with the untransposed operator.
     """
 
     def __init__(
@@ -128,6 +131,7 @@ class NonlinearStep:
         refresh_ratio: float = 0.03,
         adjoint_refresh_its: int = 12,
         anderson_depth: int = 0,
+        symmetric: bool = False,
     ) -> None:
         p = problem
         self.problem = p
@@ -222,28 +226,14 @@ class NonlinearStep:
         options_with_defaults(ksp_adj, f"{prefix}adjoint_", adj_defaults)
         ksp_adj.setPC(self._ksp.getPC())
         self._ksp_adj = ksp_adj
-        # A symmetric step Jacobian (Allen–Cahn, nonlinear diffusion is not)
-        # lets the adjoint use plain solves, cheaper than transpose solves.
-        self.symmetric = self._jacobian_is_symmetric()
+        # A symmetric step Jacobian (Allen–Cahn, nonlinear diffusion is not;
+        # probed once by the ThetaSolver) lets the adjoint use plain solves,
+        # cheaper than transpose solves.
+        self.symmetric = bool(symmetric)
         self._last_norm = 0.0
         self._exact = False
         self._refreshed = False
         self.refreshed_now = False
-
-    def _jacobian_is_symmetric(self) -> bool:
-        """Whether the step Jacobian is symmetric (tested once, at a random state; coefficients restored)."""
-        p = self.problem
-        fs = (p.u, p.u_prev, p.g, p.g_prev)
-        saved = [f.x.array.copy() for f in fs]
-        rng = np.random.default_rng(2024 + p.comm.rank)
-        for f in fs:
-            f.x.array[:] = rng.uniform(-1.0, 1.0, f.x.array.size)
-            f.x.scatter_forward()
-        self._jacobian_into(self._J)
-        symmetric = bool(self._J.isSymmetric(1e-12 * self._J.norm(PETSc.NormType.FROBENIUS)))
-        for f, a in zip(fs, saved):
-            f.x.array[:] = a
-        return symmetric
 
     # ----------------------------------------------------------- assembly
     def _assemble_at_zero(self, form) -> PETSc.Vec | None:

@@ -154,6 +154,7 @@ class ThetaSolver:
                 atol=self.newton_atol,
                 max_it=self.newton_max_it,
                 refresh_ratio=jacobian_refresh_ratio,
+                symmetric=self.symmetric,
             )
             self._step = self._make_step()
             self._A = None

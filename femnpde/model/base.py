@@ -103,6 +103,19 @@ class Model(abc.ABC):
         """Set the parameters from a flat vector of length :attr:`n_params`."""
         self.params = theta
 
+    def _copy_into_params(self, value: np.ndarray) -> None:
+        """Copy ``value`` into the flat buffer ``self._params`` (shape checked) and drop ``self._cache``.
+
+        A helper for models that keep their parameters in one float64 buffer.
+        """
+        arr = np.asarray(value, dtype=np.float64)
+        if arr.shape != self._params.shape:
+            raise ValueError(
+                f"{type(self).__name__}: params must have shape ({self._params.size},), got shape {arr.shape}"
+            )
+        self._cache = None
+        np.copyto(self._params, arr)
+
     # -- evaluation -------------------------------------------------------------
 
     @abc.abstractmethod

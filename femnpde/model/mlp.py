@@ -198,11 +198,7 @@ class MLP(Model):
 
     @params.setter
     def params(self, value: np.ndarray) -> None:
-        arr = np.asarray(value, dtype=np.float64)
-        if arr.shape != self._params.shape:
-            raise ValueError(f"MLP: params must have shape ({self.n_params},), got shape {arr.shape}")
-        self._cache = None
-        np.copyto(self._params, arr)
+        self._copy_into_params(value)
 
     @property
     def weights(self) -> list[np.ndarray]:
