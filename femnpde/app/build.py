@@ -412,11 +412,7 @@ def _finish_run(cfg: dict[str, Any], problem: ParabolicProblem, solver: ThetaSol
     target = target_values = field_data = None
     if dcfg["kind"] == "synthetic":
         target = target_for(problem, dcfg["target"])
-        target_values = target.values()
-        if problem.n_sources > 1:  # the target feeds g[0]; the other coefficients are 0
-            padded = np.zeros((*target_values.shape, problem.n_sources))
-            padded[..., 0] = target_values
-            target_values = padded.reshape(target_values.shape[0], -1)
+        target_values = target.values()  # one target per output (data.target)
         field_data = synthetic_field(solver, problem, target_values)
     if obs["kind"] == "sensors":
         misfit = _point_misfit(cfg, problem, field_data, weights)

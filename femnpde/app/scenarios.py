@@ -44,6 +44,8 @@ TARGETS: dict[str, Callable[[float, np.ndarray, float], np.ndarray]] = {
     # Domain-agnostic (not from the paper): a Gaussian source circling the
     # centre of the mesh's bounding box once over [0, T]; see moving_gaussian().
     "moving_gaussian": None,
+    # Zero (e.g. an output of a multi-output network that the data leave at 0).
+    "zero": lambda t, x, T: np.zeros(x.shape[1]),
 }
 
 

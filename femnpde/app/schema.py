@@ -221,7 +221,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.kind": ("synthetic", "file"),
     "data.target": (
         "linear_t", "linear_x", "linear_y", "quadratic_t", "quadratic_x", "tanh_1", "tanh_2", "difficult",
-        "moving_gaussian",
+        "moving_gaussian", "zero",
     ),
     "observation.kind": ("field", "subdomain", "sensors"),
     "loss.time_rule": TIME_RULES,
@@ -292,7 +292,8 @@ HELP: dict[str, str] = {
     "parameters": "optional: name = { initial, trainable, bounds, scale, true }, constants of the residual learnt "
     "with the network (preset: gamma, epsilon; custom residual: its keyword arguments)",
     "data.kind": "synthetic (the discrete solution with the target source) or file",
-    "data.target": "target source g* of synthetic data",
+    "data.target": "target source g* of synthetic data; with network.outputs = m > 1 a list of m names, "
+    "one per output g[0], ..., g[m-1] (a single name: g[0] = it, the other outputs' targets zero)",
     "data.noise": "relative noise level, >= 0: data + noise max|data| xi, xi standard normal",
     "data.noise_seed": "seed of the noise, >= 0",
     "data.path": "kind file, required: sensor values (.npz/.csv, observation.kind sensors) or a space-time "

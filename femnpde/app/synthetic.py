@@ -8,6 +8,7 @@ states.  Noise is added by :mod:`femnpde.obs.noise`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -20,11 +21,31 @@ from femnpde.model.reduced import FunctionSource
 __all__ = ["synthetic_field", "target_for"]
 
 
-def target_for(problem: ParabolicProblem, name: str) -> FunctionSource:
-    """The named target source ``g*`` on ``problem``'s source space (bounding box from the mesh)."""
+def target_for(problem: ParabolicProblem, target: str | Sequence[str]) -> FunctionSource:
+    """The target source ``g*`` of ``data.target`` on ``problem``'s source space (bounding box from the mesh).
+
+    Args:
+        problem: The problem; with ``n_sources = m > 1`` the target has m outputs.
+        target: A target name, or a list of ``m`` names, one per network-fed
+            coefficient ``g[0], ..., g[m-1]``.  A single name with ``m > 1``
+            feeds ``g[0]``; the targets of the other outputs are zero.
+    """
     mesh = problem.mesh
+    m = problem.n_sources
     bbox = bounding_box(mesh.comm, mesh.geometry.x[:, : mesh.geometry.dim])
-    return FunctionSource(problem, target_source(name, problem.time.T, bbox))
+    names = [target] if isinstance(target, str) else list(target)
+    if m == 1 and len(names) == 1:
+        return FunctionSource(problem, target_source(names[0], problem.time.T, bbox))
+    if len(names) == 1:
+        names += ["zero"] * (m - 1)
+    if len(names) != m:
+        raise ValueError(f"target_for: {len(names)} target names {names} for n_sources = {m}; give one per output")
+    functions = [target_source(name, problem.time.T, bbox) for name in names]
+
+    def stacked(t: float, x: np.ndarray) -> np.ndarray:
+        return np.stack([np.broadcast_to(f(t, x), (x.shape[1],)) for f in functions])
+
+    return FunctionSource(problem, stacked)
 
 
 def synthetic_field(solver: Any, problem: ParabolicProblem, target_values: np.ndarray) -> np.ndarray:

@@ -9,7 +9,8 @@ A run directory holds
   atomically every ``run.checkpoint_every`` epochs and at the end, so a run
   that fails keeps its last good checkpoint; ``--resume DIR`` continues from
   it and reproduces the uninterrupted history;
-* ``fields/`` — u, h, g_θ, g*, and the adjoint over time (VTX or XDMF);
+* ``fields/`` — u, h, g_θ, g* (per output: ``g_theta_k``, ``g_star_k``) and the
+  adjoint over time (VTX or XDMF);
 * ``history.png``, ``u_vs_h.png``, ``g_vs_gstar.png`` — plots (rank 0).
 
 The loop itself (first-order or L-BFGS step, records, checkpoints) is
@@ -144,7 +145,10 @@ def _optional_outputs(comm) -> dict[str, bool]:
 
 
 def _write_outputs(run, out: pathlib.Path, comm, fmt: str, have: dict[str, bool]) -> list[pathlib.Path]:
-    """Final fields (u, h, g_θ, g*, adjoint) and the comparison plots (those ``have`` allows)."""
+    """Final fields (u, h, g_θ, g*, adjoint) and the comparison plots (those ``have`` allows).
+
+    With m > 1 network outputs, g_θ and g* are written per output: ``g_theta_0``, ``g_star_0``, ...
+    """
     problem = run.problem
     rf = run.rf
     u_all = rf.all_states()
@@ -161,8 +165,6 @@ def _write_outputs(run, out: pathlib.Path, comm, fmt: str, have: dict[str, bool]
     fields_G = {"g_theta": rf.source_values}
     if run.target_values is not None:
         fields_G["g_star"] = run.target_values
-    if problem.n_sources > 1:  # vector sources are not written (yet): u, h and the adjoint are
-        fields_G = {}
     times = problem.time.times
     written = []
     written += write_fields(out / "fields" / "fields", problem, {**fields_V, **fields_G}, times, fmt=fmt,

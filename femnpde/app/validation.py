@@ -356,11 +356,29 @@ def _validate_parameters(user: Mapping[str, Any], pcfg: Mapping[str, Any], data_
     return out
 
 
-def _validate_data(user: Mapping[str, Any]) -> dict[str, Any]:
+def _validate_target(value: Any, outputs: int) -> str | list[str]:
+    """``data.target``: a name, or with ``outputs`` = m > 1 a list of m names (one per output)."""
+    names = CHOICES["data.target"]
+    if not isinstance(value, (list, tuple)):
+        if isinstance(value, str) or outputs == 1:
+            return _choice("data.target", value, names)
+        raise _error("data.target", value, f"is {_type_name(value)}",
+                     f"a target name, or a list of {outputs} names (network.outputs = {outputs}) from: "
+                     + ", ".join(format_value(c) for c in names))
+    if outputs == 1:
+        raise _error("data.target", value, "is a list, but the network has one output (network.outputs = 1)",
+                     "one target name: " + ", ".join(format_value(c) for c in names))
+    if len(value) != outputs:
+        raise _error("data.target", value, f"has {len(value)} entries, but network.outputs = {outputs}",
+                     f"a list of {outputs} target names, one per output g[0], ..., g[{outputs - 1}]")
+    return [_choice(f"data.target[{k}]", v, names) for k, v in enumerate(value)]
+
+
+def _validate_data(user: Mapping[str, Any], outputs: int = 1) -> dict[str, Any]:
     sec = _section(user, "data")
     out: dict[str, Any] = {}
     kind = out["kind"] = _choice("data.kind", _get(sec, "data.kind"), CHOICES["data.kind"])
-    out["target"] = _choice("data.target", _get(sec, "data.target"), CHOICES["data.target"])
+    out["target"] = _validate_target(_get(sec, "data.target"), outputs)
     out["noise"] = _float("data.noise", _get(sec, "data.noise"), lambda f: f >= 0, "a number >= 0")
     out["noise_seed"] = _int("data.noise_seed", _get(sec, "data.noise_seed"), 0)
     if kind == "file":
@@ -512,14 +530,15 @@ def validate(cfg: Mapping[str, Any]) -> dict[str, Any]:
     time = _validate_time(user)
     mesh = _validate_mesh(user)
     run = _validate_run(user, time["T"])
+    network = _validate_network(user)
     resolved = {
         "mesh": mesh,
         "pde": _validate_pde(user),
         "time": time,
         "initial_condition": _validate_initial_condition(user),
         "boundary": _validate_boundary(user, mesh["kind"]),
-        "network": _validate_network(user),
-        "data": _validate_data(user),
+        "network": network,
+        "data": _validate_data(user, network.get("outputs", 1)),
         "loss": _validate_loss(user),
         "observation": None,
         "neumann": _validate_neumann(user, mesh["kind"]),

@@ -23,14 +23,16 @@ class QuadratureProjector:
     Args:
         problem: A problem whose source space ``G`` is a quadrature space.
         petsc_options_prefix: Options prefix of the CG solver (``-<prefix>ksp_rtol ...``).
+        space: The scalar quadrature space of the values (default ``problem.G``;
+            e.g. one component of a vector source space, collapsed).
     """
 
-    def __init__(self, problem: Any, petsc_options_prefix: str) -> None:
+    def __init__(self, problem: Any, petsc_options_prefix: str, space: Any = None) -> None:
         if not isinstance(petsc_options_prefix, str) or not petsc_options_prefix:
             raise ValueError("QuadratureProjector: petsc_options_prefix must be a non-empty string, e.g. 'femnpde_projection_'")
         mesh = problem.mesh
         self.W = dolfinx.fem.functionspace(mesh, ("Lagrange", 1))
-        self.g = dolfinx.fem.Function(problem.G)
+        self.g = dolfinx.fem.Function(problem.G if space is None else space)
         w, v = ufl.TrialFunction(self.W), ufl.TestFunction(self.W)
         dx = ufl.dx(metadata={"quadrature_degree": int(problem.quadrature_degree)})
         self.a = dolfinx.fem.form(ufl.inner(w, v) * dx)

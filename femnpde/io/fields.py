@@ -39,7 +39,12 @@ def write_fields(
     values (owned + ghost, e.g. ``solver.states.to_array()``); a field on
     ``G`` has shape ``(n_levels, n_owned_source)`` of owned values (e.g. the
     network source).  Source values on a *quadrature* space are
-    L2-projected onto continuous P1 for output.
+    L2-projected onto continuous P1 for output.  With ``m = n_sources > 1``
+    network-fed coefficients (a vector source space) a field on ``G`` holds
+    the blocked values (the ``m`` values of one point consecutive, as
+    :meth:`~femnpde.model.reduced.NetworkSource.values`) and is written as
+    ``m`` scalar fields ``<name>_0``, ..., ``<name>_<m-1>`` (component k:
+    the coefficient ``g[k]``).
 
     Files, with ``path`` a location without extension (a ``.bp``/``.xdmf``
     suffix is dropped), e.g. ``run / "fields"``:
@@ -89,8 +94,10 @@ def write_fields(
     n_levels = times.shape[0]
     V, G = problem.V, problem.G
     n_local_v = V.dofmap.index_map.size_local + V.dofmap.index_map.num_ghosts
-    n_owned_g = G.dofmap.index_map.size_local
-    expected = {"V": (n_local_v, "local values on V"), "G": (n_owned_g, "owned values on G")}
+    m = G.dofmap.index_map_bs
+    n_owned_g = G.dofmap.index_map.size_local * m
+    expected = {"V": (n_local_v, "local values on V"),
+                "G": (n_owned_g, "owned values on G" + (f", {m} per point" if m > 1 else ""))}
 
     error = None
     space_of: dict[str, str] = {}
@@ -124,19 +131,36 @@ def write_fields(
         comm.barrier()
 
     quadrature = getattr(problem, "source_kind", "lagrange") == "quadrature"
+    # A vector source space: each component on the scalar space G0 of G's
+    # sub-element; G0's local dof i is component k of the parent's local
+    # entry components[i] + k (matched cell by cell through the dofmaps).
+    parent = G0 = components = None
+    if m > 1 and "G" in space_of.values():
+        parent = dolfinx.fem.Function(G)
+        G0 = dolfinx.fem.functionspace(problem.mesh, G.ufl_element().sub_elements[0])
+        imap = G0.dofmap.index_map
+        components = np.empty(imap.size_local + imap.num_ghosts, dtype=np.int64)
+        components[G0.dofmap.list.reshape(-1)] = G.dofmap.list.reshape(-1).astype(np.int64) * m
     projector = (
-        QuadratureProjector(problem, "femnpde_output_projection_")
+        QuadratureProjector(problem, "femnpde_output_projection_", G0)
         if quadrature and "G" in space_of.values()
         else None
     )
-    funcs: dict[str, Any] = {}
+    # (field, component) of every function written; component None: the field itself.
+    written_as: dict[str, tuple[str, int | None]] = {}
     for name in fields:
-        if space_of[name] == "V":
-            funcs[name] = dolfinx.fem.Function(V, name=name)
-        elif projector is not None:
-            funcs[name] = dolfinx.fem.Function(projector.W, name=name)
+        if space_of[name] == "G" and m > 1:
+            written_as.update({f"{name}_{k}": (name, k) for k in range(m)})
         else:
-            funcs[name] = dolfinx.fem.Function(G, name=name)
+            written_as[name] = (name, None)
+    funcs: dict[str, Any] = {}
+    for out_name, (name, k) in written_as.items():
+        if space_of[name] == "V":
+            funcs[out_name] = dolfinx.fem.Function(V, name=out_name)
+        elif projector is not None:
+            funcs[out_name] = dolfinx.fem.Function(projector.W, name=out_name)
+        else:
+            funcs[out_name] = dolfinx.fem.Function(G if k is None else G0, name=out_name)
     # XDMF: fields of another degree than the mesh's are written interpolated
     # onto the Lagrange space of the mesh's degree (one such space for all).
     mesh_degree = problem.mesh.geometry.cmaps[0].degree
@@ -150,23 +174,36 @@ def write_fields(
                 xdmf_funcs[name] = dolfinx.fem.Function(nodal, name=name)
     # VTX: one file per function space, in the order the fields were given.
     groups: dict[str, list[str]] = {}
-    for name in fields:
-        groups.setdefault(space_of[name], []).append(name)
+    for out_name, (name, _) in written_as.items():
+        groups.setdefault(space_of[name], []).append(out_name)
 
     def load(n: int) -> None:
         for name, arr in fields.items():
-            f = funcs[name]
             values = np.asarray(arr)[n]
-            if space_of[name] == "V":
-                f.x.array[:] = values
-                f.x.scatter_forward()
-            elif projector is not None:
-                projector.project(values, f)
+            if space_of[name] == "G" and m > 1:
+                parent.x.array[:n_owned_g] = values
+                parent.x.scatter_forward()
+                n_owned_0 = G0.dofmap.index_map.size_local
+                for k in range(m):
+                    f = funcs[f"{name}_{k}"]
+                    local = parent.x.array[components + k]
+                    if projector is not None:
+                        projector.project(local[:n_owned_0], f)
+                    else:
+                        f.x.array[:] = local
             else:
-                f.x.array[:n_owned_g] = values
-                f.x.scatter_forward()
-            if xdmf_funcs[name] is not f:
-                xdmf_funcs[name].interpolate(f)
+                f = funcs[name]
+                if space_of[name] == "V":
+                    f.x.array[:] = values
+                    f.x.scatter_forward()
+                elif projector is not None:
+                    projector.project(values, f)
+                else:
+                    f.x.array[:n_owned_g] = values
+                    f.x.scatter_forward()
+        for out_name, f in funcs.items():
+            if xdmf_funcs[out_name] is not f:
+                xdmf_funcs[out_name].interpolate(f)
 
     written: list[pathlib.Path] = []
     try:
@@ -195,8 +232,8 @@ def write_fields(
                 xdmf.write_mesh(problem.mesh)
                 for n in range(n_levels):
                     load(n)
-                    for name in fields:
-                        xdmf.write_function(xdmf_funcs[name], float(times[n]))
+                    for out_name in written_as:
+                        xdmf.write_function(xdmf_funcs[out_name], float(times[n]))
             written = [target]
     finally:
         if projector is not None:

@@ -114,7 +114,11 @@ class FunctionSource:
     femnpde (``Function.interpolate``, initial conditions, Dirichlet values,
     this class): ``x`` has shape ``(3, npts)``, ``x[0]``, ``x[1]``, ``x[2]``
     are the coordinates (zero beyond the mesh's geometric dimension), and the
-    callback returns ``npts`` values (or a scalar).
+    callback returns ``npts`` values (or a scalar).  With ``m =
+    problem.n_sources > 1`` network-fed coefficients it returns shape
+    ``(m, npts)`` (row k: the target of ``g[k]``; a scalar or shape ``(npts,)``
+    is refused) and :meth:`values` lays them out like
+    :meth:`NetworkSource.values` (the values of one point consecutive).
 
     Args:
         problem: The problem whose source space is sampled.
@@ -128,20 +132,24 @@ class FunctionSource:
         self.points = np.zeros((3, points.shape[0]))
         self.points[: points.shape[1]] = points.T
         self.times = problem.time.times
+        self.n_outputs = int(getattr(problem, "n_sources", 1))
 
     def values(self) -> np.ndarray:
         """``g*(t_n, x_j)``, shape ``(n_steps + 1, n_owned_source)``."""
-        npts = self.points.shape[1]
-        out = np.empty((len(self.times), npts))
+        npts, m = self.points.shape[1], self.n_outputs
+        allowed = ((), (npts,)) if m == 1 else ((m, npts),)
+        out = np.empty((len(self.times), npts, m))
         for n, t in enumerate(self.times):
             value = np.asarray(self.function(float(t), self.points), dtype=np.float64)
-            if value.shape not in ((), (npts,)):
+            if value.shape not in allowed:
+                expected = (f"{npts} values (one per point x[:, j]) or a scalar" if m == 1 else
+                            f"shape ({m}, {npts}) (one row per network-fed coefficient g[k], n_sources = {m})")
                 raise ValueError(
                     f"FunctionSource: the function returned shape {value.shape} for x of shape (3, {npts}); "
-                    f"it must return {npts} values (one per point x[:, j]) or a scalar"
+                    f"it must return {expected}"
                 )
-            out[n] = value
-        return out
+            out[n] = value.T if m > 1 else value.reshape(-1, 1)
+        return out.reshape(len(self.times), npts * m)
 
 
 class ReducedFunctional:
