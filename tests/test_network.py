@@ -259,13 +259,14 @@ def test_max_cache_bytes_threshold():
     assert below._grid_cache.S is None
 
 
-@pytest.mark.parametrize("chunk", [1, 50, 7 * 3 * 2, 1 << 16])
-def test_blocking_does_not_change_results(monkeypatch, chunk):
-    """Row blocks, partial-time blocks and multi-time blocks give the same numbers."""
+@pytest.mark.parametrize("activation", ["softplus", "tanh", "sigmoid"])
+@pytest.mark.parametrize("chunk", [1, 9, 50, 7 * 3 * 2, 1 << 16])
+def test_blocking_does_not_change_results(monkeypatch, chunk, activation):
+    """Row blocks (a level's tile of B reused and refilled), partial-time and multi-time blocks: the same numbers."""
     n, d = 3, 2
     tg, xg = _grid(5, 7, d)
     r = np.random.default_rng(5).standard_normal((5, 7))
-    ref = ShallowNetwork(n, d, activation="softplus", seed=4)
+    ref = ShallowNetwork(n, d, activation=activation, seed=4)
     g_ref, v_ref = ref.evaluate_grid(tg, xg), None
     v_ref = ref.vjp_grid(r)
     tt, xx = np.repeat(tg, 7), np.tile(xg, (5, 1))
@@ -273,7 +274,7 @@ def test_blocking_does_not_change_results(monkeypatch, chunk):
 
     monkeypatch.setattr(grid_module, "_CHUNK_ELEMS", chunk)  # the grid blocks and the pointwise row chunks
     for mcb in (1 << 30, 0):
-        net = ShallowNetwork(n, d, activation="softplus", seed=4, max_cache_bytes=mcb)
+        net = ShallowNetwork(n, d, activation=activation, seed=4, max_cache_bytes=mcb)
         np.testing.assert_allclose(net.evaluate_grid(tg, xg), g_ref, rtol=1e-13)
         np.testing.assert_allclose(net.vjp_grid(r), v_ref, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(net(tt, xx), p_ref, rtol=1e-13)
@@ -445,3 +446,19 @@ def test_state_dict_round_trip():
     del sd["activation"]
     with pytest.raises(ValueError, match="activation"):
         ShallowNetwork.from_state_dict(sd)
+
+
+@pytest.mark.serial
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "softplus"])
+def test_initialisation_and_state_dict_are_those_of_the_wave_1_network(activation):
+    """Checkpoints stay bitwise: the parameters of ShallowNetwork(7, 2, seed=42) and the state-dict layout.
+
+    The CRC-32 was computed with the wave-1 module (``git show 34e896c:femnpde/network.py``).
+    """
+    import zlib
+
+    net = ShallowNetwork(7, 2, seed=42, activation=activation)
+    assert zlib.crc32(net.params.tobytes()) == 1303086489
+    state = net.state_dict()
+    assert list(state) == ["n_neurons", "input_dim", "beta", "activation", "params"]
+    assert state["params"].dtype == np.float64 and state["activation"] == activation

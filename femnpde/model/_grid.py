@@ -55,6 +55,22 @@ def _grid_blocks(n_t: int, n_x: int, n: int) -> Iterator[tuple[int, int, int, in
                 yield n0, n0 + 1, j0, min(j0 + rows, n_x)
 
 
+class _LevelTile:
+    """``B[n]`` repeated over ``rows`` rows, refilled only when the level ``n`` changes (one per thread)."""
+
+    def __init__(self, cap: int, n: int) -> None:
+        self._buf = np.empty((max(1, cap // n), n))
+        self._level = -1
+        self._rows = 0
+
+    def level(self, b: np.ndarray, n: int, rows: int) -> np.ndarray:
+        """The ``(rows, N)`` tile of ``b[n]``."""
+        if n != self._level or rows > self._rows:
+            self._buf[:rows] = b[n]
+            self._level, self._rows = n, rows
+        return self._buf[:rows]
+
+
 @dataclass
 class _GridCache:
     """State kept by :meth:`ShallowNetwork.evaluate_grid` for ``vjp_grid``."""
@@ -119,12 +135,19 @@ class ShallowGridMixin:
         out: np.ndarray,
         tmp: np.ndarray | None,
         factors: tuple[np.ndarray, np.ndarray] | None = None,
+        tile: _LevelTile | None = None,
     ) -> None:
-        """Write ``R`` (with ``factors``) or ``sigma(P[j] + t[n] w_t)`` for one grid block into ``out`` (k, rows, N)."""
+        """Write ``R`` (with ``factors``) or ``sigma(P[j] + t[n] w_t)`` for one grid block into ``out`` (k, rows, N).
+
+        ``tile``: a per-thread buffer holding ``B[n]`` repeated over rows,
+        used for the blocks of a single time level (large grids), where
+        the elementwise passes then run on arrays of one shape instead of
+        broadcasting a length-N row (the same operations and values).
+        """
         n0, n1, j0, j1 = blk
         if factors is not None:
             a, b = factors
-            bb = b[n0:n1, None, :]
+            bb = b[n0:n1, None, :] if tile is None or n1 - n0 != 1 else tile.level(b, n0, j1 - j0)[None]
             np.add(a[None, j0:j1, :], bb, out=out)
             np.divide(bb, out, out=out)
             return
@@ -187,6 +210,7 @@ class ShallowGridMixin:
             # Scratch per thread; every block writes its own slice of g.
             work = np.empty(cap) if s_all is None else None
             tmp = np.empty(cap) if self._activation == "softplus" else None
+            tile = _LevelTile(cap, n) if factors is not None and n_x * n > _CHUNK_ELEMS else None
             with np.errstate(over="ignore", under="ignore"):
                 for blk in blocks[lo:hi]:
                     n0, n1, j0, j1 = blk
@@ -197,7 +221,7 @@ class ShallowGridMixin:
                     else:
                         s = work[:size].reshape(shape)
                     self._grid_activations(
-                        p, t, blk, s, None if tmp is None else tmp[:size].reshape(shape), factors
+                        p, t, blk, s, None if tmp is None else tmp[:size].reshape(shape), factors, tile
                     )
                     g[n0:n1, j0:j1] = (s.reshape(-1, n) @ self._c).reshape(shape[:2])
 
@@ -293,6 +317,7 @@ class ShallowGridMixin:
         def work_on(lo: int, hi: int) -> None:
             q = np.empty(cap)
             work = np.empty(cap) if s_all is None else None
+            tile = _LevelTile(cap, n) if factors is not None and n_x * n > _CHUNK_ELEMS else None
             u = np.empty((max(1, _CHUNK_ELEMS // max(n_x * n, 1)), 1, n))
             with np.errstate(over="ignore", under="ignore"):
                 for b in range(lo, hi):
@@ -306,7 +331,7 @@ class ShallowGridMixin:
                         s = s_all[n0:n1, j0:j1]
                     else:
                         s = work[:size].reshape(shape)
-                        self._grid_activations(p, t, blk, s, qb, factors)
+                        self._grid_activations(p, t, blk, s, qb, factors, tile)
                     rb = r[n0:n1, j0:j1]
                     # The derivative pass first: it reads the cached block from
                     # memory once, the product below finds it in the CPU cache.
