@@ -36,8 +36,6 @@ from pathlib import Path
 import numpy as np
 from mpi4py import MPI
 
-from gradient_cost import median_time  # bench/ is on sys.path when this script runs
-
 from femnpde.app.scenarios import paper_problem, target_source
 from femnpde.fem.linear_defaults import default_linear_solver_options
 from femnpde.fem.problem import Dirichlet, ParabolicProblem, TimeGrid, allen_cahn, heat
@@ -77,7 +75,21 @@ def build(case: str, comm: MPI.Comm, n_steps: int, small: bool = False) -> Parab
 def target(problem: ParabolicProblem) -> np.ndarray:
     if problem.mesh.geometry.dim == 2:
         return FunctionSource(problem, target_source("difficult")).values()
-    return FunctionSource(problem, lambda t, x: 2.0 * np.exp(-10 * ((x[:, 0] - t) ** 2 + (x[:, 1] - 0.5) ** 2))).values()
+    return FunctionSource(problem, lambda t, x: 2.0 * np.exp(-10 * ((x[0] - t) ** 2 + (x[1] - 0.5) ** 2))).values()
+
+
+def median_times(fn, repeats: int, comm: MPI.Comm) -> tuple[float, float]:
+    """Medians of the wall-clock time and of the CPU time (``time.process_time``, largest rank) of ``fn()``."""
+    wall, cpu = [], []
+    for _ in range(repeats):
+        comm.Barrier()
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        c1 = time.process_time()
+        comm.Barrier()
+        wall.append(time.perf_counter() - t0)
+        cpu.append(comm.allreduce(c1 - c0, op=MPI.MAX))
+    return float(np.median(wall)), float(np.median(cpu))
 
 
 def count_solves(solver: ThetaSolver) -> list[int]:
@@ -133,10 +145,22 @@ def run(args, comm) -> dict:
     traced_peak = comm.allreduce(tracemalloc.get_traced_memory()[1], op=MPI.MAX)
     tracemalloc.stop()
     n_fwd = len(log)
-    t_loss = median_time(loss, args.repeats, comm)
+    t_loss, c_loss = median_times(loss, args.repeats, comm)
     log.clear()
-    t_lg = median_time(loss_grad, args.repeats, comm)
+    solver.reset_statistics()
+    t_lg, c_lg = median_times(loss_grad, args.repeats, comm)
     its = np.array(log, dtype=float)
+    stats = solver.statistics  # the nonlinear path (SNES; its solves do not go through solver._solve)
+    if stats:
+        per = args.repeats * args.steps
+        nonlinear = dict(newton_per_step=stats["newton_iterations"] / per,
+                         fwd_krylov_per_step=stats["forward_krylov_iterations"] / per,
+                         adj_krylov_per_step=stats["adjoint_krylov_iterations"] / per,
+                         factorisations_per_loss_grad=stats["factorisations"] / args.repeats)
+        its = np.array([(stats["forward_krylov_iterations"] + stats["adjoint_krylov_iterations"])
+                        / max(1, stats["newton_iterations"] + stats["adjoint_steps"])])
+    else:
+        nonlinear = {}
     J, R = loss_grad()
     grad_norm = float(np.sqrt(comm.allreduce(float(np.sum(R * R)))))
     plan = solver.storage_plan
@@ -148,7 +172,8 @@ def run(args, comm) -> dict:
     store_peak = comm.allreduce(int(measured), op=MPI.MAX)
     row = dict(
         case=args.case, solver=args.solver, options=chosen, storage=args.storage, ranks=comm.size, dofs=n_dofs,
-        steps=args.steps, loss=t_loss, loss_grad=t_lg, ratio=t_lg / t_loss, loss_value=J, grad_norm=grad_norm,
+        steps=args.steps, loss=t_loss, loss_grad=t_lg, ratio=t_lg / t_loss, loss_cpu=c_loss, loss_grad_cpu=c_lg,
+        ratio_cpu=c_lg / c_loss, loss_value=J, grad_norm=grad_norm, **nonlinear,
         its_per_solve=float(its.mean()) if its.size else 0.0, solves_per_sweep=n_fwd,
         peak_rss_mb=rss, storage_predicted_mb=plan.predicted_peak_bytes / 1e6, storage_measured_mb=store_peak / 1e6,
         storage_all_levels_mb=plan.memory_bytes / 1e6, traced_peak_mb=traced_peak / 1e6, recomputation_factor=plan.recomputation_factor,
@@ -189,7 +214,7 @@ def accuracy(args, comm) -> None:
 def report(path: Path) -> None:
     rows = json.loads(path.read_text())
     print(f"{'case':<7} {'solver':<10} {'storage':>7} {'ranks':>5} {'dofs':>7} {'loss [s]':>9} {'l+g [s]':>8} "
-          f"{'ratio':>5} {'speed-up':>8} {'its':>5} {'RSS/rank [MB]':>14} {'store pred/meas [MB]':>21} {'traced':>7} "
+          f"{'ratio':>5} {'cpu loss':>8} {'cpu l+g':>8} {'cpu ratio':>9} {'speed-up':>8} {'its':>5} {'RSS/rank [MB]':>14} {'store pred/meas [MB]':>21} {'traced':>7} "
           f"{'recomp':>6} "
           f"{'load':>5}")
     best1: dict[str, float] = {}
@@ -200,11 +225,14 @@ def report(path: Path) -> None:
         sp = best1.get(r["case"], np.nan) / r["loss_grad"]
         rss = "/".join(f"{x:.0f}" for x in r["peak_rss_mb"])
         print(f"{r['case']:<7} {r['solver']:<10} {str(r['storage']):>7} {r['ranks']:>5} {r['dofs']:>7} "
-              f"{r['loss']:9.2f} {r['loss_grad']:8.2f} {r['ratio']:5.2f} {sp:8.2f} {r['its_per_solve']:5.1f} "
+              f"{r['loss']:9.2f} {r['loss_grad']:8.2f} {r['ratio']:5.2f} {r.get('loss_cpu', np.nan):8.2f} "
+              f"{r.get('loss_grad_cpu', np.nan):8.2f} {r.get('ratio_cpu', np.nan):9.2f} {sp:8.2f} {r['its_per_solve']:5.1f} "
               f"{rss:>14} {r['storage_predicted_mb']:10.1f}/{r['storage_measured_mb']:<10.1f} "
               f"{r.get('traced_peak_mb', float('nan')):7.1f} {r['recomputation_factor']:6.2f} {r['load_average'][0]:5.1f}")
     print("# traced: peak of numpy's allocations from the solver's construction to the end of the first "
           "loss+grad (states, dJ/dg, temporaries), largest rank")
+    print("# its: linear iterations per solve (nonlinear cases: forward + adjoint Krylov iterations per Newton "
+          "iteration / adjoint step); cpu: process CPU time, largest rank")
     print("# speed-up: the case's fastest single-rank loss+grad divided by this row's; "
           "load: 1-minute load average at the end of the row (2-core machine shared with other work)")
 
@@ -238,7 +266,7 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(rows, indent=1))
         print(json.dumps({k: row[k] for k in ("case", "solver", "storage", "ranks", "dofs", "loss", "loss_grad",
-                                              "ratio", "its_per_solve", "peak_rss_mb", "storage_predicted_mb",
+                                              "ratio", "loss_cpu", "loss_grad_cpu", "ratio_cpu", "its_per_solve", "peak_rss_mb", "storage_predicted_mb",
                                               "storage_measured_mb", "traced_peak_mb", "recomputation_factor",
                                               "load_average")}))
 
