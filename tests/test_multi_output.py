@@ -30,6 +30,16 @@ def _cfg(target=None, outputs=2):
     return cfg
 
 
+def _write(path, cfg):
+    """``cfg`` as a TOML file (rank 0 writes)."""
+    if COMM.rank == 0:
+        import tomli_w
+
+        path.write_text(tomli_w.dumps(cfg))
+    COMM.barrier()
+    return path
+
+
 @pytest.mark.serial
 def test_target_per_output_is_resolved():
     assert validate(_cfg(["tanh_1", "linear_x"]))["data"]["target"] == ["tanh_1", "linear_x"]
@@ -122,13 +132,7 @@ def test_outputs_of_a_two_output_run(shared_tmp_path, source):
     out = shared_tmp_path / f"two_{source}"
     cfg = _cfg(["tanh_1", "linear_x"])
     cfg["pde"]["source"] = source
-    path = shared_tmp_path / f"two_{source}.toml"
-    if COMM.rank == 0:
-        import tomli_w
-
-        path.write_text(tomli_w.dumps(cfg))
-    COMM.barrier()
-    train(path, out=out, quiet=True)
+    train(_write(shared_tmp_path / f"two_{source}.toml", cfg), out=out, quiet=True)
     fields = out / "fields"
     COMM.barrier()
     bp = fields / "fields_g_theta_0-g_theta_1-g_star_0-g_star_1.bp"
@@ -166,3 +170,15 @@ def _trained_network(out):
     net = MLP(2, [5], n_outputs=2, seed=1)
     net.params = load_checkpoint(out / "checkpoint.npz", MPI.COMM_SELF)["params"]
     return net
+
+
+def test_two_output_fields_in_xdmf(shared_tmp_path):
+    """run.field_format = "xdmf": every output's g_theta_k and g_star_k at every level."""
+    out = shared_tmp_path / "two_xdmf"
+    cfg = _cfg(["tanh_1", "linear_x"])
+    cfg["run"] = {**cfg["run"], "field_format": "xdmf"}
+    train(_write(shared_tmp_path / "two_xdmf.toml", cfg), out=out, quiet=True)
+    COMM.barrier()
+    text = (out / "fields" / "fields.xdmf").read_text()
+    for name in ("u", "h", "adjoint", "g_theta_0", "g_theta_1", "g_star_0", "g_star_1"):
+        assert text.count(f'<Attribute Name="{name}"') == 5, name
