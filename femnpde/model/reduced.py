@@ -115,10 +115,12 @@ class FunctionSource:
     this class): ``x`` has shape ``(3, npts)``, ``x[0]``, ``x[1]``, ``x[2]``
     are the coordinates (zero beyond the mesh's geometric dimension), and the
     callback returns ``npts`` values (or a scalar).  With ``m =
-    problem.n_sources > 1`` network-fed coefficients it returns shape
-    ``(m, npts)`` (row k: the target of ``g[k]``; a scalar or shape ``(npts,)``
-    is refused) and :meth:`values` lays them out like
-    :meth:`NetworkSource.values` (the values of one point consecutive).
+    problem.n_sources > 1`` network-fed coefficients a callback returning
+    shape ``(m, npts)`` (row k: the target of ``g[k]``) gives values laid out
+    like :meth:`NetworkSource.values` (the m values of one point
+    consecutive, ``n_owned_source`` per level); one returning ``npts`` values
+    (or a scalar) gives one value per point, shape ``(n_steps + 1, npts)``,
+    as for ``m = 1`` (e.g. to build the m coefficients from it).
 
     Args:
         problem: The problem whose source space is sampled.
@@ -135,21 +137,24 @@ class FunctionSource:
         self.n_outputs = int(getattr(problem, "n_sources", 1))
 
     def values(self) -> np.ndarray:
-        """``g*(t_n, x_j)``, shape ``(n_steps + 1, n_owned_source)``."""
+        """``g*(t_n, x_j)``, shape ``(n_steps + 1, n_owned_source)`` (or ``(n_steps + 1, npts)``, see above)."""
         npts, m = self.points.shape[1], self.n_outputs
-        allowed = ((), (npts,)) if m == 1 else ((m, npts),)
-        out = np.empty((len(self.times), npts, m))
+        out: np.ndarray | None = None
         for n, t in enumerate(self.times):
             value = np.asarray(self.function(float(t), self.points), dtype=np.float64)
-            if value.shape not in allowed:
-                expected = (f"{npts} values (one per point x[:, j]) or a scalar" if m == 1 else
-                            f"shape ({m}, {npts}) (one row per network-fed coefficient g[k], n_sources = {m})")
+            if value.shape not in ((), (npts,), *(((m, npts),) if m > 1 else ())):
+                blocked = f", or shape ({m}, {npts}) (one row per coefficient g[k], n_sources = {m})" if m > 1 else ""
                 raise ValueError(
                     f"FunctionSource: the function returned shape {value.shape} for x of shape (3, {npts}); "
-                    f"it must return {expected}"
+                    f"it must return {npts} values (one per point x[:, j]) or a scalar{blocked}"
                 )
-            out[n] = value.T if m > 1 else value.reshape(-1, 1)
-        return out.reshape(len(self.times), npts * m)
+            if out is None:
+                out = np.empty((len(self.times), npts, m if value.ndim == 2 else 1))
+            elif (out.shape[2] > 1) != (value.ndim == 2):
+                raise ValueError(f"FunctionSource: the function returned shape {value.shape} at t = {t}, "
+                                 f"but another shape at t = {self.times[0]}; return the same shape at every time")
+            out[n] = value.T if value.ndim == 2 else value.reshape(-1, 1)
+        return out.reshape(len(self.times), -1)
 
 
 class ReducedFunctional:
