@@ -35,6 +35,7 @@ from petsc4py import PETSc
 
 from femnpde.fem import forms as _forms
 from femnpde.fem.chord import AcceleratedChord
+from femnpde.fem.csr_jacobian import make_csr_jacobian
 
 __all__ = ["NonlinearStep", "StepStatistics", "options_with_defaults", "snes_reason", "ksp_reason"]
 
@@ -185,10 +186,16 @@ class NonlinearStep:
         else:
             _cpp.fem.petsc.insert_diagonal(self._A_bc, p.V._cpp_object, self._bcs_cpp, 1.0)
         self._A_bc.assemble()
-        self._P = self._A_bc.duplicate(copy=True)
-        self._P.setOptionsPrefix(f"{prefix}forward_")
-        self._J = self._A_bc.duplicate(copy=True)
-        self._J.setOptionsPrefix(f"{prefix}adjoint_")
+        # One rank: ∂N/∂u through DOLFINx's CSR assembly into matrices sharing their values with numpy.
+        self._csr_jac = make_csr_jacobian(self._A_bc, self._nl_jac, self._bc_owned, comm)
+        if self._csr_jac is not None:
+            self._P = self._csr_jac.create_matrix(f"{prefix}forward_")
+            self._J = self._csr_jac.create_matrix(f"{prefix}adjoint_")
+        else:
+            self._P = self._A_bc.duplicate(copy=True)
+            self._P.setOptionsPrefix(f"{prefix}forward_")
+            self._J = self._A_bc.duplicate(copy=True)
+            self._J.setOptionsPrefix(f"{prefix}adjoint_")
         self._N = self._A_bc.duplicate(copy=False)  # ∂N/∂u without boundary conditions
         self._bc_rows = (self._bc_owned + self._A_bc.getOwnershipRange()[0]).astype(PETSc.IntType)
         self._P_valid = False
@@ -271,8 +278,12 @@ class NonlinearStep:
 
         ∂N/∂u is assembled without boundary conditions (faster than DOLFINx's
         per-entry Dirichlet skipping) and its Dirichlet rows and columns are
-        zeroed afterwards.
+        zeroed afterwards; on one rank through DOLFINx's CSR assembly
+        (:mod:`femnpde.fem.csr_jacobian`, the same values).
         """
+        if self._csr_jac is not None:
+            self._csr_jac.assemble_into(M)
+            return
         self._A_bc.copy(M, structure=PETSc.Mat.Structure.SAME_NONZERO_PATTERN)
         if self._nl_jac is not None:
             form, Nm = self._nl_jac, self._N
@@ -456,6 +467,9 @@ class NonlinearStep:
 
     def destroy(self) -> None:
         """Destroy the PETSc objects (collective)."""
+        if self._csr_jac is not None:
+            self._csr_jac.forget(self._P)
+            self._csr_jac.forget(self._J)
         objs = [self._snes, self._ksp_adj, self._A_bc, self._P, self._J, self._N, self._b, self._c, self._d, self._x, self._x0, self._f0]
         objs += list(self._blocks.values())
         for obj in objs:
