@@ -110,5 +110,5 @@ def make_csr_jacobian(A_bc: PETSc.Mat, form, bc_dofs: np.ndarray, comm) -> CSRJa
     is_bc = np.zeros(n, dtype=bool)
     is_bc[bc_dofs] = True
     dropped = np.flatnonzero(is_bc[n_rows] | is_bc[n_cols])
-    same = pos.size == m_keys.size  # every entry of the Jacobian's pattern is one of ∂N/∂u's, in order
+    same = pos.size == m_keys.size and np.array_equal(pos, np.arange(pos.size))  # the same pattern, same order
     return CSRJacobian(A_bc, form, csr, None if same else pos.astype(np.int64), dropped.astype(np.int64))
