@@ -309,3 +309,32 @@ def test_small_systems_on_several_ranks_use_a_redundant_lu():
     assert default_linear_solver_options(2, 4_000, 3)["pc_type"] == "redundant"
     assert default_linear_solver_options(2, 20_000, 3)["pc_type"] == "lu"  # MUMPS (or SuperLU_dist) in 3D
     assert default_linear_solver_options(2, 200_000, 2)["pc_type"] == "lu"
+
+
+def test_csr_jacobian_of_a_boundary_nonlinearity():
+    """A nonlinear term on the boundary only: ∂N/∂u has a smaller pattern than the Jacobian (the position
+    map of fem/csr_jacobian.py); the step Jacobian still equals the full assembly."""
+    import dolfinx.mesh
+    from femnpde.fem.problem import Dirichlet, ParabolicProblem, TimeGrid
+
+    mesh = dolfinx.mesh.create_unit_square(MPI.COMM_WORLD, 5, 5)
+
+    def residual(u, v, g, t, x):
+        return 0.1 * ufl.inner(ufl.grad(u), ufl.grad(v)) * ufl.dx + u**3 * v * ufl.ds - g * v * ufl.dx
+
+    problem = ParabolicProblem(mesh, residual, time=TimeGrid(0.5, 4), initial_condition=lambda x: x[0],
+                               dirichlet=[Dirichlet(lambda x: np.isclose(x[1], 0.0), 0.0)])
+    solver = ThetaSolver(problem, "csr_boundary_")
+    step = solver._step
+    if problem.comm.size == 1:
+        assert step._csr_jac is not None and step._csr_jac._pos is not None
+    _random_state(problem)
+    step._jacobian_into(step._J)
+    A = dolfinx.fem.petsc.assemble_matrix(problem.forms.jacobian, bcs=problem.bcs)
+    A.assemble()
+    D = step._J.copy()
+    D.axpy(-1.0, A)
+    assert D.norm() <= 1e-14 * A.norm()
+    for obj in (A, D):
+        obj.destroy()
+    solver.destroy()
