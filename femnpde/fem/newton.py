@@ -183,8 +183,12 @@ class NonlinearStep:
         # them), the lagged Newton matrix P and the adjoint's exact Jacobian,
         # all on the sparsity of the full Jacobian.
         self._A_bc = dolfinx.fem.petsc.create_matrix(p.forms.jacobian)
-        if self._nl_jac is not None:  # the pattern must hold the remainder's entries too
-            form = self._nl_jac
+        if self._nl_jac is not None:
+            # The first final assembly fixes the stored pattern to the entries inserted (MPIAIJ drops
+            # the others): insert every entry of the full Jacobian, which holds the linear part's and
+            # the remainder's (the remainder alone missed the linear part's entries under MPI when it
+            # lives on fewer cells or facets, e.g. a nonlinear boundary term).
+            form = p.forms.jacobian
             _cpp.fem.petsc.assemble_matrix(self._A_bc, form._cpp_object, pack_constants(form),
                                            pack_coefficients(form), self._bcs_cpp)
             self._A_bc.assemble()
