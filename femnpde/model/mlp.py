@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from femnpde import defaults as D
 from femnpde.model._threads import default_threads, run_ranges
 from femnpde.model.activations import ACTIVATIONS, activate_inplace, derivative_from_output
 from femnpde.model.base import Model, as_points, as_times
@@ -90,12 +91,12 @@ class MLP(Model):
         self,
         input_dim: int,
         hidden: Sequence[int],
-        n_outputs: int = 1,
-        activation: str = "tanh",
-        init: str = "glorot",
-        output_scale: str = "none",
-        beta: float = 2 / 3,
-        seed: int | None = 42,
+        n_outputs: int = D.NETWORK_OUTPUTS,
+        activation: str = D.NETWORK_ACTIVATION,
+        init: str = D.MLP_INIT,
+        output_scale: str = D.MLP_OUTPUT_SCALE,
+        beta: float = D.NETWORK_BETA,
+        seed: int | None = D.NETWORK_SEED,
         *,
         max_cache_bytes: int = _DEFAULT_MAX_CACHE_BYTES,
         threads: int | None = None,
