@@ -1,8 +1,8 @@
 """Validation of the problem sections of a run configuration: mesh, pde, time, initial condition, boundaries.
 
-Part of :func:`femnpde.app.validation.validate`; each function checks one section
-against :mod:`femnpde.app.schema` and returns it resolved.  Imports neither DOLFINx
-nor PETSc nor mpi4py.
+One function per section, called by :func:`femnpde.app.validation.validate`:
+it returns the section resolved (defaults of :mod:`femnpde.app.schema` filled
+in).  No DOLFINx, PETSc or mpi4py import.
 """
 
 from __future__ import annotations

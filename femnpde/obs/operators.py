@@ -190,6 +190,14 @@ class ObservationOperator(ABC):
     def destroy(self) -> None:
         """Destroy the PETSc objects (collective)."""
 
+    def _destroy_attributes(self, *names: str) -> None:
+        """Destroy the PETSc objects held in the attributes ``names`` and set them to None (collective)."""
+        for name in names:
+            obj = getattr(self, name)
+            if obj is not None:
+                obj.destroy()
+            setattr(self, name, None)
+
     def __enter__(self) -> Self:
         return self
 
@@ -251,10 +259,7 @@ class FieldObservation(ObservationOperator):
 
     def destroy(self) -> None:
         """Destroy the PETSc objects (collective)."""
-        for obj in (self._M, self._r, self._Wr):
-            if obj is not None:
-                obj.destroy()
-        self._M = self._r = self._Wr = None
+        self._destroy_attributes("_M", "_r", "_Wr")
 
 
 # ----------------------------------------------------------------- points
@@ -365,7 +370,4 @@ class PointObservation(ObservationOperator):
 
     def destroy(self) -> None:
         """Destroy the PETSc objects (collective)."""
-        for obj in (self._B, self._u, self._y, self._z):
-            if obj is not None:
-                obj.destroy()
-        self._B = self._u = self._y = self._z = None
+        self._destroy_attributes("_B", "_u", "_y", "_z")
