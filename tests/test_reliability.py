@@ -71,6 +71,18 @@ def femnpde(args, ranks: int = 1, cwd=None, env=None, timeout: float = TIMEOUT, 
     return proc.returncode, proc.stdout, proc.stderr, time.monotonic() - t0
 
 
+def prepare(args) -> None:
+    """Run ``femnpde ARGS`` in this process, on one rank, and require success: a run a test then works on.
+
+    What a test checks runs in a subprocess (:func:`femnpde`); the runs it
+    starts from need no process of their own (the files are the same on any
+    number of ranks).
+    """
+    from femnpde.app.cli import main
+
+    assert main([str(a) for a in args]) == 0
+
+
 RANKS = [1, 2]
 RANKS_1 = [1, pytest.param(2, marks=pytest.mark.slow)]  # 2 ranks with -m slow (the suite stays fast)
 
@@ -168,7 +180,7 @@ def test_out_holding_another_run_is_refused(tmp_path, ranks):
     heat = tiny(tmp_path / "heat.toml", iterations=2)
     ac = tiny(tmp_path / "ac.toml", iterations=2, extra='[pde]\ngamma = 0.02\n')
     run = tmp_path / "run"
-    assert femnpde(["train", heat, "--out", run, "--quiet"], ranks)[0] == 0
+    prepare(["train", heat, "--out", run, "--quiet"])
     before = {p: (run / p).read_bytes() for p in ("config.toml", "history.csv", "checkpoint.npz")}
     code, out, err, _ = femnpde(["train", ac, "--out", run, "--quiet"], ranks)
     assert code == 2 and "is not empty" in err and "--overwrite" in err and "--resume" in err, err
@@ -186,8 +198,8 @@ def test_resume_checks_the_checkpoints_configuration(tmp_path, ranks):
     heat = tiny(tmp_path / "heat.toml", iterations=2)
     ac = tiny(tmp_path / "ac.toml", iterations=4, extra='[pde]\ngamma = 0.02\n')
     a, b = tmp_path / "a", tmp_path / "b"
-    assert femnpde(["train", heat, "--out", a, "--quiet"], ranks)[0] == 0
-    assert femnpde(["train", ac, "--out", b, "--quiet", "--set", "run.iterations=2"], ranks)[0] == 0
+    prepare(["train", heat, "--out", a, "--quiet"])
+    prepare(["train", ac, "--out", b, "--quiet", "--set", "run.iterations=2"])
     shutil.copy(a / "checkpoint.npz", b / "checkpoint.npz")  # another run's checkpoint
     code, out, err, _ = femnpde(["train", ac, "--resume", b, "--quiet"], ranks)
     assert code == 2, err
@@ -200,7 +212,7 @@ def test_resume_checks_the_checkpoints_configuration(tmp_path, ranks):
 @pytest.mark.parametrize("ranks", RANKS_1)
 def test_checkpoint_of_another_width_names_the_file(tmp_path, ranks):
     cfg = tiny(tmp_path / "c.toml", iterations=1)
-    assert femnpde(["train", cfg, "--out", tmp_path / "w5", "--quiet", "--set", "network.neurons=5"], ranks)[0] == 0
+    prepare(["train", cfg, "--out", tmp_path / "w5", "--quiet", "--set", "network.neurons=5"])
     ck = tmp_path / "w5" / "checkpoint.npz"
     code, out, err, _ = femnpde(["forward", cfg, "--out", tmp_path / "f", "--params", ck], ranks)
     assert code == 2, err
@@ -220,7 +232,7 @@ def _rewrite_checkpoint(path, **changes):
 def test_nan_checkpoint_is_refused_and_stray_temporaries_removed(tmp_path, ranks):
     cfg = tiny(tmp_path / "c.toml", iterations=2)
     run = tmp_path / "run"
-    assert femnpde(["train", cfg, "--out", run, "--quiet"], ranks)[0] == 0
+    prepare(["train", cfg, "--out", run, "--quiet"])
     stray = run / ".checkpoint.npz.k1ll3d.tmp"
     stray.write_bytes(b"partial")
     good = (run / "checkpoint.npz").read_bytes()

@@ -222,7 +222,9 @@ class FieldObservation(ObservationOperator):
         ValueError: The tag is not a cell tag of the mesh.
     """
 
-    def __init__(self, V: dolfinx.fem.FunctionSpace, subdomain: tuple | None = None, label: str = "FieldObservation"):
+    def __init__(
+        self, V: dolfinx.fem.FunctionSpace, subdomain: tuple | None = None, label: str = "FieldObservation"
+    ) -> None:
         self.comm = V.mesh.comm
         self.n_local = V.dofmap.index_map.size_local * V.dofmap.index_map_bs
         u, v = ufl.TrialFunction(V), ufl.TestFunction(V)
