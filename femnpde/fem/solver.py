@@ -22,6 +22,7 @@ import dolfinx.fem
 import dolfinx.fem.petsc
 from petsc4py import PETSc
 
+from femnpde import defaults as D
 from femnpde.fem.linear_defaults import (
     check_adjoint_capable,
     default_linear_solver_options,
@@ -103,9 +104,9 @@ class ThetaSolver:
         petsc_options_prefix: str,
         petsc_options: dict[str, str] | None = None,
         *,
-        newton_rtol: float = 1e-11,
-        newton_atol: float = 1e-13,
-        newton_max_it: int = 25,
+        newton_rtol: float = D.NEWTON_RTOL,
+        newton_atol: float = D.NEWTON_ATOL,
+        newton_max_it: int = D.NEWTON_MAX_IT,
         fast_affine: bool = True,
         jacobian_refresh_ratio: float = 0.03,
         state_storage: str | dict = "memory",
