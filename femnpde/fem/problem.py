@@ -33,6 +33,7 @@ import dolfinx.mesh
 import ufl
 from petsc4py import PETSc
 
+from femnpde import defaults as D
 from femnpde._mpi import tags_present
 from femnpde.fem.presets import PRESETS, Residual, allen_cahn, heat
 from femnpde.fem.quadrature import _with_quadrature_degree, pin_quadrature_degrees
@@ -187,12 +188,12 @@ class ParabolicProblem:
         mesh: dolfinx.mesh.Mesh,
         residual: Residual,
         *,
-        degree: int = 1,
+        degree: int = D.PDE_DEGREE,
         time: TimeGrid | None = None,
-        theta: float = 1.0,
+        theta: float = D.TIME_THETA,
         initial_condition: float | Callable[[np.ndarray], np.ndarray] | dolfinx.fem.Function = 0.0,
         dirichlet: Sequence[Dirichlet] = (),
-        source: str = "lagrange",
+        source: str = D.PDE_SOURCE,
         source_degree: int | None = None,
         n_sources: int = 1,
         constants: Mapping[str, float] | None = None,
@@ -279,6 +280,9 @@ class ParabolicProblem:
         # One quadrature rule per integral for F and all its derivatives.
         F = pin_quadrature_degrees(F)
         self.F_ufl = F
+        #: The compiler options of the forms (the nonlinear step compiles its pieces with them).
+        self.form_compiler_options = form_compiler_options
+        self.jit_options = jit_options
         self._forms = self._compile(F, form_compiler_options, jit_options)
 
         # Initial condition.
