@@ -1,4 +1,4 @@
-"""Training runs: ``femnpde train``, ``femnpde forward`` and ``femnpde sweep``.
+"""Training runs: ``femnpde train`` and ``femnpde forward`` (``femnpde sweep`` is :mod:`femnpde.app.sweep`).
 
 A run directory holds
 
@@ -40,9 +40,9 @@ from femnpde.io.fielddata import write_field_data
 from femnpde.io.fields import write_fields
 from femnpde.io.files import RunDirectory
 from femnpde.io.history import History
-from femnpde.io.plots import plot_comparison, plot_history, plot_width_study
+from femnpde.io.plots import plot_comparison, plot_history
 
-__all__ = ["train", "forward", "sweep", "TrainResult"]
+__all__ = ["train", "forward", "TrainResult"]
 
 RMSE_NOTE = (
     "relative_rmse = sqrt(J)/max|h| with J = 1/2 sum_n w_n dt ||u^n - h^n||^2_L2 (the FEM loss; "
@@ -383,45 +383,3 @@ def forward(
     rank0_print(comm, f"femnpde forward: loss {J:.6e}, relative RMSE {rmse:.6e}; fields in {out}")
     comm.Barrier()
     return {"loss": J, "relative_rmse": rmse, "out": str(out)}
-
-
-def sweep(
-    config: str | pathlib.Path,
-    widths: Sequence[int],
-    out: str | pathlib.Path | None = None,
-    overrides: Sequence[str] = (),
-    quiet: bool = False,
-    comm: MPI.Comm = MPI.COMM_WORLD,
-    overwrite: bool = False,
-) -> list[dict]:
-    """The width study: one training run per N; a summary table and a plot of relative RMSE vs N."""
-    out = _resolve_out(config, out, "-sweep")
-    rundir = RunDirectory(out, comm)
-    rows = []
-    for N in widths:
-        res = train(config, out=out / f"N{N}", overrides=[*overrides, f"network.neurons={N}"], quiet=quiet, comm=comm,
-                    overwrite=overwrite)
-        rows.append({"N": N, **{k: res[k] for k in ("epochs", "final_rmse", "best_rmse", "final_loss", "wall_time")}})
-    lines = ["N,epochs,final_relative_rmse,best_relative_rmse,final_loss,wall_time_s"]
-    lines += [
-        f"{r['N']},{r['epochs']},{r['final_rmse']:.6e},{r['best_rmse']:.6e},{r['final_loss']:.6e},{r['wall_time']:.2f}"
-        for r in rows
-    ]
-    rundir.write_text("summary.csv", "\n".join(lines) + "\n")
-    table = ["| N | epochs | final rel. RMSE | best rel. RMSE | wall time [s] |", "|---|---|---|---|---|"]
-    table += [
-        f"| {r['N']} | {r['epochs']} | {r['final_rmse']:.4g} | {r['best_rmse']:.4g} | {r['wall_time']:.1f} |" for r in rows
-    ]
-    rundir.write_text("summary.md", "\n".join(table) + "\n")
-    plot_width_study(
-        [r["N"] for r in rows],
-        {"final": [r["final_rmse"] for r in rows], "best": [r["best_rmse"] for r in rows]},
-        out / "rmse_vs_N.png",
-        comm,
-        title=f"width study: {pathlib.Path(config).stem}",
-    )
-    if not quiet:
-        rank0_print(comm, "\n".join(table))
-    comm.Barrier()
-    return rows
-
