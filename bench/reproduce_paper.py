@@ -97,6 +97,8 @@ SEEDS = [42, 1, 2, 3, 4]
 PLAN = [
     ("heat", "rectangle", [10, 100], SEEDS, 1000, "adam", False),
     ("heat", "rectangle", [500], [42], 1000, "adam", False),
+    # the 5 of 1000 draws whose start is closest to the reference's 0.095 (bench/width_initial_draws.py)
+    ("heat", "rectangle", [10], [477, 703, 497, 781, 995], 5000, "matched", False),
     ("allen-cahn", "rectangle", [10, 100], [42], 1000, "adam", False),
     ("heat", "rectangle", [10, 100], [42], 5000, "long", False),
     ("heat", "rectangle", [10, 100, 500], [42], 1000, "lbfgs", True),
@@ -149,7 +151,7 @@ def collect(runs: pathlib.Path) -> dict[tuple[str, str], dict]:
         rec = read_result(run_dir)
         cfg = tomllib.loads(rec.config)
         scenario = "allen-cahn" if cfg["pde"].get("preset") == "allen-cahn" else "heat"
-        mesh = run_dir.parent.name.removeprefix(f"{scenario}-").split("-")[0]
+        mesh, _, sweep_group = run_dir.parent.name.removeprefix(f"{scenario}-").partition("-")
         hist = _history(run_dir)
         rmse = np.asarray(hist["relative_rmse"], dtype=float)
         best = np.minimum.accumulate(rmse)
@@ -158,10 +160,10 @@ def collect(runs: pathlib.Path) -> dict[tuple[str, str], dict]:
             "N": rec.N, "seed": rec.seed, "epochs": rec.epochs, "start": float(rmse[0]),
             "best_at": {str(m): float(best[m - 1]) for m in MARKS if m <= rec.epochs},
             "final_best": float(best[-1]), "s_per_epoch": rec.s_per_epoch, "wall_time_s": rec.wall_time,
-            "run": str(run_dir.relative_to(runs)),
+            "run": str(run_dir.relative_to(runs)), "group": sweep_group or "adam",
         }
         kind = cfg["optimizer"]["kind"]
-        group = out.setdefault((scenario, mesh), {"adam": [], "lbfgs": []})
+        group = out.setdefault((scenario, mesh), {"adam": [], "lbfgs": [], "matched": []})
         if kind == "lbfgs":
             # wall time restarts at a resumed segment: summed per-iteration steps
             steps = np.diff(wall, prepend=0.0)
@@ -178,6 +180,8 @@ def collect(runs: pathlib.Path) -> dict[tuple[str, str], dict]:
                                  "wall_time_s": float(elapsed[hit[0]]) if hit.size else None}
             entry["to_reference"] = reach
             group["lbfgs"].append(entry)
+        elif entry["group"] == "matched":  # seeds chosen by their start value: not a random sample
+            group["matched"].append(entry)
         elif kind == "adam":
             group["adam"].append(entry)
     for group in out.values():  # one entry per (N, seed): the longest run (runs are deterministic)
@@ -254,7 +258,82 @@ def _plot(scenario: str, mesh: str, per_N: dict, png: pathlib.Path) -> None:
     fig.savefig(png, dpi=100)
 
 
-def _block(results: dict[tuple[str, str], dict]) -> str:
+def _spearman(a: list[float], b: list[float]) -> float:
+    ra = np.argsort(np.argsort(a))
+    rb = np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def _findings(results: dict[tuple[str, str], dict], disc: dict | None) -> list[str]:
+    """Bullets computed from the results (no figure typed by hand)."""
+    out = []
+    for (scenario, mesh), data in sorted(results.items()):
+        per_N = data["summary"]
+        widths = sorted(int(N) for N in per_N)
+        for m in MARKS:
+            pts = [(N, per_N[str(N)]["at"][str(m)]["median"]) for N in widths if str(m) in per_N[str(N)]["at"]]
+            if len(pts) < 2:
+                continue
+            falls = all(b[1] < a[1] for a, b in zip(pts, pts[1:]))
+            out.append(f"{scenario}, {mesh}, {m} epochs: the median falls with N: {'yes' if falls else 'no'} ("
+                       + ", ".join(f"N={N}: {v:.4f}" for N, v in pts) + ").")
+        if mesh != "rectangle":
+            continue
+        for N in widths:
+            row = per_N[str(N)]
+            parts = []
+            for m in MARKS:
+                ref, st = row["reference"].get(str(m)), row["at"].get(str(m))
+                if ref is None or st is None:
+                    continue
+                k = sum(e["best_at"][str(m)] <= ref for e in data["runs"] if e["N"] == N and str(m) in e["best_at"])
+                parts.append(f"{m}: median {100 * (st['median'] / ref - 1):+.0f} % vs the reference, "
+                             f"{k} of {st['n']} seeds at or below it")
+            if parts:
+                out.append(f"{scenario}, N = {N}: " + "; ".join(parts) + ".")
+        runs10 = [e for e in data["runs"] if e["N"] == 10 and "1000" in e["best_at"]]
+        ref10 = REFERENCE.get(scenario, {}).get(10)
+        if ref10 and len(runs10) >= 3:
+            starts = [e["start"] for e in runs10]
+            at = [e["best_at"]["1000"] for e in runs10]
+            lo = min(runs10, key=lambda e: abs(e["start"] - ref10[0]))
+            gap = float(np.median(at)) - ref10[1000]
+            verdict = ("some draws reach the reference: the gap is the draw" if min(at) <= ref10[1000] else
+                       "every draw stays above the reference: the gap is not the draw alone")
+            out.append(
+                f"{scenario}, N = 10, the gap at 1000 epochs (median {float(np.median(at)):.4f} vs {ref10[1000]:.4f}, "
+                f"gap {gap:.4f}): over {len(runs10)} seeds the 1000-epoch values span {min(at):.4f}–{max(at):.4f} "
+                f"(spread {max(at) - min(at):.4f}); the starts span {min(starts):.4f}–{max(starts):.4f} against the "
+                f"reference's {ref10[0]:.3f}; rank correlation start vs 1000-epoch value {_spearman(starts, at):+.2f}; "
+                f"the seed starting closest to the reference's start (seed {lo['seed']}, {lo['start']:.4f}) reaches "
+                f"{lo['best_at']['1000']:.4f}; {verdict}.")
+        matched = [e for e in data.get("matched", []) if e["N"] == 10]
+        if ref10 and matched:
+            parts = []
+            for m in MARKS:
+                vals = [e["best_at"][str(m)] for e in matched if str(m) in e["best_at"]]
+                if vals and str(m) in map(str, ref10):
+                    parts.append(f"{m} epochs {float(np.median(vals)):.4f} [{min(vals):.4f}, {max(vals):.4f}] vs "
+                                 f"{ref10[m]:.4f}")
+            starts = [e["start"] for e in matched]
+            out.append(f"{scenario}, N = 10, draws matched to the reference's start: the {len(matched)} of 1000 seeds "
+                       f"whose start is closest to {ref10[0]:.3f} (`bench/width_initial_draws.py`; starts "
+                       f"{min(starts):.4f}–{max(starts):.4f}, seeds {', '.join(str(e['seed']) for e in matched)}) reach "
+                       + ("; ".join(parts) if parts else "(no budget finished)") + ".")
+    if disc:
+        fd = "explicit FD (the reference's scheme, as described)"
+        out.append(
+            "Discretisations (`bench/width_discretisation.py`, `bench/results/width/discretisation.json`): the data h of "
+            "femnpde (P1, 64 backward-Euler steps) and of an explicit FD scheme on the reference's grid differ by "
+            + " and ".join(f"{disc[s][fd]:.4f} ({s})" for s in ("heat", "allen-cahn") if s in disc)
+            + " in the relative-RMSE measure; femnpde's own time-discretisation error (64 vs 256 steps) is "
+            + " and ".join(f"{disc[s]['femnpde, 256 time steps']:.4f} ({s})" for s in ("heat", "allen-cahn") if s in disc)
+            + ". Each code fits its own data (loss 0 at g* by construction), so at equal epochs the two "
+            "figures belong to problems that differ at that level.")
+    return out
+
+
+def _block(results: dict[tuple[str, str], dict], disc: dict | None = None) -> str:
     lines = [BEGIN, "", "<!-- generated by `scripts/env-run python3 bench/reproduce_paper.py report` from "
              "bench/results/width/*.json; do not edit by hand -->", ""]
     order = sorted(results, key=lambda k: (list(MESHES).index(k[1]), k[0] != "heat"))
@@ -293,6 +372,9 @@ def _block(results: dict[tuple[str, str], dict]) -> str:
                         cells.append(f"{r['reference']:.4f}: {r['iterations']} iterations, {r['wall_time_s']:.0f} s")
                 lines.append(f"| {e['N']} | {e['epochs']} | {e['final_best']:.4f} | " + " | ".join(cells) + " |")
             lines.append("")
+    found = _findings(results, disc)
+    if found:
+        lines += ["Measured (generated from the JSON):", ""] + [f"* {f}" for f in found] + [""]
     lines.append(END)
     return "\n".join(lines)
 
@@ -306,7 +388,8 @@ def report(runs: pathlib.Path, results_dir: pathlib.Path = RESULTS, readme: path
         per_N = summarise(scenario, group)
         data = {"scenario": scenario, "mesh": mesh, "description": MESHES[mesh],
                 "relative_rmse": "sqrt(J)/max|h| of the FEM loss; best value so far (running minimum)",
-                "marks": list(MARKS), "summary": per_N, "runs": group["adam"], "lbfgs": group["lbfgs"]}
+                "marks": list(MARKS), "summary": per_N, "runs": group["adam"], "lbfgs": group["lbfgs"],
+                "matched": group["matched"]}
         (results_dir / f"{scenario}-{mesh}.json").write_text(json.dumps(data, indent=1) + "\n")
         if per_N:
             _plot(scenario, mesh, per_N, results_dir / f"{scenario}-{mesh}_rmse_vs_N.png")
@@ -318,7 +401,9 @@ def report(runs: pathlib.Path, results_dir: pathlib.Path = RESULTS, readme: path
         raise SystemExit(f"{readme}: no {BEGIN} ... {END} block to rewrite")
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    readme.write_text(head + _block(results) + tail)
+    disc_path = results_dir / "discretisation.json"
+    disc = json.loads(disc_path.read_text()) if disc_path.is_file() else None
+    readme.write_text(head + _block(results, disc) + tail)
 
 
 def main(argv: list[str] | None = None) -> int:
