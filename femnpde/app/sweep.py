@@ -23,7 +23,6 @@ configuration.  Re-running a sweep with the same arguments
 
 from __future__ import annotations
 
-import copy
 import json
 import pathlib
 import tomllib
@@ -36,7 +35,7 @@ from mpi4py import MPI
 from femnpde._mpi import on_root, rank0_print
 from femnpde.app.loading import load_config
 from femnpde.app.schema import dump_config
-from femnpde.app.training import train
+from femnpde.app.training import config_differences, train
 from femnpde.io.files import RunDirectory
 from femnpde.io.history import History
 from femnpde.io.plots import plot_width_study
@@ -95,24 +94,6 @@ def read_result(run_dir: str | pathlib.Path) -> SweepRun:
         raise ValueError(f"{path}: not a readable sweep result ({err}); re-run the sweep with --overwrite") from None
 
 
-def _without_budget(cfg: dict) -> dict:
-    c = copy.deepcopy(cfg)
-    c["run"].pop("iterations", None)
-    c.get("optimizer", {}).get("schedule", {}).pop("T_max", None)
-    return c
-
-
-def _differences(given: dict, saved: dict, prefix: str = "") -> list[str]:
-    out = []
-    for key in sorted(set(given) | set(saved)):
-        a, b = given.get(key), saved.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append(f"{prefix}{key}: run has {b!r}, sweep gives {a!r}")
-    return out
-
-
 def _inspect(run_dir: pathlib.Path) -> dict:
     """What ``run_dir`` holds (rank 0): kind ``new`` | ``done`` | ``partial`` | ``started`` | ``other``."""
     if not run_dir.exists():
@@ -150,7 +131,7 @@ def _run_one(config, run_dir: pathlib.Path, overrides: list[str], N: int, seed: 
         saved_text = state["result"]["config"] if kind == "done" else state["config"]
         saved = tomllib.loads(saved_text)
         given = tomllib.loads(fingerprint)
-        diffs = _differences(_without_budget(given), _without_budget(saved))
+        diffs = config_differences(given, saved, "sweep gives")
         if kind == "done" and not diffs:
             done_epochs = state["result"]["epochs"]
             if given["run"]["iterations"] == saved["run"]["iterations"]:

@@ -104,6 +104,30 @@ def _config_fingerprint(cfg: dict) -> str:
     return dump_config(cfg)
 
 
+def config_differences(given: dict, saved: dict, given_name: str = "given") -> list[str]:
+    """The keys in which two resolved configurations differ, except the iteration budget.
+
+    ``optimizer.schedule.T_max`` defaults to the iteration budget, so it is
+    not compared either.  Each entry reads ``key: run has X, <given_name> Y``.
+    """
+    a, b = copy.deepcopy(given), copy.deepcopy(saved)
+    for d in (a, b):
+        d["run"].pop("iterations", None)
+        d.get("optimizer", {}).get("schedule", {}).pop("T_max", None)
+    diffs: list[str] = []
+
+    def walk(x: dict, y: dict, prefix: str = "") -> None:
+        for key in sorted(set(x) | set(y)):
+            path = f"{prefix}{key}"
+            if isinstance(x.get(key), dict) and isinstance(y.get(key), dict):
+                walk(x[key], y[key], path + ".")
+            elif x.get(key) != y.get(key):
+                diffs.append(f"{path}: run has {y.get(key)!r}, {given_name} {x.get(key)!r}")
+
+    walk(a, b)
+    return diffs
+
+
 def _check_resume_config(cfg: dict, saved: dict, run_dir: pathlib.Path, source: str = "config.toml") -> None:
     """The config of a resumed run must equal the saved one, except the iteration budget.
 
@@ -111,23 +135,8 @@ def _check_resume_config(cfg: dict, saved: dict, run_dir: pathlib.Path, source: 
     compared either; the resumed schedule keeps the run's own (its state is in
     the checkpoint).
     """
-    a = copy.deepcopy(cfg)
-    b = copy.deepcopy(saved)
-    for d in (a, b):
-        d["run"].pop("iterations", None)
-        d.get("optimizer", {}).get("schedule", {}).pop("T_max", None)
-    if a != b:
-        diffs = []
-
-        def walk(x, y, prefix=""):
-            for key in sorted(set(x) | set(y)):
-                path = f"{prefix}{key}"
-                if isinstance(x.get(key), dict) and isinstance(y.get(key), dict):
-                    walk(x[key], y[key], path + ".")
-                elif x.get(key) != y.get(key):
-                    diffs.append(f"{path}: run has {y.get(key)!r}, given {x.get(key)!r}")
-
-        walk(a, b)
+    diffs = config_differences(cfg, saved)
+    if diffs:
         raise ValueError(
             f"--resume {run_dir}: the configuration differs from the run's {source} "
             f"(only run.iterations may change): " + "; ".join(diffs)
