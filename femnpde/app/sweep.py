@@ -24,6 +24,7 @@ configuration.  Re-running a sweep with the same arguments
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import tomllib
 from collections.abc import Sequence
@@ -61,6 +62,8 @@ class SweepRun:
         s_per_epoch: Median wall time of one epoch [s].
         status: What this sweep did: ``"trained"``, ``"resumed"``, ``"extended"`` or ``"skipped"``.
         config: The run's resolved configuration (TOML).
+        load_average: The machine's 1-minute load average when the run finished
+            (None: not recorded), to judge its timings.
     """
 
     N: int
@@ -73,6 +76,7 @@ class SweepRun:
     s_per_epoch: float
     status: str
     config: str
+    load_average: float | None = None
 
 
 def run_name(N: int, seed: int | None) -> str:
@@ -166,7 +170,8 @@ def _run_one(config, run_dir: pathlib.Path, overrides: list[str], N: int, seed: 
         loss = np.asarray(hist["loss"], dtype=float)
         record = SweepRun(N=N, seed=seed, epochs=int(rmse.size), final_rmse=float(rmse[-1]),
                           best_rmse=float(rmse.min()), final_loss=float(loss[-1]), wall_time=wall,
-                          s_per_epoch=per_epoch, status=status, config=fingerprint)
+                          s_per_epoch=per_epoch, status=status, config=fingerprint,
+                          load_average=os.getloadavg()[0])
         return asdict(record)
 
     record = SweepRun(**on_root(comm, summarise, f"summarising {run_dir}"))
