@@ -190,8 +190,16 @@ def collect(runs: pathlib.Path) -> dict[tuple[str, str], dict]:
             group["adam"].append(entry)
     for group in out.values():  # one entry per (N, seed): the longest run (runs are deterministic)
         keep: dict[tuple[int, int], dict] = {}
+        group["repeated"] = []
         for e in group["adam"]:
             k = (e["N"], e["seed"])
+            if k in keep:  # the same run twice (a 1000- and a 5000-epoch sweep): how far apart are they?
+                a, b = keep[k], e
+                common = min(a["epochs"], b["epochs"])
+                ha = np.asarray(_history(runs / a["run"])["relative_rmse"][:common], dtype=float)
+                hb = np.asarray(_history(runs / b["run"])["relative_rmse"][:common], dtype=float)
+                group["repeated"].append({"N": e["N"], "seed": e["seed"], "epochs": common,
+                                          "max_abs_difference": float(np.max(np.abs(ha - hb)))})
             if k not in keep or e["epochs"] > keep[k]["epochs"]:
                 keep[k] = e
         group["adam"] = sorted(keep.values(), key=lambda e: (e["N"], e["seed"]))
@@ -274,6 +282,10 @@ def _findings(results: dict[tuple[str, str], dict], extras: dict) -> list[str]:
     """Bullets computed from the results and the other bench JSON files (no figure typed by hand)."""
     out = []
     disc = extras.get("discretisation")
+    for (scenario, mesh), data in sorted(results.items()):
+        for r in data.get("repeated", []):
+            out.append(f"{scenario}, {mesh}, N = {r['N']}, seed {r['seed']}: the {r['epochs']} common epochs of its two "
+                       f"runs (two sweeps) differ by at most {r['max_abs_difference']:.1e} in relative RMSE.")
     for (scenario, mesh), data in sorted(results.items()):
         per_N = data["summary"]
         widths = sorted(int(N) for N in per_N)
@@ -466,7 +478,7 @@ def report(runs: pathlib.Path, results_dir: pathlib.Path = RESULTS, readme: path
         data = {"scenario": scenario, "mesh": mesh, "description": MESHES[mesh],
                 "relative_rmse": "sqrt(J)/max|h| of the FEM loss; best value so far (running minimum)",
                 "marks": list(MARKS), "summary": per_N, "runs": group["adam"], "lbfgs": group["lbfgs"],
-                "matched": group["matched"]}
+                "matched": group["matched"], "repeated": group.get("repeated", [])}
         (results_dir / f"{scenario}-{mesh}.json").write_text(json.dumps(data, indent=1) + "\n")
         if per_N:
             _plot(scenario, mesh, per_N, results_dir / f"{scenario}-{mesh}_rmse_vs_N.png")
