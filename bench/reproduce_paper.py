@@ -99,10 +99,11 @@ PLAN = [
     ("heat", "rectangle", [500], [42], 1000, "adam", False),
     # the 5 of 1000 draws whose start is closest to the reference's 0.095 (bench/width_initial_draws.py)
     ("heat", "rectangle", [10], [477, 703, 497, 781, 995], 2000, "matched", False),
-    ("allen-cahn", "rectangle", [10, 100], [42], 1000, "adam", False),
+    ("allen-cahn", "rectangle", [10], [42], 1000, "adam", False),
     ("heat", "rectangle", [10, 100], [42], 1000, "lbfgs", True),
     ("heat", "annulus", [10, 100], [42], 1000, "adam", False),
     ("heat", "box", [10, 100], [42], 1000, "adam", False),
+    ("allen-cahn", "rectangle", [100], [42], 1000, "adam", False),
     ("heat", "rectangle", [10, 100], [42], 5000, "long", False),
     ("heat", "rectangle", [500], [42], 400, "lbfgs", True),
     ("heat", "annulus", [500], [42], 1000, "adam", False),
