@@ -448,7 +448,9 @@ def _block(results: dict[tuple[str, str], dict], extras: dict | None = None) -> 
         if data["lbfgs"]:
             lines += [f"L-BFGS (scipy L-BFGS-B, memory 10, seed {data['lbfgs'][0]['seed']}, {scenario}, {mesh}): "
                       "iterations and wall time to "
-                      "reach the reference's 1000- and 5000-epoch values (Adam, float32)", "",
+                      "reach the reference's 1000- and 5000-epoch values (Adam, float32); an iteration may take "
+                      "several loss + gradient evaluations (line search), the wall time counts them all "
+                      "(under the load of the table above)", "",
                       "| N | iterations run | best | to the 1000-epoch value | to the 5000-epoch value |",
                       "|---|---|---|---|---|"]
             for e in data["lbfgs"]:
