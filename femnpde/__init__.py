@@ -14,7 +14,7 @@ Subpackages, with dependencies pointing one way
 formats and is used by ``app``):
 
 * :mod:`femnpde.fem`: the PDE problem, the theta-scheme solver and its adjoint, state storage, L2 projection;
-* :mod:`femnpde.obs`: the :class:`Misfit` contract, field/subdomain and sensor misfits, time weights, noise;
+* :mod:`femnpde.obs`: the :class:`Misfit` contract, observation operators (field/subdomain, points), one quadratic misfit over them, time weights, noise;
 * :mod:`femnpde.model`: networks, sources, the reduced functional, gradient verification;
 * :mod:`femnpde.optim`: gradient descent, Adam, schedules, L-BFGS;
 * :mod:`femnpde.io`: meshes, point and field data, checkpoints, history, field output, plots;
@@ -46,6 +46,10 @@ _API = {
     "QuadratureProjector": "femnpde.fem.projection",
     "TimeWeights": "femnpde.obs.weights",
     "Misfit": "femnpde.obs.misfit",
+    "QuadraticMisfit": "femnpde.obs.misfit",
+    "ObservationOperator": "femnpde.obs.operators",
+    "FieldObservation": "femnpde.obs.operators",
+    "PointObservation": "femnpde.obs.operators",
     "L2Misfit": "femnpde.obs.misfit",
     "PointMisfit": "femnpde.obs.points",
     "synthetic_point_data": "femnpde.obs.points",

@@ -5,6 +5,11 @@
   PETSc objects is collective.
 * On ranks > 0 the terminal report is silenced (rank 0 reports); a failure on
   another rank is still printed to stderr, and mpirun's exit code is non-zero.
+
+Helpers shared by several test modules (``from conftest import ...``):
+:func:`write_on_root` (a file every rank then reads), :func:`history_columns`
+(a training history without its wall times) and :func:`before_evaluation`
+(a hook before the n-th loss evaluation of a training run).
 """
 
 import gc
@@ -55,3 +60,47 @@ def shared_tmp_path(tmp_path):
     import pathlib
 
     return pathlib.Path(MPI.COMM_WORLD.bcast(str(tmp_path), root=0))
+
+
+# ---------------------------------------------------------------- helpers
+def write_on_root(path, text: str):
+    """Write ``text`` to ``path`` on rank 0, then wait for every rank (all read it next); return ``path``."""
+    if MPI.COMM_WORLD.rank == 0:
+        path.write_text(text)
+    MPI.COMM_WORLD.Barrier()
+    return path
+
+
+def history_columns(path) -> dict:
+    """The columns of a training history (``history.csv``) as arrays, without the wall times."""
+    import numpy as np
+
+    from femnpde.io.history import History
+
+    return {k: np.asarray(v) for k, v in History.read(path).items() if k != "wall_time"}
+
+
+def before_evaluation(monkeypatch, hook) -> None:
+    """Make the runs of ``femnpde.app.training`` call ``hook(n, run)`` before their n-th loss evaluation.
+
+    ``n`` counts the calls of ``run.rf.value_and_gradient`` from 1; the hook may
+    raise (an injected failure) or change the run (e.g. its solver options).
+    """
+    import femnpde.app.training as training
+
+    real_build = training.build_run
+
+    def build(*args, **kwargs):
+        run = real_build(*args, **kwargs)
+        real = run.rf.value_and_gradient
+        calls = {"n": 0}
+
+        def evaluate(theta):
+            calls["n"] += 1
+            hook(calls["n"], run)
+            return real(theta)
+
+        run.rf.value_and_gradient = evaluate
+        return run
+
+    monkeypatch.setattr(training, "build_run", build)

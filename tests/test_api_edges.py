@@ -5,8 +5,8 @@ import pytest
 from mpi4py import MPI
 
 import femnpde.app.trainer as trainer
-from femnpde.io.output import History
 from femnpde.app.training import train
+from conftest import history_columns, write_on_root
 
 LBFGS = """
 [mesh]
@@ -23,21 +23,9 @@ checkpoint_every = 10
 """
 
 
-def _write(path, text):
-    if MPI.COMM_WORLD.rank == 0:
-        path.write_text(text)
-    MPI.COMM_WORLD.Barrier()
-    return path
-
-
-def _columns(path):
-    h = History.read(path)
-    return {k: np.asarray(v) for k, v in h.items() if k != "wall_time"}
-
-
 def test_lbfgs_history_rows_describe_the_accepted_iterate(shared_tmp_path, monkeypatch):
     """An evaluation after the accepted iterate (a line-search trial) must not leak into its history row."""
-    cfg = _write(shared_tmp_path / "lbfgs.toml", LBFGS)
+    cfg = write_on_root(shared_tmp_path / "lbfgs.toml", LBFGS)
     train(cfg, out=shared_tmp_path / "plain", quiet=True, write_outputs=False)
     real = trainer.minimize_lbfgs
 
@@ -50,8 +38,8 @@ def test_lbfgs_history_rows_describe_the_accepted_iterate(shared_tmp_path, monke
 
     monkeypatch.setattr(trainer, "minimize_lbfgs", with_trial)
     train(cfg, out=shared_tmp_path / "trial", quiet=True, write_outputs=False)
-    plain = _columns(shared_tmp_path / "plain" / "history.csv")
-    trial = _columns(shared_tmp_path / "trial" / "history.csv")
+    plain = history_columns(shared_tmp_path / "plain" / "history.csv")
+    trial = history_columns(shared_tmp_path / "trial" / "history.csv")
     assert set(plain) == set(trial)
     for key in plain:
         np.testing.assert_allclose(trial[key], plain[key], rtol=1e-12, atol=0, err_msg=key, equal_nan=True)
@@ -78,7 +66,7 @@ def test_train_check_gradient(shared_tmp_path, monkeypatch, capsys):
     from femnpde.app.cli import main
     from femnpde.model.reduced import NetworkSource
 
-    cfg = _write(shared_tmp_path / "heat.toml", HEAT)
+    cfg = write_on_root(shared_tmp_path / "heat.toml", HEAT)
     assert main(["train", str(cfg), "--out", str(shared_tmp_path / "ok"), "--check-gradient"]) == 0
     out = capsys.readouterr().out
     if MPI.COMM_WORLD.rank == 0:

@@ -10,6 +10,7 @@ from mpi4py import MPI
 from femnpde.fem.checkpointing import CheckpointStorage
 from femnpde.fem.storage_plan import parse_bytes, plan_storage, validate_state_storage
 from femnpde.fem.storage import MemoryStorage, make_state_storage
+from conftest import write_on_root
 
 
 class FakeStepper:
@@ -250,20 +251,13 @@ checkpoint_every = 2
 """
 
 
-def _write(path, text):
-    if MPI.COMM_WORLD.rank == 0:
-        path.write_text(text)
-    MPI.COMM_WORLD.Barrier()
-    return path
-
-
 def test_training_with_checkpointing_matches_memory(shared_tmp_path, capsys):
     from femnpde.app.training import train
     from femnpde.io.output import History
 
     hist = {}
     for name, line in (("memory", ""), ("ckpt", "state_storage = {snapshots = 2, disk_snapshots = 1}")):
-        cfg = _write(shared_tmp_path / f"{name}.toml", _TRAIN.format(storage=line))
+        cfg = write_on_root(shared_tmp_path / f"{name}.toml", _TRAIN.format(storage=line))
         train(cfg, out=shared_tmp_path / name, quiet=name == "memory", write_outputs=name == "ckpt")
         h = History.read(shared_tmp_path / name / "history.csv")
         hist[name] = {k: v for k, v in h.items() if k != "wall_time"}
@@ -283,7 +277,7 @@ def test_training_with_checkpointing_matches_memory(shared_tmp_path, capsys):
 def test_bad_state_storage_exits_2(shared_tmp_path, capsys, line, needle):
     from femnpde.app.cli import main
 
-    cfg = _write(shared_tmp_path / "bad.toml", _TRAIN.format(storage=line))
+    cfg = write_on_root(shared_tmp_path / "bad.toml", _TRAIN.format(storage=line))
     assert main(["train", str(cfg), "--out", str(shared_tmp_path / "x"), "--quiet"]) == 2
     if MPI.COMM_WORLD.rank == 0:
         err = capsys.readouterr().err

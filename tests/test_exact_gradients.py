@@ -29,6 +29,7 @@ from femnpde.model.network import ShallowNetwork
 from femnpde.model.reduced import FunctionSource, NetworkSource, ReducedFunctional
 from femnpde.model.verification import finite_difference_check, taylor_test
 from femnpde.obs.misfit import L2Misfit
+from conftest import write_on_root
 
 MESHES = pathlib.Path(__file__).resolve().parents[1] / "meshes"
 
@@ -265,20 +266,13 @@ iterations = 1
 """
 
 
-def _write(path, text):
-    if MPI.COMM_WORLD.rank == 0:
-        path.write_text(text)
-    MPI.COMM_WORLD.Barrier()
-    return path
-
-
 def test_gradcheck_config_sees_quadrature_mismatch(shared_tmp_path, monkeypatch, capsys):
     """`femnpde gradcheck CONFIG`: passes with pinned quadrature; with the residual's derivative forms
     estimated separately (main before issue 9) the Taylor rates still pass but the FD check fails."""
     from femnpde.app.cli import main
     import femnpde.fem.problem as problem_module
 
-    cfg = _write(shared_tmp_path / "exp8g.toml", GRADCHECK_CONFIG)
+    cfg = write_on_root(shared_tmp_path / "exp8g.toml", GRADCHECK_CONFIG)
     args = ["gradcheck", str(cfg), "--taylor-steps", "3"]
     assert main(args) == 0
     monkeypatch.setattr(problem_module, "pin_quadrature_degrees", lambda form: form)

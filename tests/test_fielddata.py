@@ -10,15 +10,9 @@ from femnpde.io.fielddata import read_field_data, write_field_data
 from femnpde.model.reduced import FunctionSource
 from femnpde.app.scenarios import paper_problem, target_source
 from femnpde.fem.solver import ThetaSolver
+from conftest import write_on_root
 
 SMALL = "[mesh]\ncells = [5, 10]\n[time]\nn_steps = 4\n[network]\nneurons = 5\n[run]\niterations = 2\n"
-
-
-def _write(path, text):
-    if MPI.COMM_WORLD.rank == 0:
-        path.write_text(text)
-    MPI.COMM_WORLD.Barrier()
-    return path
 
 
 def test_round_trip_serial_writer_any_reader(shared_tmp_path):
@@ -37,12 +31,12 @@ def test_round_trip_serial_writer_any_reader(shared_tmp_path):
 
 
 def test_run_output_is_data_of_another_run(shared_tmp_path):
-    cfg = _write(shared_tmp_path / "c.toml", SMALL)
+    cfg = write_on_root(shared_tmp_path / "c.toml", SMALL)
     out = shared_tmp_path / "fwd"
     assert main(["forward", str(cfg), "--out", str(out)]) == 0
     assert (out / "fields" / "u.bp").exists()
     text = SMALL + f'[data]\nkind = "file"\npath = "{out / "fields" / "u.bp"}"\nname = "u"\n'
-    run = build_run(load_config(_write(shared_tmp_path / "d.toml", text)))
+    run = build_run(load_config(write_on_root(shared_tmp_path / "d.toml", text)))
     try:
         J = run.rf(run.network.params.copy())
         # The data is the network's own forward solution: the loss at the same θ is 0.
@@ -60,13 +54,13 @@ def test_run_output_is_data_of_another_run(shared_tmp_path):
     ],
 )
 def test_bad_field_data_is_specific(shared_tmp_path, capsys, extra, needle):
-    cfg = _write(shared_tmp_path / "c.toml", SMALL)
+    cfg = write_on_root(shared_tmp_path / "c.toml", SMALL)
     out = shared_tmp_path / "fwd"
     main(["forward", str(cfg), "--out", str(out)])
     text = SMALL.replace("[time]\nn_steps = 4\n", "") + extra.format(bp=out / "fields" / "u.bp")
     if "[time]" not in extra:
         text += "[time]\nn_steps = 4\n"
-    bad = _write(shared_tmp_path / "bad.toml", text)
+    bad = write_on_root(shared_tmp_path / "bad.toml", text)
     assert main(["train", str(bad), "--quiet", "--out", str(shared_tmp_path / "x")]) == 2
     if MPI.COMM_WORLD.rank == 0:
         err = capsys.readouterr().err

@@ -17,6 +17,7 @@ from femnpde.app.cli import main
 from femnpde.app.config import build_run, load_config
 from femnpde.model.verification import finite_difference_check, taylor_test
 from cli_output import gradcheck_figures
+from conftest import write_on_root
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -69,13 +70,6 @@ SENSORS = {
 }
 
 
-def _write(path, text):
-    if MPI.COMM_WORLD.rank == 0:
-        path.write_text(text)
-    MPI.COMM_WORLD.Barrier()
-    return path
-
-
 def _config_text(mesh, observation):
     gdim, tag, neumann, cell = MESHES[mesh]
     pde = "allen-cahn" if mesh == "annulus_holes" else "heat"
@@ -87,7 +81,7 @@ def _config_text(mesh, observation):
 @pytest.mark.parametrize("observation", sorted(OBSERVATIONS))
 @pytest.mark.parametrize("mesh", sorted(MESHES))
 def test_gradcheck_every_mesh_and_observation(mesh, observation, shared_tmp_path):
-    cfg = _write(shared_tmp_path / f"{mesh}_{observation}.toml", _config_text(mesh, observation))
+    cfg = write_on_root(shared_tmp_path / f"{mesh}_{observation}.toml", _config_text(mesh, observation))
     run = build_run(load_config(cfg), MPI.COMM_WORLD, petsc_options_prefix=f"gc_{mesh}_{observation}_")
     try:
         theta0 = run.network.params.copy()
@@ -103,7 +97,7 @@ def test_gradcheck_every_mesh_and_observation(mesh, observation, shared_tmp_path
 
 
 def test_gradcheck_command_prints_rates_near_2(shared_tmp_path, capsys):
-    cfg = _write(shared_tmp_path / "cli.toml", _config_text("l_shape", "subdomain"))
+    cfg = write_on_root(shared_tmp_path / "cli.toml", _config_text("l_shape", "subdomain"))
     code = main(["gradcheck", str(cfg), "--taylor-steps", "4"])
     out = capsys.readouterr().out
     assert code == 0, out
@@ -116,7 +110,7 @@ def test_gradcheck_command_prints_rates_near_2(shared_tmp_path, capsys):
 
 def test_missing_tag_is_named(shared_tmp_path, capsys):
     text = BASE.format(mesh=ROOT / "meshes" / "l_shape.xdmf", gdim=2, pde="heat", tag=7)
-    cfg = _write(shared_tmp_path / "badtag.toml", text)
+    cfg = write_on_root(shared_tmp_path / "badtag.toml", text)
     assert main(["train", str(cfg), "--quiet", "--out", str(shared_tmp_path / "x")]) == 2
     if MPI.COMM_WORLD.rank == 0:
         err = capsys.readouterr().err
@@ -126,7 +120,7 @@ def test_missing_tag_is_named(shared_tmp_path, capsys):
 def test_sensor_outside_domain_is_named(shared_tmp_path, capsys):
     text = BASE.format(mesh=ROOT / "meshes" / "l_shape.xdmf", gdim=2, pde="heat", tag=1)
     text += OBSERVATIONS["sensors"].format(sensors="[[0.1, 0.1], [0.9, 0.9]]", cell=0)
-    cfg = _write(shared_tmp_path / "badsensor.toml", text)
+    cfg = write_on_root(shared_tmp_path / "badsensor.toml", text)
     assert main(["train", str(cfg), "--quiet", "--out", str(shared_tmp_path / "x")]) == 2
     if MPI.COMM_WORLD.rank == 0:
         err = capsys.readouterr().err
@@ -134,11 +128,11 @@ def test_sensor_outside_domain_is_named(shared_tmp_path, capsys):
 
 
 def test_malformed_sensor_file_is_named(shared_tmp_path, capsys):
-    bad = _write(shared_tmp_path / "data.csv", "t,s0\n0.0,abc\n")
+    bad = write_on_root(shared_tmp_path / "data.csv", "t,s0\n0.0,abc\n")
     text = BASE.format(mesh=ROOT / "meshes" / "l_shape.xdmf", gdim=2, pde="heat", tag=1)
     text = text.replace('[data]\ntarget = "moving_gaussian"', f'[data]\nkind = "file"\npath = "{bad}"')
     text += OBSERVATIONS["sensors"].format(sensors="[[0.1, 0.1]]", cell=0)
-    cfg = _write(shared_tmp_path / "badfile.toml", text)
+    cfg = write_on_root(shared_tmp_path / "badfile.toml", text)
     assert main(["train", str(cfg), "--quiet", "--out", str(shared_tmp_path / "x")]) == 2
     if MPI.COMM_WORLD.rank == 0:
         err = capsys.readouterr().err

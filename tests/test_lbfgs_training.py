@@ -11,6 +11,7 @@ from femnpde.app.training import train
 from femnpde.fem.solver import SolverError
 from femnpde.io.checkpoint import load_checkpoint
 from femnpde.io.history import History
+from conftest import before_evaluation, write_on_root
 
 CONFIG = """
 [mesh]
@@ -30,10 +31,7 @@ checkpoint_every = 2
 
 
 def _config(path, iterations):
-    if MPI.COMM_WORLD.rank == 0:
-        path.write_text(CONFIG.format(iterations=iterations))
-    MPI.COMM_WORLD.Barrier()
-    return path
+    return write_on_root(path, CONFIG.format(iterations=iterations))
 
 
 def test_lbfgs_resume_continues_from_the_checkpoint(shared_tmp_path):
@@ -63,28 +61,15 @@ def test_lbfgs_resume_continues_from_the_checkpoint(shared_tmp_path):
 
 
 def test_lbfgs_failure_reports_its_epoch_and_keeps_the_checkpoint(shared_tmp_path, monkeypatch):
-    import femnpde.app.training as training
-
     cfg = _config(shared_tmp_path / "c.toml", iterations=10)
-    real_build = training.build_run
     rows = {}
 
-    def failing_build(*args, **kwargs):
-        run = real_build(*args, **kwargs)
-        real = run.rf.value_and_gradient
-        calls = {"n": 0}
+    def flaky(n, run):
+        if n == 8:
+            rows["at_failure"] = len(History.read(shared_tmp_path / "run" / "history.csv")["epoch"])
+            raise SolverError("Newton did not converge (injected)")
 
-        def flaky(theta):
-            calls["n"] += 1
-            if calls["n"] == 8:
-                rows["at_failure"] = len(History.read(shared_tmp_path / "run" / "history.csv")["epoch"])
-                raise SolverError("Newton did not converge (injected)")
-            return real(theta)
-
-        run.rf.value_and_gradient = flaky
-        return run
-
-    monkeypatch.setattr(training, "build_run", failing_build)
+    before_evaluation(monkeypatch, flaky)
     with pytest.raises(SolverError) as info:
         train(cfg, out=shared_tmp_path / "run", quiet=True, write_outputs=False)
     epoch = rows["at_failure"]  # the epochs recorded before the failing one

@@ -25,6 +25,7 @@ from femnpde.fem.problem import Dirichlet, ParabolicProblem, TimeGrid, heat
 from femnpde.model.reduced import FunctionSource, NetworkSource, ReducedFunctional
 from femnpde.fem.solver import ThetaSolver
 from femnpde.model.verification import taylor_test
+from conftest import write_on_root
 
 MESH_DIR = Path(__file__).resolve().parent.parent / "meshes"
 
@@ -85,12 +86,6 @@ def _measure(data: MeshData, kind: str, tag: int) -> float:
     one = dolfinx.fem.Constant(data.mesh, 1.0)
     local = dolfinx.fem.assemble_scalar(dolfinx.fem.form(one * measure))
     return data.mesh.comm.allreduce(local, op=MPI.SUM)
-
-
-def _write_on_root(path: Path, text: str) -> None:
-    if MPI.COMM_WORLD.rank == 0:
-        path.write_text(text)
-    MPI.COMM_WORLD.Barrier()
 
 
 # ---------------------------------------------------------------- collection
@@ -198,11 +193,11 @@ def test_unknown_suffix_lists_supported_formats():
 
 def test_corrupt_xdmf_is_named(shared_tmp_path):
     bad = shared_tmp_path / "broken.xdmf"
-    _write_on_root(bad, "<Xdmf><Domain><Grid Name='mesh'>")
+    write_on_root(bad, "<Xdmf><Domain><Grid Name='mesh'>")
     with pytest.raises(ValueError, match=r"broken\.xdmf"):
         read_mesh(bad)
     other = shared_tmp_path / "other.xdmf"
-    _write_on_root(other, "<Xdmf><Domain><Grid Name='something'/></Domain></Xdmf>")
+    write_on_root(other, "<Xdmf><Domain><Grid Name='something'/></Domain></Xdmf>")
     with pytest.raises(ValueError, match=r"other\.xdmf.*no grid named 'mesh'"):
         read_mesh(other)
     # An XDMF file whose HDF5 data is missing.
@@ -217,12 +212,12 @@ def test_corrupt_xdmf_is_named(shared_tmp_path):
 @pytest.mark.skipif(not HAVE_GMSH, reason="gmsh not installed")
 def test_corrupt_msh_is_named(shared_tmp_path):
     bad = shared_tmp_path / "garbage.msh"
-    _write_on_root(bad, "this is not\na gmsh file\n")
+    write_on_root(bad, "this is not\na gmsh file\n")
     with pytest.raises(ValueError, match=r"garbage\.msh"):
         read_mesh(bad)
     truncated = shared_tmp_path / "truncated.msh"
     text = (MESH_DIR / "l_shape.msh").read_text()
-    _write_on_root(truncated, text[: len(text) // 3])
+    write_on_root(truncated, text[: len(text) // 3])
     with pytest.raises(ValueError, match=r"truncated\.msh"):
         read_mesh(truncated)
     # Reading still works afterwards (gmsh was left in a clean state).

@@ -21,6 +21,7 @@ from femnpde.app.scenarios import paper_problem, target_source
 from femnpde.fem.forms import split_residual
 from femnpde.fem.solver import SolverError, ThetaSolver
 from femnpde.model.reduced import FunctionSource
+from conftest import before_evaluation, write_on_root
 
 REFERENCE = pathlib.Path(__file__).parent.parent / "bench" / "results"
 FAST_CASES = [c for c in CASES if c != "ac_paper_861"]
@@ -162,34 +163,20 @@ def test_newton_failure_names_step_time_and_reason():
 
 def test_newton_failure_in_training_exits_3_and_keeps_checkpoint(shared_tmp_path, monkeypatch, capsys):
     """A real SNES failure at epoch 5: exit code 3, the reason in the message, checkpoint of epoch 4 kept."""
-    import femnpde.app.training as training
     from femnpde.app.cli import main
     from femnpde.io.output import load_checkpoint
 
-    cfg = shared_tmp_path / "ac.toml"
-    if MPI.COMM_WORLD.rank == 0:
-        cfg.write_text(
-            '[mesh]\ncells = [5, 10]\n[pde]\npreset = "allen-cahn"\n[time]\nn_steps = 8\n[network]\nneurons = 8\n'
-            '[optimizer]\nkind = "adam"\nlr = 0.05\n[run]\niterations = 10\ncheckpoint_every = 2\n'
-        )
-    MPI.COMM_WORLD.Barrier()
-    real_build = training.build_run
+    cfg = write_on_root(
+        shared_tmp_path / "ac.toml",
+        '[mesh]\ncells = [5, 10]\n[pde]\npreset = "allen-cahn"\n[time]\nn_steps = 8\n[network]\nneurons = 8\n'
+        '[optimizer]\nkind = "adam"\nlr = 0.05\n[run]\niterations = 10\ncheckpoint_every = 2\n',
+    )
 
-    def failing_build(*args, **kwargs):
-        run = real_build(*args, **kwargs)
-        real = run.rf.value_and_gradient
-        calls = {"n": 0}
+    def limited(n, run):
+        if n == 6:  # from epoch 5 on, Newton may take one iteration only
+            run.rf.solver.snes.setTolerances(max_it=1)
 
-        def limited(theta):
-            calls["n"] += 1
-            if calls["n"] == 6:  # from epoch 5 on, Newton may take one iteration only
-                run.rf.solver.snes.setTolerances(max_it=1)
-            return real(theta)
-
-        run.rf.value_and_gradient = limited
-        return run
-
-    monkeypatch.setattr(training, "build_run", failing_build)
+    before_evaluation(monkeypatch, limited)
     rc = main(["train", str(cfg), "--out", str(shared_tmp_path / "run"), "--quiet"])
     assert rc == 3
     if MPI.COMM_WORLD.rank == 0:

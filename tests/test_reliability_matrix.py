@@ -3,10 +3,15 @@
 One row per bad input: every configuration section, every file kind the
 tool reads (configuration, mesh .msh/.xdmf, sensor data .npz/.csv, field
 data .bp, checkpoint, user module), PETSc options, overrides and resume.
-Each row runs ``femnpde`` in a subprocess under a timeout (a hang fails the
-row) on 1 rank, and on 2 ranks (rows marked ``slow`` on 2 ranks are run with
-``-m slow``: the default suite keeps a representative of every kind on 2
-ranks).  Every message must be printed once, with no traceback.
+Each row runs on 1 rank and on 2 ranks (rows marked ``slow`` on 2 ranks are
+run with ``-m slow``: the default suite keeps a representative of every kind
+on 2 ranks).  On 2 ranks ``femnpde`` runs in a subprocess (``mpirun``) under
+a timeout, so a hang fails the row.  On 1 rank the command runs in the test
+process (:func:`femnpde.app.cli.main`, its exit code and stderr): one rank
+cannot wait for another, and starting a process per row (about 5 s each)
+dominated the suite; a row whose input is only read at process start
+(``PETSC_OPTIONS``, read by PetscInitialize) keeps its subprocess.  Every
+message must be printed once, with no traceback.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from test_reliability import femnpde, tiny
 pytestmark = pytest.mark.serial
 
 MESHES = pathlib.Path(__file__).parent.parent / "meshes"
+RELIABILITY = pathlib.Path(__file__).parent / "reliability"
 
 
 @dataclasses.dataclass
@@ -146,8 +152,37 @@ def _rows():
         yield pytest.param(case, 2, id=f"{case.id}-2ranks", marks=marks)
 
 
+def _in_process(args, env: dict[str, str], monkeypatch, capsys) -> tuple[int, str, str]:
+    """``femnpde ARGS`` in this process: (exit code, stdout, stderr); no PETSc option of the run is left."""
+    from petsc4py import PETSc
+
+    from femnpde.app.cli import main
+
+    monkeypatch.syspath_prepend(str(RELIABILITY))  # usermod, as the subprocess's PYTHONPATH has it
+    for key, value in env.items():
+        if key == "PYTHONPATH":
+            for entry in reversed(value.split(":")):
+                monkeypatch.syspath_prepend(entry)
+        else:
+            monkeypatch.setenv(key, value)
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as err:  # argparse's usage errors
+        code = err.code
+    out, err = capsys.readouterr()
+    leftover = [k for k in PETSc.Options().getAll() if k.startswith("femnpde_")]
+    assert not leftover, f"the run left PETSc options {leftover}"
+    return code, out, err
+
+
+def _needs_process(case: Case, ranks: int) -> bool:
+    """Whether the row runs in its own process (several ranks, or input read at process start)."""
+    return ranks > 1 or "PETSC_OPTIONS" in (case.env or {})
+
+
 @pytest.mark.parametrize("case,ranks", _rows())
-def test_bad_input(tmp_path, case, ranks):
+def test_bad_input(tmp_path, case, ranks, monkeypatch, capsys):
     def fill(text: str) -> str:
         return text.replace("{tmp}", str(tmp_path)).replace("{cfg}", str(tmp_path / "c.toml"))
 
@@ -163,8 +198,8 @@ def test_bad_input(tmp_path, case, ranks):
             path.write_text(content)
     if case.prepare == "run":
         prepared = {n: c for n, c in case.files.items() if n.startswith("run/")}
-        code, _, err, _ = femnpde(["train", tiny(tmp_path / "prep.toml", iterations=1), "--out", tmp_path / "run",
-                                   "--quiet"], 1)
+        code, _, err = _in_process(["train", tiny(tmp_path / "prep.toml", iterations=1), "--out", tmp_path / "run",
+                                    "--quiet"], {}, monkeypatch, capsys)
         assert code == 0, err
         for name, content in prepared.items():
             (tmp_path / name).write_bytes(content if isinstance(content, bytes) else content.encode())
@@ -179,9 +214,12 @@ def test_bad_input(tmp_path, case, ranks):
     for s in case.sets:
         args += ["--set", fill(s)]
     env = {k: fill(v) for k, v in (case.env or {}).items()}
-    if "PYTHONPATH" in env:
-        env["PYTHONPATH"] += ":" + str(pathlib.Path(__file__).parent / "reliability")
-    code, out, err, _ = femnpde(args, ranks, env=env, timeout=90)
+    if _needs_process(case, ranks):
+        if "PYTHONPATH" in env:
+            env["PYTHONPATH"] += ":" + str(RELIABILITY)
+        code, out, err, _ = femnpde(args, ranks, env=env, timeout=90)
+    else:
+        code, out, err = _in_process(args, env, monkeypatch, capsys)
     assert code == case.code, err
     for w in case.words:
         assert w in err, (w, err)

@@ -20,6 +20,7 @@ from femnpde.app.config import build_run, load_config
 from femnpde.app.training import forward, train
 from femnpde.io.fielddata import read_field_data
 from femnpde.io.checkpoint import load_checkpoint
+from conftest import write_on_root
 
 SMALL = """
 [mesh]
@@ -41,10 +42,7 @@ field_format = "{fmt}"
 
 
 def _config(path, degree=1, fmt="vtx"):
-    if MPI.COMM_WORLD.rank == 0:
-        path.write_text(SMALL.format(degree=degree, fmt=fmt))
-    MPI.COMM_WORLD.Barrier()
-    return path
+    return write_on_root(path, SMALL.format(degree=degree, fmt=fmt))
 
 
 def _disable_plots(monkeypatch):

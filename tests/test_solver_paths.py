@@ -28,6 +28,7 @@ from femnpde.fem.solver import ThetaSolver
 from femnpde.model.network import ShallowNetwork
 from femnpde.model.reduced import FunctionSource, NetworkSource, ReducedFunctional
 from femnpde.obs.misfit import L2Misfit
+from conftest import write_on_root
 
 
 def _heat_explicit_time(comm=MPI.COMM_WORLD):
@@ -174,11 +175,7 @@ iterations = 2
 
 
 def _config(tmp, residual, name="c.toml"):
-    path = tmp / name
-    if MPI.COMM_WORLD.rank == 0:
-        path.write_text(BASE.format(residual=residual))
-    MPI.COMM_WORLD.Barrier()
-    return path
+    return write_on_root(tmp / name, BASE.format(residual=residual))
 
 
 def test_newton_failure_is_exit_3_naming_the_step(shared_tmp_path, capsys):
@@ -214,13 +211,11 @@ def test_bad_user_residual_is_exit_2(shared_tmp_path, capsys, factory, fragments
 
 def test_linear_solver_failure_is_exit_3_naming_the_prefix(shared_tmp_path, capsys):
     """One unpreconditioned GMRES iteration cannot solve the step: KSP diverges, the run exits 3."""
-    path = shared_tmp_path / "ksp.toml"
-    if MPI.COMM_WORLD.rank == 0:
-        path.write_text(
-            "[mesh]\ncells = [4, 8]\n[time]\nn_steps = 2\n[network]\nneurons = 3\n[run]\niterations = 1\n"
-            '[solver.petsc_options]\nksp_type = "gmres"\npc_type = "none"\nksp_max_it = 1\nksp_rtol = 1e-12\n'
-        )
-    MPI.COMM_WORLD.Barrier()
+    path = write_on_root(
+        shared_tmp_path / "ksp.toml",
+        "[mesh]\ncells = [4, 8]\n[time]\nn_steps = 2\n[network]\nneurons = 3\n[run]\niterations = 1\n"
+        '[solver.petsc_options]\nksp_type = "gmres"\npc_type = "none"\nksp_max_it = 1\nksp_rtol = 1e-12\n',
+    )
     code = main(["train", str(path), "--quiet", "--out", str(shared_tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == 3, err

@@ -9,6 +9,7 @@ from femnpde.io.output import History
 from femnpde.fem.solver import SolverError
 from femnpde.app.sweep import sweep
 from femnpde.app.training import forward, train
+from conftest import before_evaluation, history_columns, write_on_root
 
 SMALL = """
 [mesh]
@@ -29,15 +30,7 @@ checkpoint_every = 2
 
 
 def _config(path, kind="adam", lr=0.05, schedule="plateau", iterations=6):
-    if MPI.COMM_WORLD.rank == 0:
-        path.write_text(SMALL.format(kind=kind, lr=lr, schedule=schedule, iterations=iterations))
-    MPI.COMM_WORLD.Barrier()
-    return path
-
-
-def _columns(path):
-    h = History.read(path)
-    return {k: v for k, v in h.items() if k != "wall_time"}
+    return write_on_root(path, SMALL.format(kind=kind, lr=lr, schedule=schedule, iterations=iterations))
 
 
 @pytest.mark.parametrize(
@@ -60,8 +53,8 @@ def test_resume_reproduces_uninterrupted_history(shared_tmp_path, kind):
     train(cfg, out=shared_tmp_path / "full", quiet=True, write_outputs=False)
     train(cfg, out=shared_tmp_path / "part", overrides=["run.iterations=3"], quiet=True, write_outputs=False)
     train(cfg, resume=shared_tmp_path / "part", quiet=True, write_outputs=False)
-    full = _columns(shared_tmp_path / "full" / "history.csv")
-    resumed = _columns(shared_tmp_path / "part" / "history.csv")
+    full = history_columns(shared_tmp_path / "full" / "history.csv")
+    resumed = history_columns(shared_tmp_path / "part" / "history.csv")
     assert list(resumed["epoch"]) == list(range(7))
     for key in full:
         np.testing.assert_array_equal(resumed[key], full[key], err_msg=key)
@@ -75,26 +68,13 @@ def test_resume_with_changed_config_is_refused(shared_tmp_path):
 
 
 def test_failure_keeps_last_good_checkpoint(shared_tmp_path, monkeypatch):
-    import femnpde.app.training as training
-
     cfg = _config(shared_tmp_path / "c.toml", iterations=10)
-    real_build = training.build_run
 
-    def failing_build(*args, **kwargs):
-        run = real_build(*args, **kwargs)
-        real = run.rf.value_and_gradient
-        calls = {"n": 0}
+    def flaky(n, run):
+        if n == 6:
+            raise SolverError("Newton did not converge (injected)")
 
-        def flaky(theta):
-            calls["n"] += 1
-            if calls["n"] == 6:
-                raise SolverError("Newton did not converge (injected)")
-            return real(theta)
-
-        run.rf.value_and_gradient = flaky
-        return run
-
-    monkeypatch.setattr(training, "build_run", failing_build)
+    before_evaluation(monkeypatch, flaky)
     with pytest.raises(SolverError, match="last good checkpoint"):
         train(cfg, out=shared_tmp_path / "run", quiet=True, write_outputs=False)
     from femnpde.io.output import load_checkpoint
@@ -127,10 +107,7 @@ def test_sweep_summary(shared_tmp_path):
     ],
 )
 def test_bad_configs_exit_2_with_specific_message(shared_tmp_path, capsys, body, needle):
-    path = shared_tmp_path / "bad.toml"
-    if MPI.COMM_WORLD.rank == 0:
-        path.write_text(body)
-    MPI.COMM_WORLD.Barrier()
+    path = write_on_root(shared_tmp_path / "bad.toml", body)
     code = main(["train", str(path), "--out", str(shared_tmp_path / "x"), "--quiet"])
     assert code == 2
     if MPI.COMM_WORLD.rank == 0:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import math
 import numbers
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -167,3 +168,14 @@ def _get(sec: Mapping[str, Any], key: str) -> Any:
     leaf = key.rsplit(".", 1)[1]
     return sec[leaf] if leaf in sec else default(key)
 
+
+#: The form of pde.residual and network.factory: ``module.path:function.path``.
+_RESIDUAL_SPEC = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def _reject_keys(sec: Mapping[str, Any], section: str, keys: Sequence[str], problem: str, fix: str) -> None:
+    """Raise for the first of ``keys`` given in ``sec`` (keys of another kind); ``fix`` may name ``{key}``."""
+    for k in keys:
+        if k in sec:
+            key = f"{section}.{k}"
+            raise _error(key, sec[k], problem, fix.format(key=key))

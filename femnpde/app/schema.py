@@ -8,7 +8,9 @@ values of every string key) and :data:`HELP` (what each key means).  The
 validator (:mod:`femnpde.app.validation`), the run builder
 (:mod:`femnpde.app.build`) and the reference printed by ``femnpde config
 --help`` / :func:`config_reference` all read these tables; nothing else
-holds a default.
+holds a default.  The few defaults a numerical constructor shares with a key
+(network width, beta, activation, seed; degree, theta; Newton tolerances)
+are read from :mod:`femnpde.defaults`, which the constructors read too.
 
 A few defaults are *dependent* (they follow from other keys; see
 :data:`DEPENDENT`): the box mesh corners, cells and cell type
@@ -42,6 +44,7 @@ from typing import Any
 
 import tomli_w
 
+from femnpde import defaults as D
 from femnpde.model.build import MODEL_KINDS
 from femnpde.model.mlp import INITIALISATIONS, OUTPUT_SCALES
 from femnpde.model.network import ACTIVATIONS
@@ -100,14 +103,19 @@ DEFAULTS: dict[str, Any] = {
         "preset": "heat",
         "gamma": 0.01,
         "epsilon": 0.32,
-        "degree": 1,
-        "source": "lagrange",
-        "source_degree": 1,
+        "degree": D.PDE_DEGREE,
+        "source": D.PDE_SOURCE,
+        "source_degree": D.PDE_DEGREE,
     },
-    "time": {"T": 1.0, "n_steps": 64, "theta": 1.0},
+    "time": {"T": 1.0, "n_steps": 64, "theta": D.TIME_THETA},
     "initial_condition": {"kind": "paper", "value": 0.0},
     "boundary": [{"where": "boundary", "value": 0.0, "time_function": "constant"}],
-    "network": {"neurons": 100, "beta": 2.0 / 3.0, "activation": "tanh", "seed": 42},
+    "network": {
+        "neurons": D.NETWORK_NEURONS,
+        "beta": D.NETWORK_BETA,
+        "activation": D.NETWORK_ACTIVATION,
+        "seed": D.NETWORK_SEED,
+    },
     "data": {"kind": "synthetic", "target": "difficult", "noise": 0.0, "noise_seed": 0},
     "loss": {"time_rule": "rectangle", "include_initial": True},
     "observation": {"kind": "field"},
@@ -143,7 +151,7 @@ DEFAULTS: dict[str, Any] = {
         "state_storage": "memory",
         "check_gradient": False,
     },
-    "solver": {"newton_rtol": 1e-11, "newton_atol": 1e-13, "newton_max_it": 25},
+    "solver": {"newton_rtol": D.NEWTON_RTOL, "newton_atol": D.NEWTON_ATOL, "newton_max_it": D.NEWTON_MAX_IT},
 }
 
 #: Defaults of keys that exist only for some kinds (``None``: required or optional without default).
@@ -167,11 +175,11 @@ OPTIONAL_DEFAULTS: dict[str, Any] = {
     "neumann.flux": 0.0,
     "network.kind": "shallow",
     "network.hidden": None,
-    "network.init": "glorot",
-    "network.output_scale": "none",
+    "network.init": D.MLP_INIT,
+    "network.output_scale": D.MLP_OUTPUT_SCALE,
     "network.factory": None,
     "network.options": None,
-    "network.outputs": 1,
+    "network.outputs": D.NETWORK_OUTPUTS,
 }
 
 #: Keys of [network] that only some kinds use (the shallow network uses neurons, beta, activation, seed).

@@ -33,6 +33,7 @@ import dolfinx.mesh
 import ufl
 from petsc4py import PETSc
 
+from femnpde import defaults as D
 from femnpde._mpi import tags_present
 from femnpde.fem.presets import PRESETS, Residual, allen_cahn, heat
 from femnpde.fem.quadrature import _with_quadrature_degree, pin_quadrature_degrees
@@ -187,12 +188,12 @@ class ParabolicProblem:
         mesh: dolfinx.mesh.Mesh,
         residual: Residual,
         *,
-        degree: int = 1,
+        degree: int = D.PDE_DEGREE,
         time: TimeGrid | None = None,
-        theta: float = 1.0,
+        theta: float = D.TIME_THETA,
         initial_condition: float | Callable[[np.ndarray], np.ndarray] | dolfinx.fem.Function = 0.0,
         dirichlet: Sequence[Dirichlet] = (),
-        source: str = "lagrange",
+        source: str = D.PDE_SOURCE,
         source_degree: int | None = None,
         n_sources: int = 1,
         constants: Mapping[str, float] | None = None,

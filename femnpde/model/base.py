@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Model", "as_points", "as_times"]
+__all__ = ["Model", "FlatModel", "as_points", "as_times"]
 
 
 def as_times(t: Any, name: str = "t") -> np.ndarray:
@@ -103,19 +103,6 @@ class Model(abc.ABC):
         """Set the parameters from a flat vector of length :attr:`n_params`."""
         self.params = theta
 
-    def _copy_into_params(self, value: np.ndarray) -> None:
-        """Copy ``value`` into the flat buffer ``self._params`` (shape checked) and drop ``self._cache``.
-
-        A helper for models that keep their parameters in one float64 buffer.
-        """
-        arr = np.asarray(value, dtype=np.float64)
-        if arr.shape != self._params.shape:
-            raise ValueError(
-                f"{type(self).__name__}: params must have shape ({self._params.size},), got shape {arr.shape}"
-            )
-        self._cache = None
-        np.copyto(self._params, arr)
-
     # -- evaluation -------------------------------------------------------------
 
     @abc.abstractmethod
@@ -180,3 +167,64 @@ class Model(abc.ABC):
     def _value_shape(self, lead: tuple[int, ...]) -> tuple[int, ...]:
         """Shape of values with leading shape ``lead``: ``lead`` or ``lead + (m,)``."""
         return lead if self.n_outputs == 1 else (*lead, self.n_outputs)
+
+
+class FlatModel(Model):
+    """A :class:`Model` whose parameters are one float64 buffer.
+
+    Subclasses set ``self._d`` (the spatial input dimension), ``self._m``
+    (the number of outputs), ``self._params`` (the flat buffer) and
+    ``self._cache`` (what :meth:`evaluate_grid` keeps for :meth:`vjp_grid`);
+    the description, parameter and cache members are implemented here once.
+    """
+
+    @property
+    def input_dim(self) -> int:
+        """Spatial dimension ``d`` of ``x`` (the model has ``d + 1`` inputs)."""
+        return self._d
+
+    @property
+    def n_outputs(self) -> int:
+        """Number of outputs ``m``."""
+        return self._m
+
+    @property
+    def n_params(self) -> int:
+        """Number of scalar parameters."""
+        return self._params.size
+
+    @property
+    def params(self) -> np.ndarray:
+        """The flat parameter buffer (assigning copies into it and drops the cache)."""
+        return self._params
+
+    @params.setter
+    def params(self, value: np.ndarray) -> None:
+        self._copy_into_params(value)
+
+    def clear_cache(self) -> None:
+        """Discard the cache ``self._cache`` of :meth:`evaluate_grid`."""
+        self._cache = None
+
+    def _inputs(self, t: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """Points ``(t_i, x_i)`` as rows of shape ``(n, d + 1)``."""
+        t = as_times(t)
+        x = as_points(x, self._d)
+        if x.shape[0] != t.size:
+            raise ValueError(
+                f"{type(self).__name__}: t and x must hold the same number of points, got {t.size} and {x.shape[0]}"
+            )
+        return np.column_stack([t, x])
+
+    def _copy_into_params(self, value: np.ndarray) -> None:
+        """Copy ``value`` into the flat buffer ``self._params`` (shape checked) and drop ``self._cache``.
+
+        A helper for models that keep their parameters in one float64 buffer.
+        """
+        arr = np.asarray(value, dtype=np.float64)
+        if arr.shape != self._params.shape:
+            raise ValueError(
+                f"{type(self).__name__}: params must have shape ({self._params.size},), got shape {arr.shape}"
+            )
+        self._cache = None
+        np.copyto(self._params, arr)

@@ -16,6 +16,7 @@ import importlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from femnpde import defaults as D
 from femnpde.model.base import Model
 
 __all__ = ["MODEL_KINDS", "build_model", "import_object"]
@@ -62,24 +63,24 @@ def build_model(ncfg: Mapping[str, Any], input_dim: int) -> Model:
         ModuleNotFoundError: ``kind = "jax"`` without JAX installed (names the extra ``femnpde[jax]``).
     """
     kind = ncfg.get("kind", "shallow")
-    m = int(ncfg.get("outputs", 1))
-    seed = ncfg.get("seed", 42)
+    m = int(ncfg.get("outputs", D.NETWORK_OUTPUTS))
+    seed = ncfg.get("seed", D.NETWORK_SEED)
     if kind == "shallow":
         from femnpde.model.network import ShallowNetwork
 
         if m != 1:
             raise ValueError(f"network.outputs = {m}: kind 'shallow' has one output; use kind 'mlp' or 'jax'")
         return ShallowNetwork(
-            ncfg.get("neurons", 100), input_dim, beta=ncfg.get("beta", 2 / 3),
-            activation=ncfg.get("activation", "tanh"), seed=seed,
+            ncfg.get("neurons", D.NETWORK_NEURONS), input_dim, beta=ncfg.get("beta", D.NETWORK_BETA),
+            activation=ncfg.get("activation", D.NETWORK_ACTIVATION), seed=seed,
         )
     if kind == "mlp":
         from femnpde.model.mlp import MLP
 
         return MLP(
-            input_dim, list(ncfg["hidden"]), n_outputs=m, activation=ncfg.get("activation", "tanh"),
-            init=ncfg.get("init", "glorot"), output_scale=ncfg.get("output_scale", "none"),
-            beta=ncfg.get("beta", 2 / 3), seed=seed,
+            input_dim, list(ncfg["hidden"]), n_outputs=m, activation=ncfg.get("activation", D.NETWORK_ACTIVATION),
+            init=ncfg.get("init", D.MLP_INIT), output_scale=ncfg.get("output_scale", D.MLP_OUTPUT_SCALE),
+            beta=ncfg.get("beta", D.NETWORK_BETA), seed=seed,
         )
     if kind == "jax":
         from femnpde.model.jax_model import JaxModel, import_jax

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from femnpde.model.base import Model, as_points, as_times
+from femnpde.model.base import FlatModel, as_points, as_times
 
 __all__ = ["JaxModel", "import_jax", "mlp_factory"]
 
@@ -105,7 +105,7 @@ def mlp_factory(
     return apply, params
 
 
-class JaxModel(Model):
+class JaxModel(FlatModel):
     """A user JAX function as a :class:`~femnpde.model.base.Model`.
 
     Args:
@@ -157,37 +157,7 @@ class JaxModel(Model):
                 f"expected {self._value_shape((2,))} for n_outputs = {self._m}"
             )
 
-    # -- description / parameters ----------------------------------------------
-
-    @property
-    def input_dim(self) -> int:
-        return self._d
-
-    @property
-    def n_outputs(self) -> int:
-        return self._m
-
-    @property
-    def n_params(self) -> int:
-        return self._params.size
-
-    @property
-    def params(self) -> np.ndarray:
-        """The flat float64 parameter vector (assigning copies into it and drops the cache)."""
-        return self._params
-
-    @params.setter
-    def params(self, value: np.ndarray) -> None:
-        self._copy_into_params(value)
-
-    # -- evaluation --------------------------------------------------------------
-
-    def _inputs(self, t: np.ndarray, x: np.ndarray) -> np.ndarray:
-        t = as_times(t)
-        x = as_points(x, self._d)
-        if x.shape[0] != t.size:
-            raise ValueError(f"JaxModel: t and x must hold the same number of points, got {t.size} and {x.shape[0]}")
-        return np.column_stack([t, x])
+    # -- evaluation (description, parameters, inputs: FlatModel) ---------------
 
     @staticmethod
     def _grid_inputs(t: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -232,9 +202,6 @@ class JaxModel(Model):
             raise ValueError(f"JaxModel.vjp_grid: r must have shape {self._value_shape((n_t, n_x))}, got {r.shape}")
         r = r.reshape(self._value_shape((n_t * n_x,))).astype(self._dtype)
         return np.asarray(self._apply_vjp(fn, r), dtype=np.float64)
-
-    def clear_cache(self) -> None:
-        self._cache = None
 
     # -- checkpoints -------------------------------------------------------------
 

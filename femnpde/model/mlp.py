@@ -36,9 +36,10 @@ from typing import Any
 
 import numpy as np
 
+from femnpde import defaults as D
 from femnpde.model._threads import default_threads, run_ranges
 from femnpde.model.activations import ACTIVATIONS, activate_inplace, derivative_from_output
-from femnpde.model.base import Model, as_points, as_times
+from femnpde.model.base import FlatModel, as_points, as_times
 
 __all__ = ["INITIALISATIONS", "MLP", "OUTPUT_SCALES"]
 
@@ -66,7 +67,7 @@ class _Cache:
     acts: list[np.ndarray] | None  # per hidden layer (n_t, n_x, n_l), or None: recompute
 
 
-class MLP(Model):
+class MLP(FlatModel):
     """A deep fully connected network ``g(t, x)`` with ``d + 1`` inputs and ``m`` outputs.
 
     Args:
@@ -90,12 +91,12 @@ class MLP(Model):
         self,
         input_dim: int,
         hidden: Sequence[int],
-        n_outputs: int = 1,
-        activation: str = "tanh",
-        init: str = "glorot",
-        output_scale: str = "none",
-        beta: float = 2 / 3,
-        seed: int | None = 42,
+        n_outputs: int = D.NETWORK_OUTPUTS,
+        activation: str = D.NETWORK_ACTIVATION,
+        init: str = D.MLP_INIT,
+        output_scale: str = D.MLP_OUTPUT_SCALE,
+        beta: float = D.NETWORK_BETA,
+        seed: int | None = D.NETWORK_SEED,
         *,
         max_cache_bytes: int = _DEFAULT_MAX_CACHE_BYTES,
         threads: int | None = None,
@@ -160,14 +161,6 @@ class MLP(Model):
     # -- description ------------------------------------------------------------
 
     @property
-    def input_dim(self) -> int:
-        return self._d
-
-    @property
-    def n_outputs(self) -> int:
-        return self._m
-
-    @property
     def hidden(self) -> list[int]:
         """The hidden widths."""
         return list(self._hidden)
@@ -183,22 +176,9 @@ class MLP(Model):
         return self._scale
 
     @property
-    def n_params(self) -> int:
-        return self._params.size
-
-    @property
     def threads(self) -> int:
         """Threads over blocks of the grid."""
         return self._threads
-
-    @property
-    def params(self) -> np.ndarray:
-        """The flat parameter buffer (assigning copies into it and drops the grid cache)."""
-        return self._params
-
-    @params.setter
-    def params(self, value: np.ndarray) -> None:
-        self._copy_into_params(value)
 
     @property
     def weights(self) -> list[np.ndarray]:
@@ -254,13 +234,6 @@ class MLP(Model):
         return max(1, _BLOCK_ELEMS // max(self._sizes[1:]))
 
     # -- pointwise ---------------------------------------------------------------
-
-    def _inputs(self, t: np.ndarray, x: np.ndarray) -> np.ndarray:
-        t = as_times(t)
-        x = as_points(x, self._d)
-        if x.shape[0] != t.size:
-            raise ValueError(f"MLP: t and x must hold the same number of points, got {t.size} and {x.shape[0]}")
-        return np.column_stack([t, x])
 
     def __call__(self, t: np.ndarray, x: np.ndarray) -> np.ndarray:
         X = self._inputs(t, x)
@@ -374,9 +347,6 @@ class MLP(Model):
         for p in parts[1:]:
             grad += p
         return grad
-
-    def clear_cache(self) -> None:
-        self._cache = None
 
     # -- checkpoints -------------------------------------------------------------
 

@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from femnpde import defaults as D
 from femnpde.model import _grid
 from femnpde.model._grid import ShallowGridMixin, _GridCache
 from femnpde.model._network_checks import (
@@ -124,9 +125,9 @@ class ShallowNetwork(ShallowGridMixin, Model):
         self,
         n_neurons: int,
         input_dim: int,
-        beta: float = 2 / 3,
-        activation: str = "tanh",
-        seed: int | None = 42,
+        beta: float = D.NETWORK_BETA,
+        activation: str = D.NETWORK_ACTIVATION,
+        seed: int | None = D.NETWORK_SEED,
         *,
         max_cache_bytes: int = _DEFAULT_MAX_CACHE_BYTES,
         threads: int | None = None,

@@ -11,17 +11,23 @@ manager once, from two per-observation primitives:
 
 and ``add_gradient(n, u_owned, out)`` adds ``∂J/∂u^n = w_n Δt Bᵀ W (B u^n − d^n)``.
 
-Implementations: :class:`L2Misfit` (``B`` = the identity on the solution
-space, ``W`` = the mass matrix of the domain or of a cell-tagged subdomain)
-and :class:`femnpde.obs.points.PointMisfit` (``B`` = point evaluation at
-sensors, ``W`` = the identity).
+One implementation, hIPPYlib's: :class:`QuadraticMisfit`, over an
+observation operator ``B`` and its inner product ``W``
+(:mod:`femnpde.obs.operators`) and the time weights
+(:mod:`femnpde.obs.weights`).  Its named constructors:
+:class:`L2Misfit` (:class:`~femnpde.obs.operators.FieldObservation`: ``B`` =
+the identity on the solution space, ``W`` = the mass matrix of the domain or
+of a cell-tagged subdomain) and :class:`femnpde.obs.points.PointMisfit`
+(:class:`~femnpde.obs.operators.PointObservation`: ``B`` = point evaluation
+at sensors, ``W`` = the identity).
 
 **Relative RMSE** (one definition): ``relative_rmse(J) = sqrt(J) / max_abs_data()``,
 the paper's 'relative RMSE' computed from the FEM loss.  ``max_abs_data()``
-is the normalisation ``max |d|`` of the observation kind: over *all* levels
-for a field/subdomain (the full-field data exist at every level, whether
-observed or not, as in the paper) and over the *observed* levels for sensors
-(unobserved sensor levels may hold no data, ``nan``).
+is the normalisation ``max |d|``, over the levels chosen by
+``QuadraticMisfit(normalise=...)``: over *all* levels for a field/subdomain
+(``"all"``: the full-field data exist at every level, whether observed or
+not, as in the paper) and over the *observed* levels for sensors
+(``"observed"``: unobserved sensor levels may hold no data, ``nan``).
 """
 
 from __future__ import annotations
@@ -30,16 +36,16 @@ from abc import ABC, abstractmethod
 from typing import Any, Self
 
 import numpy as np
-import dolfinx.fem
-import dolfinx.fem.petsc
-import ufl
 from mpi4py import MPI
 
-from femnpde._mpi import tags_present
 from femnpde.fem.problem import ParabolicProblem
+from femnpde.obs.operators import FieldObservation, ObservationOperator
 from femnpde.obs.weights import TIME_RULES, TimeWeights, time_weights
 
-__all__ = ["Misfit", "TIME_RULES", "TimeWeights", "time_weights", "L2Misfit"]
+__all__ = ["Misfit", "QuadraticMisfit", "NORMALISATIONS", "TIME_RULES", "TimeWeights", "time_weights", "L2Misfit"]
+
+#: The levels the relative-error normalisation ``max |d|`` runs over.
+NORMALISATIONS: tuple[str, ...] = ("all", "observed")
 
 
 class Misfit(ABC):
@@ -137,15 +143,106 @@ class Misfit(ABC):
         self.destroy()
 
 
-class L2Misfit(Misfit):
+class QuadraticMisfit(Misfit):
+    """``J = ½ Σ_n w_n Δt (B u^n − d^n)ᵀ W (B u^n − d^n)`` over an observation operator.
+
+    The data ``d^n`` are this rank's observations (:attr:`ObservationOperator.n_local`
+    of them) at every level; levels of weight 0 are never read (they may hold
+    ``nan``).  The misfit owns the operator (:meth:`destroy` destroys it).
+
+    Args:
+        problem: The PDE problem.
+        operator: The observation operator ``B`` and its inner product ``W``.
+        data: This rank's observations, shape ``(n_steps + 1, operator.n_local)``;
+            ``None`` to set them later with :meth:`set_local_data`.
+        weights: Time weights (default: every level, weight 1).
+        normalise: The levels of ``max |d|`` in the relative errors, one of
+            :data:`NORMALISATIONS` (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        problem: ParabolicProblem,
+        operator: ObservationOperator,
+        data: np.ndarray | None = None,
+        weights: TimeWeights | None = None,
+        normalise: str = "observed",
+    ) -> None:
+        self.operator = operator
+        try:
+            if normalise not in NORMALISATIONS:
+                raise ValueError(f"{type(self).__name__}: normalise={normalise!r} is not valid; use one of {NORMALISATIONS}")
+            self.problem = problem
+            self.comm = problem.comm
+            self.n_levels = problem.time.n_steps + 1
+            self.weights_spec = weights if weights is not None else TimeWeights()
+            self.w = time_weights(problem.time.n_steps, self.weights_spec) * problem.time.dt
+            self.normalise = normalise
+            self._data_local: np.ndarray | None = None
+            self._max_abs: float | None = None
+            if data is not None:
+                self.set_local_data(data)
+        except Exception:
+            operator.destroy()
+            raise
+
+    def set_local_data(self, data: np.ndarray) -> None:
+        """Set this rank's observations, shape ``(n_steps + 1, operator.n_local)`` (kept, not copied)."""
+        data = np.asarray(data, dtype=np.float64)
+        expected = (self.n_levels, self.operator.n_local)
+        if data.shape != expected:
+            raise ValueError(
+                f"{type(self).__name__}: local data have shape {data.shape}, expected (n_steps + 1, n_local) = {expected}"
+            )
+        self._data_local = data
+        self._max_abs = None
+
+    def destroy(self) -> None:
+        """Destroy the observation operator's PETSc objects (collective)."""
+        self.operator.destroy()
+
+    def _check_ready(self, what: str) -> None:
+        if self._data_local is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.{what}: no data set; pass data to the constructor or call set_data()"
+            )
+
+    def _residual(self, n: int, u_owned: np.ndarray) -> np.ndarray:
+        return self.operator.apply(u_owned) - self._data_local[n]
+
+    def _local_value(self, n: int, u_owned: np.ndarray) -> float:
+        r = self._residual(n, u_owned)
+        return float(np.dot(r, self.operator.weight(r)))
+
+    def add_gradient(self, n: int, u_owned: np.ndarray, out: np.ndarray) -> None:
+        """Add ``∂J/∂u^n = w_n Δt Bᵀ W (B u^n − d^n)`` to the owned entries ``out`` (collective)."""
+        if self.w[n] == 0.0:
+            return
+        self._check_ready("add_gradient")
+        r = self._residual(n, u_owned)
+        out += self.operator.apply_transpose(self.w[n] * self.operator.weight(r))
+
+    def max_abs_data(self) -> float:
+        """``max |d|`` over all or the observed levels and all ranks (collective the first time)."""
+        self._check_ready("max_abs_data")
+        if self._max_abs is None:
+            d = self._data_local if self.normalise == "all" else self._data_local[self.observed_levels]
+            local = float(np.max(np.abs(d), initial=0.0))
+            self._max_abs = self.comm.allreduce(local, op=MPI.MAX)
+        return self._max_abs
+
+
+class L2Misfit(QuadraticMisfit):
     """``J = ½ Σ_n w_n Δt ∫_Ω (u^n − h^n)² dx`` with data ``h^n`` in the solution space.
 
-    The integral is ``e^T M e`` with the mass matrix ``M`` of Ω (the whole
-    domain, or the cells tagged ``subdomain``), assembled once.
+    The quadratic misfit over a :class:`~femnpde.obs.operators.FieldObservation`:
+    the integral is ``e^T M e`` with the mass matrix ``M`` of Ω (the whole
+    domain, or the cells tagged ``subdomain``), assembled once.  The relative
+    errors are normalised by ``max |h|`` over all levels.
 
     Args:
         problem: The PDE problem (its solution space holds the data).
-        data: ``h^n`` on the owned dofs, shape ``(n_steps + 1, n_owned)``.
+        data: ``h^n`` on the owned dofs, shape ``(n_steps + 1, n_owned)`` (kept, not copied).
         weights: Time weights.
         subdomain: Optional ``(cell_tags, tag)`` restricting the loss to cells.
     """
@@ -157,8 +254,6 @@ class L2Misfit(Misfit):
         weights: TimeWeights | None = None,
         subdomain: tuple | None = None,
     ) -> None:
-        self.problem = problem
-        self.comm = problem.comm
         n_levels = problem.time.n_steps + 1
         data = np.asarray(data, dtype=np.float64)
         if data.shape != (n_levels, problem.n_owned):
@@ -166,52 +261,9 @@ class L2Misfit(Misfit):
                 f"L2Misfit: data has shape {data.shape}, expected (n_steps + 1, n_owned) = "
                 f"{(n_levels, problem.n_owned)}"
             )
-        self.data = data
-        self.weights_spec = weights if weights is not None else TimeWeights()
-        self.w = time_weights(problem.time.n_steps, self.weights_spec) * problem.time.dt
-        V = problem.V
-        u, v = ufl.TrialFunction(V), ufl.TestFunction(V)
-        if subdomain is None:
-            dx = ufl.dx
-        else:
-            tags, tag = subdomain
-            present = tags_present(tags, self.comm)
-            if int(tag) not in present:
-                raise ValueError(f"L2Misfit: cell tag {tag} not found in the mesh; tags present: {present}")
-            dx = ufl.Measure("dx", domain=problem.mesh, subdomain_data=tags)(int(tag))
-        self._M = dolfinx.fem.petsc.assemble_matrix(dolfinx.fem.form(u * v * dx))
-        self._M.assemble()
-        self._e, self._Me = self._M.createVecs()
-        self._max_abs = None
+        super().__init__(problem, FieldObservation(problem.V, subdomain, "L2Misfit"), data, weights, "all")
 
-    def destroy(self) -> None:
-        """Destroy the PETSc objects (collective)."""
-        for obj in (self._M, self._e, self._Me):
-            obj.destroy()
-
-    def _apply(self, n: int, u_owned: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        e = self._e.array_w
-        np.subtract(u_owned, self.data[n], out=e)
-        self._M.mult(self._e, self._Me)
-        return self._e.array_r, self._Me.array_r
-
-    def _residual(self, n: int, u_owned: np.ndarray) -> np.ndarray:
-        return u_owned - self.data[n]
-
-    def _local_value(self, n: int, u_owned: np.ndarray) -> float:
-        e, Me = self._apply(n, u_owned)
-        return float(np.dot(e, Me))
-
-    def add_gradient(self, n: int, u_owned: np.ndarray, out: np.ndarray) -> None:
-        """Add ``∂J/∂u^n = w_n Δt M (u^n − h^n)`` to the owned entries ``out``."""
-        if self.w[n] == 0.0:
-            return
-        _, Me = self._apply(n, u_owned)
-        out += self.w[n] * Me
-
-    def max_abs_data(self) -> float:
-        """``max |h|`` over all levels and ranks (the RMSE normalisation of a field)."""
-        if self._max_abs is None:
-            local = float(np.max(np.abs(self.data))) if self.data.size else 0.0
-            self._max_abs = self.comm.allreduce(local, op=MPI.MAX)
-        return self._max_abs
+    @property
+    def data(self) -> np.ndarray:
+        """``h^n`` on the owned dofs, shape ``(n_steps + 1, n_owned)``."""
+        return self._data_local

@@ -39,8 +39,8 @@ def _inject(phase: str, rank: str) -> None:
         wrap(build, "_build_mesh", ValueError("injected mesh error"))
     elif phase == "data":
         wrap(build, "_field_misfit", ValueError("injected data error"))
-    elif phase == "solver":  # the 1st forward solve is the synthetic data; fail in training epoch 1
-        wrap(ThetaSolver, "forward", SolverError("injected solver error"), after=2)
+    elif phase == "solver":  # the 1st forward solve is epoch 0 (synthetic data use forward_step); fail in epoch 1
+        wrap(ThetaSolver, "forward", SolverError("injected solver error"), after=1)
     elif phase == "outputs":
         wrap(training, "_write_outputs", OSError("injected output error"))
     elif phase != "none":

@@ -1,0 +1,52 @@
+"""Defaults shared by the numerical constructors and the configuration schema.
+
+The one home of a default that a constructor (``ShallowNetwork``, ``MLP``,
+``ParabolicProblem``, ``ThetaSolver``) and a configuration key
+(:data:`femnpde.app.schema.DEFAULTS`) both have: the schema builds its table
+from these names and the constructors use them as their keyword defaults,
+so the two cannot drift apart.  Every other default of a run lives in the
+schema only.  This module imports nothing (numerics <- app: both may read it).
+"""
+
+__all__ = [
+    "NETWORK_NEURONS",
+    "NETWORK_BETA",
+    "NETWORK_ACTIVATION",
+    "NETWORK_SEED",
+    "NETWORK_OUTPUTS",
+    "MLP_INIT",
+    "MLP_OUTPUT_SCALE",
+    "PDE_DEGREE",
+    "PDE_SOURCE",
+    "TIME_THETA",
+    "NEWTON_RTOL",
+    "NEWTON_ATOL",
+    "NEWTON_MAX_IT",
+]
+
+#: ``network.neurons``: the width of the shallow network.
+NETWORK_NEURONS: int = 100
+#: ``network.beta``: the mean-field scaling exponent of the output layer, ``N^-beta``.
+NETWORK_BETA: float = 2 / 3
+#: ``network.activation``.
+NETWORK_ACTIVATION: str = "tanh"
+#: ``network.seed``: the seed of the initial parameters.
+NETWORK_SEED: int = 42
+#: ``network.outputs``: the number of network outputs (source coefficients).
+NETWORK_OUTPUTS: int = 1
+#: ``network.init``: the MLP's initialisation.
+MLP_INIT: str = "glorot"
+#: ``network.output_scale``: the MLP's output scaling.
+MLP_OUTPUT_SCALE: str = "none"
+#: ``pde.degree``: the Lagrange degree of the solution space.
+PDE_DEGREE: int = 1
+#: ``pde.source``: the kind of source space.
+PDE_SOURCE: str = "lagrange"
+#: ``time.theta``: the theta of the time scheme (1 = implicit Euler).
+TIME_THETA: float = 1.0
+#: ``solver.newton_rtol``: the relative tolerance of the nonlinear solve.
+NEWTON_RTOL: float = 1e-11
+#: ``solver.newton_atol``: the absolute tolerance of the nonlinear solve.
+NEWTON_ATOL: float = 1e-13
+#: ``solver.newton_max_it``: the iteration limit of the nonlinear solve.
+NEWTON_MAX_IT: int = 25
