@@ -257,3 +257,71 @@ def test_symmetry_detection(name, symmetric):
     solver = ThetaSolver(problem, f"sym_{name}_")
     assert solver._step.symmetric is symmetric
     solver.destroy()
+
+
+@pytest.mark.parametrize("name", FAST_CASES)
+def test_csr_jacobian_equals_the_petsc_assembly(name):
+    """One rank: the step Jacobian through DOLFINx's CSR assembly (fem/csr_jacobian.py) is bitwise the
+    PETSc-assembled one (∂N/∂u inserted cell by cell, Dirichlet rows and columns zeroed); under MPI the
+    PETSc path is used."""
+    problem = build_problem(name)
+    solver = ThetaSolver(problem, f"csr_{name}_")
+    step = solver._step
+    if problem.comm.size > 1:
+        assert step._csr_jac is None
+        solver.destroy()
+        return
+    assert step._csr_jac is not None  # the fast path is taken on one rank
+    _random_state(problem)
+    step._jacobian_into(step._J)
+    fast = step._J.getValuesCSR()
+    csr, step._csr_jac = step._csr_jac, None
+    M = step._A_bc.duplicate(copy=True)
+    step._jacobian_into(M)
+    step._csr_jac = csr
+    ref = M.getValuesCSR()
+    assert all(np.array_equal(a, b) for a, b in zip(fast, ref))
+    assert np.abs(ref[2]).max() > 0
+    M.destroy()
+    solver.destroy()
+
+
+def test_small_systems_on_several_ranks_use_a_redundant_lu():
+    from femnpde.fem.linear_defaults import default_linear_solver_options
+
+    assert default_linear_solver_options(1, 861, 2)["pc_type"] == "lu"
+    two = default_linear_solver_options(2, 13_041, 2)
+    assert two["pc_type"] == "redundant" and two["redundant_pc_type"] == "lu"
+    assert two["redundant_pc_factor_mat_solver_type"] == "petsc"
+    assert default_linear_solver_options(2, 4_000, 3)["pc_type"] == "redundant"
+    assert default_linear_solver_options(2, 20_000, 3)["pc_type"] == "lu"  # MUMPS (or SuperLU_dist) in 3D
+    assert default_linear_solver_options(2, 200_000, 2)["pc_type"] == "lu"
+
+
+def test_csr_jacobian_of_a_boundary_nonlinearity():
+    """A nonlinear term on the boundary only: ∂N/∂u has a smaller pattern than the Jacobian (the position
+    map of fem/csr_jacobian.py); the step Jacobian still equals the full assembly."""
+    import dolfinx.mesh
+    from femnpde.fem.problem import Dirichlet, ParabolicProblem, TimeGrid
+
+    mesh = dolfinx.mesh.create_unit_square(MPI.COMM_WORLD, 5, 5)
+
+    def residual(u, v, g, t, x):
+        return 0.1 * ufl.inner(ufl.grad(u), ufl.grad(v)) * ufl.dx + u**3 * v * ufl.ds - g * v * ufl.dx
+
+    problem = ParabolicProblem(mesh, residual, time=TimeGrid(0.5, 4), initial_condition=lambda x: x[0],
+                               dirichlet=[Dirichlet(lambda x: np.isclose(x[1], 0.0), 0.0)])
+    solver = ThetaSolver(problem, "csr_boundary_")
+    step = solver._step
+    if problem.comm.size == 1:
+        assert step._csr_jac is not None and step._csr_jac._pos is not None
+    _random_state(problem)
+    step._jacobian_into(step._J)
+    A = dolfinx.fem.petsc.assemble_matrix(problem.forms.jacobian, bcs=problem.bcs)
+    A.assemble()
+    D = step._J.copy()
+    D.axpy(-1.0, A)
+    assert D.norm() <= 1e-14 * A.norm()
+    for obj in (A, D):
+        obj.destroy()
+    solver.destroy()

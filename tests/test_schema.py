@@ -113,9 +113,8 @@ def test_shared_defaults_have_one_home():
         D.PDE_DEGREE, D.TIME_THETA, D.PDE_SOURCE)
     solver = pytest.importorskip("femnpde.fem.solver")
     params = inspect.signature(solver.ThetaSolver.__init__).parameters
-    # fem/solver.py (the nonlinear developer's) still spells these literally; equal values are checked.
     for key, value in (("newton_rtol", D.NEWTON_RTOL), ("newton_atol", D.NEWTON_ATOL), ("newton_max_it", D.NEWTON_MAX_IT)):
-        assert params[key].default == value, key
+        assert params[key].default is value, key
 
 
 def test_every_key_is_documented_and_has_a_default_or_a_rule():

@@ -8,6 +8,8 @@ symmetric and constant:
 case                                    default
 ======================================  =====================================================
 serial, <= 50 000 unknowns (3D: 5 000)  LU, PETSc's own (nested dissection): lowest latency
+the same sizes on several ranks         the same LU on every rank (``pc_type redundant``): a
+                                        distributed solver's per-solve latency dominates there
 2D <= 1 000 000, 3D <= 50 000          LU with MUMPS (else SuperLU_dist): one factorisation
                                         reused by every step when the Jacobian is constant
 3D > 50 000, 2D > 1 000 000            Krylov + algebraic multigrid: CG (symmetric) or GMRES,
@@ -88,9 +90,14 @@ def default_linear_solver_options(
     Returns:
         PETSc options without prefix.
     """
-    if comm_size == 1 and n_dofs <= DIRECT_SERIAL_SMALL and (gdim <= 2 or n_dofs <= DIRECT_SERIAL_SMALL_3D):
-        return {"ksp_type": "preonly", "pc_type": "lu", "pc_factor_mat_solver_type": "petsc",
-                "pc_factor_mat_ordering_type": "nd"}
+    if n_dofs <= DIRECT_SERIAL_SMALL and (gdim <= 2 or n_dofs <= DIRECT_SERIAL_SMALL_3D):
+        lu = {"pc_type": "lu", "pc_factor_mat_solver_type": "petsc", "pc_factor_mat_ordering_type": "nd"}
+        if comm_size == 1:
+            return {"ksp_type": "preonly", **lu}
+        # Small systems on several ranks: each rank factorises and solves the whole system
+        # (measured on 2 ranks against MUMPS, paper rectangle, 64 steps: heat loss+grad 8.9x
+        # faster at 861 dofs, 1.7x at 13 041; Allen-Cahn 2.7x and 1.6x).
+        return {"ksp_type": "preonly", "pc_type": "redundant", **{f"redundant_{k}": v for k, v in lu.items()}}
     if (gdim <= 2 and n_dofs <= DIRECT_2D_MAX) or n_dofs <= DIRECT_SERIAL_SMALL:
         opts = {"ksp_type": "preonly", "pc_type": "lu"}
         if PETSc.Sys.hasExternalPackage("mumps"):

@@ -35,8 +35,12 @@ from petsc4py import PETSc
 
 from femnpde.fem import forms as _forms
 from femnpde.fem.chord import AcceleratedChord
+from femnpde.fem.csr_jacobian import make_csr_jacobian
 
 __all__ = ["NonlinearStep", "StepStatistics", "options_with_defaults", "snes_reason", "ksp_reason"]
+
+#: C compiler flags of the nonlinear step's kernels (unless the problem's jit_options set their own).
+_FAST_KERNEL_FLAGS = ("-O3", "-g0")
 
 _SNES_REASONS = {getattr(PETSc.SNES.ConvergedReason, k): k for k in dir(PETSc.SNES.ConvergedReason) if k.isupper()}
 _KSP_REASONS = {getattr(PETSc.KSP.ConvergedReason, k): k for k in dir(PETSc.KSP.ConvergedReason) if k.isupper()}
@@ -143,7 +147,13 @@ class NonlinearStep:
         state = {p.u, p.u_prev, p.g, p.g_prev}
         split = _forms.split_residual(p.F_ufl, p.u, state, {p.t, p.t_prev})
         self.split = split
-        compile_ = _forms.compile_form
+        # The pieces assembled per iteration are compiled with -O3 (measured 20-30 % faster
+        # than DOLFINx's default -O2 for the Allen-Cahn remainder, bitwise equal results on x86-64).
+        jit = {"cffi_extra_compile_args": list(_FAST_KERNEL_FLAGS), **(p.jit_options or {})}
+
+        def compile_(form):
+            return _forms.compile_form(form, p.form_compiler_options, jit)
+
         coeffs = {"u": p.u, "u_prev": p.u_prev, "g": p.g, "g_prev": p.g_prev}
 
         # Matrices of the linear part (no boundary conditions), assembled once.
@@ -173,8 +183,12 @@ class NonlinearStep:
         # them), the lagged Newton matrix P and the adjoint's exact Jacobian,
         # all on the sparsity of the full Jacobian.
         self._A_bc = dolfinx.fem.petsc.create_matrix(p.forms.jacobian)
-        if self._nl_jac is not None:  # the pattern must hold the remainder's entries too
-            form = self._nl_jac
+        if self._nl_jac is not None:
+            # The first final assembly fixes the stored pattern to the entries inserted (MPIAIJ drops
+            # the others): insert every entry of the full Jacobian, which holds the linear part's and
+            # the remainder's (the remainder alone missed the linear part's entries under MPI when it
+            # lives on fewer cells or facets, e.g. a nonlinear boundary term).
+            form = p.forms.jacobian
             _cpp.fem.petsc.assemble_matrix(self._A_bc, form._cpp_object, pack_constants(form),
                                            pack_coefficients(form), self._bcs_cpp)
             self._A_bc.assemble()
@@ -185,10 +199,16 @@ class NonlinearStep:
         else:
             _cpp.fem.petsc.insert_diagonal(self._A_bc, p.V._cpp_object, self._bcs_cpp, 1.0)
         self._A_bc.assemble()
-        self._P = self._A_bc.duplicate(copy=True)
-        self._P.setOptionsPrefix(f"{prefix}forward_")
-        self._J = self._A_bc.duplicate(copy=True)
-        self._J.setOptionsPrefix(f"{prefix}adjoint_")
+        # One rank: ∂N/∂u through DOLFINx's CSR assembly into matrices sharing their values with numpy.
+        self._csr_jac = make_csr_jacobian(self._A_bc, self._nl_jac, self._bc_owned, comm)
+        if self._csr_jac is not None:
+            self._P = self._csr_jac.create_matrix(f"{prefix}forward_")
+            self._J = self._csr_jac.create_matrix(f"{prefix}adjoint_")
+        else:
+            self._P = self._A_bc.duplicate(copy=True)
+            self._P.setOptionsPrefix(f"{prefix}forward_")
+            self._J = self._A_bc.duplicate(copy=True)
+            self._J.setOptionsPrefix(f"{prefix}adjoint_")
         self._N = self._A_bc.duplicate(copy=False)  # ∂N/∂u without boundary conditions
         self._bc_rows = (self._bc_owned + self._A_bc.getOwnershipRange()[0]).astype(PETSc.IntType)
         self._P_valid = False
@@ -271,8 +291,12 @@ class NonlinearStep:
 
         ∂N/∂u is assembled without boundary conditions (faster than DOLFINx's
         per-entry Dirichlet skipping) and its Dirichlet rows and columns are
-        zeroed afterwards.
+        zeroed afterwards; on one rank through DOLFINx's CSR assembly
+        (:mod:`femnpde.fem.csr_jacobian`, the same values).
         """
+        if self._csr_jac is not None:
+            self._csr_jac.assemble_into(M)
+            return
         self._A_bc.copy(M, structure=PETSc.Mat.Structure.SAME_NONZERO_PATTERN)
         if self._nl_jac is not None:
             form, Nm = self._nl_jac, self._N
@@ -456,6 +480,9 @@ class NonlinearStep:
 
     def destroy(self) -> None:
         """Destroy the PETSc objects (collective)."""
+        if self._csr_jac is not None:
+            self._csr_jac.forget(self._P)
+            self._csr_jac.forget(self._J)
         objs = [self._snes, self._ksp_adj, self._A_bc, self._P, self._J, self._N, self._b, self._c, self._d, self._x, self._x0, self._f0]
         objs += list(self._blocks.values())
         for obj in objs:

@@ -280,6 +280,9 @@ class ParabolicProblem:
         # One quadrature rule per integral for F and all its derivatives.
         F = pin_quadrature_degrees(F)
         self.F_ufl = F
+        #: The compiler options of the forms (the nonlinear step compiles its pieces with them).
+        self.form_compiler_options = form_compiler_options
+        self.jit_options = jit_options
         self._forms = self._compile(F, form_compiler_options, jit_options)
 
         # Initial condition.

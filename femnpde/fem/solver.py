@@ -1,21 +1,16 @@
 """Forward and adjoint theta-scheme sweeps on DOLFINx assemblers.
 
 :class:`ThetaSolver` owns the PETSc objects of the time stepping (Jacobian
-matrices, work vectors, the forward and adjoint KSPs) and runs
-
-* the forward sweep: when the Jacobian depends on neither the state, the
-  source nor the time (the residual is affine in ``u^n``: heat), one linear
-  solve per step with a matrix assembled and factorised once and reused
-  across steps, sweeps and training iterations; otherwise one PETSc SNES
-  solve per step (:class:`~femnpde.fem.newton.NonlinearStep`: constant
-  matrices for the linear part of the residual, only the nonlinear remainder
-  assembled per iteration, a lagged Jacobian factorised rarely);
-* the adjoint sweep, backwards in time: one solve per step with the transpose
-  of the step Jacobian at the stored state, the coupling to the next step
-  from ``(∂F^{n+1}/∂u^n)^T λ^{n+1}``, and the source sensitivities
-  ``(∂F^n/∂g^n)^T λ^n + (∂F^{n+1}/∂g^n)^T λ^{n+1}`` on the source space.
-
-Everything is derived from the UFL residual in :class:`~femnpde.fem.problem.ParabolicProblem`.
+matrices, work vectors, the forward and adjoint KSPs) and runs the forward
+sweep: when the Jacobian depends on neither the state, the source nor the
+time (the residual is affine in ``u^n``: heat), one linear solve per step
+with a matrix assembled and factorised once and reused across steps, sweeps
+and training iterations; otherwise one PETSc SNES solve per step
+(:class:`~femnpde.fem.newton.NonlinearStep`: constant matrices for the linear
+part of the residual, only the nonlinear remainder assembled per iteration, a
+lagged Jacobian factorised rarely).  The adjoint sweep is
+:func:`femnpde.fem.adjoint.adjoint_sweep`.  Everything is derived from the
+UFL residual in :class:`~femnpde.fem.problem.ParabolicProblem`.
 """
 
 from __future__ import annotations
@@ -27,12 +22,13 @@ import dolfinx.fem
 import dolfinx.fem.petsc
 from petsc4py import PETSc
 
+from femnpde import defaults as D
 from femnpde.fem.linear_defaults import (
     check_adjoint_capable,
     default_linear_solver_options,
-    is_symmetric,
     uses_krylov,
 )
+from femnpde.fem.adjoint import adjoint_sweep, probe_symmetry
 from femnpde.fem.newton import NonlinearStep, ksp_reason, options_with_defaults
 from femnpde.fem.problem import ParabolicProblem
 from femnpde.fem.storage import MemoryStorage, StateStorage, make_state_storage
@@ -108,9 +104,9 @@ class ThetaSolver:
         petsc_options_prefix: str,
         petsc_options: dict[str, str] | None = None,
         *,
-        newton_rtol: float = 1e-11,
-        newton_atol: float = 1e-13,
-        newton_max_it: int = 25,
+        newton_rtol: float = D.NEWTON_RTOL,
+        newton_atol: float = D.NEWTON_ATOL,
+        newton_max_it: int = D.NEWTON_MAX_IT,
         fast_affine: bool = True,
         jacobian_refresh_ratio: float = 0.03,
         state_storage: str | dict = "memory",
@@ -124,7 +120,7 @@ class ThetaSolver:
         imap = problem.V.dofmap.index_map
         #: Whether the step Jacobian is symmetric: the adjoint then solves
         #: with the untransposed operator (any preconditioner works).
-        self.symmetric = self._probe_symmetry()
+        self.symmetric = probe_symmetry(problem)
         options = (
             default_linear_solver_options(comm.size, imap.size_global, problem.mesh.geometry.dim, self.symmetric)
             if petsc_options is None
@@ -198,31 +194,6 @@ class ThetaSolver:
         self._lin = None
         if forms.linear is not None and fast_affine:
             self._setup_linear()
-
-    def _probe_symmetry(self) -> bool:
-        """Assemble the step Jacobian once at a random state and test its symmetry (collective).
-
-        A random state (not u^0, where e.g. a convection term may vanish)
-        exposes any non-symmetric dependence on the coefficients; the
-        coefficients are restored.
-        """
-        p = self.problem
-        fs = (p.u, p.u_prev, p.g, p.g_prev)
-        saved = [f.x.array.copy() for f in fs]
-        rng = np.random.default_rng(1234 + p.comm.rank)
-        for f in fs:
-            f.x.array[:] = rng.uniform(-1.0, 1.0, f.x.array.size)
-            f.x.scatter_forward()
-        t_saved = (p.t.value.copy(), p.t_prev.value.copy())
-        p.t.value, p.t_prev.value = float(p.time.times[1]), float(p.time.times[0])
-        A = dolfinx.fem.petsc.assemble_matrix(p.forms.jacobian, bcs=p.bcs)
-        A.assemble()
-        symmetric = is_symmetric(A)
-        A.destroy()
-        for f, a in zip(fs, saved):
-            f.x.array[:] = a
-        p.t.value, p.t_prev.value = t_saved
-        return symmetric
 
     def _setup_linear(self) -> None:
         """Assemble A0 (no BCs) and f0 = F(0) once: F(u) = A0 u + Σ blocks · coefficients + f0."""
@@ -531,83 +502,4 @@ class ThetaSolver:
             shape ``(n_steps + 1, n_owned_source)``: the sensitivity of the
             discrete loss to the source values the network provides.
         """
-        p = self.problem
-        forms = p.forms
-        n_owned = p.n_owned
-        ng = p.n_owned_source
-        N = self.n_levels - 1
-        R = np.zeros((self.n_levels, ng))
-        if keep_adjoint:
-            if self.adjoints is None:
-                self.adjoints = MemoryStorage(self.n_levels, self._n_local)
-            self.adjoints.store(0, np.zeros(self._n_local))
-        rhs, c, r = self._rhs, self._c, self._r
-        lam_vec = p.lam.x.petsc_vec
-        if self._adjoint_warm:
-            lam_vec.zeroEntries()  # the warm start must not depend on the previous sweep
-        step = self._step
-        have_c = False
-        const_forms = forms.constant_adjoints or {}
-        unknown = [name for name in constants if name not in p.constants]
-        if unknown:
-            raise KeyError(f"ThetaSolver.adjoint: {unknown} are not constants of the problem; "
-                           f"constants: {sorted(p.constants)}")
-        dc = np.zeros(len(constants))
-        for n in range(N, 0, -1):
-            # u^{n-1} first: a checkpointing storage may recompute both levels then.
-            u_prev = self.states.load(n - 1)
-            u_n = self.states.load(n)
-            self._set_step(n, source, u_n, u_prev)
-            if step is None and not self._A_current:
-                self._assemble_A(self._A)
-                self._ksp.setOperators(self._A)
-                self._A_current = True
-            rhs_arr = rhs.array_w
-            rhs_arr[:] = 0.0
-            misfit_gradient(n, u_n[:n_owned], rhs_arr)
-            if have_c:
-                rhs_arr += c.array_r
-            rhs_arr *= -1.0
-            rhs_arr[self._bc_owned] = 0.0
-            if step is None:
-                self._solve(self._ksp_adj, rhs, lam_vec, n, transpose=not self.symmetric)
-            else:
-                step.adjoint_solve(rhs, lam_vec, n, self._times[n])
-            p.lam.x.scatter_forward()
-            if keep_adjoint:
-                self.adjoints.store(n, p.lam.x.array)
-            if constants:
-                if self._lin is not None:  # the mat-vec path skipped what assembly reads
-                    self._sync_coefficients(n)
-                for k, name in enumerate(constants):
-                    if name in const_forms:
-                        dc[k] += dolfinx.fem.assemble_scalar(const_forms[name])
-            # Coupling to the previous step, (∂F^n/∂u^{n-1})^T λ^n, for step n-1.
-            if step is not None:
-                have_c = n > 1 and step.coupling("u_prev", lam_vec, c)
-            elif n > 1 and forms.adj_prev is not None:
-                have_c = True
-                if "u_prev" in self._blocks:
-                    self._blocks["u_prev"].multTranspose(lam_vec, c)
-                else:
-                    self._assemble_action(c, forms.adj_prev)
-            # Source sensitivities (∂F^n/∂g^n)^T λ^n and (∂F^n/∂g^{n-1})^T λ^n.
-            for name, form, level in (("g", forms.adj_g, n), ("g_prev", forms.adj_gprev, n - 1)):
-                if step is not None:
-                    if step.coupling(name, lam_vec, r):
-                        R[level] += r.array_r[:ng]
-                    continue
-                if form is None:
-                    continue
-                if name in self._blocks:
-                    self._blocks[name].multTranspose(lam_vec, r)
-                else:
-                    self._assemble_action(r, form)
-                R[level] += r.array_r[:ng]
-        if constants:
-            total = np.empty_like(dc)
-            p.comm.Allreduce(dc, total)
-            self.constant_gradient = dict(zip(constants, total.tolist()))
-        if self._lin is not None:
-            self._sync_coefficients(1)
-        return R
+        return adjoint_sweep(self, source, misfit_gradient, keep_adjoint, constants)
