@@ -28,6 +28,8 @@ DEMOS = {
     "box_cavity_3d.toml": ["run.iterations=8", "time.n_steps=6"],
     "box_cavity_3d_fine.toml": ["run.iterations=6", "time.n_steps=6", "mesh.refine=1", "network.neurons=10"],
     "gamma_recovery.toml": ["run.iterations=300", "mesh.cells=[6, 12]", "time.n_steps=16"],
+    "width_annulus_heat.toml": ["run.iterations=8", "time.n_steps=8", "network.neurons=10"],
+    "width_box_heat.toml": ["run.iterations=8", "time.n_steps=8", "network.neurons=10"],
 }
 
 

@@ -7,7 +7,8 @@ from mpi4py import MPI
 from femnpde.app.cli import main
 from femnpde.io.output import History
 from femnpde.fem.solver import SolverError
-from femnpde.app.training import forward, sweep, train
+from femnpde.app.sweep import sweep
+from femnpde.app.training import forward, train
 from conftest import before_evaluation, history_columns, write_on_root
 
 SMALL = """

@@ -171,9 +171,11 @@ def _cmd_forward(args: argparse.Namespace) -> int:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     widths = _parse_widths(args.N)
-    from femnpde.app.training import sweep
+    seeds = _parse_seeds(args.seeds) if args.seeds is not None else None
+    from femnpde.app.sweep import sweep
 
-    sweep(args.config, widths, out=args.out, overrides=args.set, quiet=args.quiet, overwrite=args.overwrite)
+    sweep(args.config, widths, out=args.out, overrides=args.set, quiet=args.quiet, overwrite=args.overwrite,
+          seeds=seeds, write_outputs=not args.no_outputs)
     return 0
 
 
@@ -185,6 +187,16 @@ def _parse_widths(text: str) -> list[int]:
     if not widths or min(widths) < 1:
         raise ValueError(f"--N {text!r} is not valid; give positive neuron counts, e.g. --N 10,100,500")
     return widths
+
+
+def _parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds {text!r} is not valid; give comma-separated integers >= 0, e.g. --seeds 0,1,2") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds {text!r} is not valid; give distinct integers >= 0, e.g. --seeds 0,1,2")
+    return seeds
 
 
 def _single_threaded_blas_under_mpi() -> None:
@@ -297,11 +309,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=_cmd_forward)
 
-    p = sub.add_parser("sweep", help="the paper's width study: one training run per N")
+    p = sub.add_parser(
+        "sweep",
+        help="the paper's width study: one training run per N (and seed); re-running resumes",
+        description="One training run per N (and seed) in OUT/N<N>[-seed<s>]. Re-run with the same arguments, "
+        "a sweep skips finished runs, resumes unfinished ones from their checkpoints and extends finished runs "
+        "to a larger run.iterations; a run of another configuration is an error (exit 2) unless --overwrite.",
+    )
     p.add_argument("config")
     p.add_argument("--N", required=True, help="comma-separated neuron counts, e.g. 10,100,500")
+    p.add_argument("--seeds", help="comma-separated network seeds, one run per (N, seed), e.g. 0,1,2,3,4")
     p.add_argument("--out", help="output directory (default runs/<config name>-sweep)")
-    p.add_argument("--overwrite", action="store_true", help="replace the runs held in the output directory")
+    p.add_argument("--overwrite", action="store_true", help="replace runs of another configuration held in OUT")
+    p.add_argument("--no-outputs", action="store_true", help="write no fields or plots of the runs")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_sweep)

@@ -1,4 +1,4 @@
-"""Training runs: ``femnpde train``, ``femnpde forward`` and ``femnpde sweep``.
+"""Training runs: ``femnpde train`` and ``femnpde forward`` (``femnpde sweep`` is :mod:`femnpde.app.sweep`).
 
 A run directory holds
 
@@ -41,9 +41,9 @@ from femnpde.io.fielddata import write_field_data
 from femnpde.io.fields import write_fields
 from femnpde.io.files import RunDirectory
 from femnpde.io.history import History
-from femnpde.io.plots import plot_comparison, plot_history, plot_width_study
+from femnpde.io.plots import plot_comparison, plot_history
 
-__all__ = ["train", "forward", "sweep", "TrainResult"]
+__all__ = ["train", "forward", "TrainResult"]
 
 RMSE_NOTE = (
     "relative_rmse = sqrt(J)/max|h| with J = 1/2 sum_n w_n dt ||u^n - h^n||^2_L2 (the FEM loss; "
@@ -105,6 +105,30 @@ def _config_fingerprint(cfg: dict) -> str:
     return dump_config(cfg)
 
 
+def config_differences(given: dict, saved: dict, given_name: str = "given") -> list[str]:
+    """The keys in which two resolved configurations differ, except the iteration budget.
+
+    ``optimizer.schedule.T_max`` defaults to the iteration budget, so it is
+    not compared either.  Each entry reads ``key: run has X, <given_name> Y``.
+    """
+    a, b = copy.deepcopy(given), copy.deepcopy(saved)
+    for d in (a, b):
+        d["run"].pop("iterations", None)
+        d.get("optimizer", {}).get("schedule", {}).pop("T_max", None)
+    diffs: list[str] = []
+
+    def walk(x: dict, y: dict, prefix: str = "") -> None:
+        for key in sorted(set(x) | set(y)):
+            path = f"{prefix}{key}"
+            if isinstance(x.get(key), dict) and isinstance(y.get(key), dict):
+                walk(x[key], y[key], path + ".")
+            elif x.get(key) != y.get(key):
+                diffs.append(f"{path}: run has {y.get(key)!r}, {given_name} {x.get(key)!r}")
+
+    walk(a, b)
+    return diffs
+
+
 def _check_resume_config(cfg: dict, saved: dict, run_dir: pathlib.Path, source: str = "config.toml") -> None:
     """The config of a resumed run must equal the saved one, except the iteration budget.
 
@@ -112,23 +136,8 @@ def _check_resume_config(cfg: dict, saved: dict, run_dir: pathlib.Path, source: 
     compared either; the resumed schedule keeps the run's own (its state is in
     the checkpoint).
     """
-    a = copy.deepcopy(cfg)
-    b = copy.deepcopy(saved)
-    for d in (a, b):
-        d["run"].pop("iterations", None)
-        d.get("optimizer", {}).get("schedule", {}).pop("T_max", None)
-    if a != b:
-        diffs = []
-
-        def walk(x, y, prefix=""):
-            for key in sorted(set(x) | set(y)):
-                path = f"{prefix}{key}"
-                if isinstance(x.get(key), dict) and isinstance(y.get(key), dict):
-                    walk(x[key], y[key], path + ".")
-                elif x.get(key) != y.get(key):
-                    diffs.append(f"{path}: run has {y.get(key)!r}, given {x.get(key)!r}")
-
-        walk(a, b)
+    diffs = config_differences(cfg, saved)
+    if diffs:
         raise ValueError(
             f"--resume {run_dir}: the configuration differs from the run's {source} "
             f"(only run.iterations may change): " + "; ".join(diffs)
@@ -385,45 +394,3 @@ def forward(
     rank0_print(comm, f"femnpde forward: loss {J:.6e}, relative RMSE {rmse:.6e}; fields in {out}")
     comm.Barrier()
     return {"loss": J, "relative_rmse": rmse, "out": str(out)}
-
-
-def sweep(
-    config: str | pathlib.Path,
-    widths: Sequence[int],
-    out: str | pathlib.Path | None = None,
-    overrides: Sequence[str] = (),
-    quiet: bool = False,
-    comm: MPI.Comm = MPI.COMM_WORLD,
-    overwrite: bool = False,
-) -> list[dict]:
-    """The width study: one training run per N; a summary table and a plot of relative RMSE vs N."""
-    out = _resolve_out(config, out, "-sweep")
-    rundir = RunDirectory(out, comm)
-    rows = []
-    for N in widths:
-        res = train(config, out=out / f"N{N}", overrides=[*overrides, f"network.neurons={N}"], quiet=quiet, comm=comm,
-                    overwrite=overwrite)
-        rows.append({"N": N, **{k: res[k] for k in ("epochs", "final_rmse", "best_rmse", "final_loss", "wall_time")}})
-    lines = ["N,epochs,final_relative_rmse,best_relative_rmse,final_loss,wall_time_s"]
-    lines += [
-        f"{r['N']},{r['epochs']},{r['final_rmse']:.6e},{r['best_rmse']:.6e},{r['final_loss']:.6e},{r['wall_time']:.2f}"
-        for r in rows
-    ]
-    rundir.write_text("summary.csv", "\n".join(lines) + "\n")
-    table = ["| N | epochs | final rel. RMSE | best rel. RMSE | wall time [s] |", "|---|---|---|---|---|"]
-    table += [
-        f"| {r['N']} | {r['epochs']} | {r['final_rmse']:.4g} | {r['best_rmse']:.4g} | {r['wall_time']:.1f} |" for r in rows
-    ]
-    rundir.write_text("summary.md", "\n".join(table) + "\n")
-    plot_width_study(
-        [r["N"] for r in rows],
-        {"final": [r["final_rmse"] for r in rows], "best": [r["best_rmse"] for r in rows]},
-        out / "rmse_vs_N.png",
-        comm,
-        title=f"width study: {pathlib.Path(config).stem}",
-    )
-    if not quiet:
-        rank0_print(comm, "\n".join(table))
-    comm.Barrier()
-    return rows
-

@@ -1,0 +1,58 @@
+"""bench/reproduce_paper.py: the width study's sweeps, JSON and generated README block (tiny budgets)."""
+
+import importlib.util
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from femnpde.io.history import History
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.serial
+
+
+@pytest.fixture
+def study(monkeypatch):
+    spec = importlib.util.spec_from_file_location("reproduce_paper", ROOT / "bench" / "reproduce_paper.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "MARKS", (2, 3))
+    monkeypatch.setattr(module, "REFERENCE", {"heat": {2: {0: 0.5, 2: 1e-9, 3: 0.5}}})
+    return module
+
+
+def test_sweeps_json_and_readme_block(study, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("before\n<!-- width-study:begin -->\nold text 0.123\n<!-- width-study:end -->\nafter\n")
+    where = ["--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "res"), "--readme", str(readme)]
+    assert study.main(["run", "--N", "2,3", "--seeds", "0,1", "--epochs", "3", *where]) == 0
+    data = json.loads((tmp_path / "res" / "heat-rectangle.json").read_text())
+    assert sorted(data["summary"]) == ["2", "3"]
+    best = {}
+    for seed in (0, 1):
+        rmse = History.read(tmp_path / "runs" / "heat-rectangle" / f"N2-seed{seed}" / "history.csv")["relative_rmse"]
+        best[seed] = np.minimum.accumulate(rmse)
+    at3 = data["summary"]["2"]["at"]["3"]
+    assert at3["n"] == 2
+    assert at3["median"] == pytest.approx(np.median([best[0][2], best[1][2]]))
+    assert at3["min"] == pytest.approx(min(best[0][2], best[1][2]))
+    assert data["summary"]["2"]["reference"]["3"] == 0.5
+    text = readme.read_text()
+    assert text.startswith("before\n<!-- width-study:begin -->") and text.endswith("<!-- width-study:end -->\nafter\n")
+    assert "old text" not in text
+    assert f"{at3['median']:.4f} [{at3['min']:.4f}, {at3['max']:.4f}] (n=2) / 0.5000" in text
+    assert "2 of 2 seeds at or below it" in text  # at mark 3 both runs are below the patched 0.5
+    assert (tmp_path / "res" / "heat-rectangle_rmse_vs_N.png").is_file()
+    # L-BFGS: iterations to the (patched) reference; 'report' regenerates the same block
+    monkeypatch_ref = study.REFERENCE["heat"][2]
+    monkeypatch_ref[1000] = 1.0  # reached at the first iteration
+    assert study.main(["run", "--N", "2", "--seeds", "0", "--epochs", "2", "--lbfgs", *where]) == 0
+    data = json.loads((tmp_path / "res" / "heat-rectangle.json").read_text())
+    (lb,) = data["lbfgs"]
+    assert lb["to_reference"]["1000"]["iterations"] == 1 and "5000" not in lb["to_reference"]
+    first = readme.read_text()
+    assert "| 2 | 2 |" in first and "1.0000: 1 iterations" in first
+    assert study.main(["report", *where]) == 0
+    assert readme.read_text() == first
