@@ -112,9 +112,9 @@ def _inspect(run_dir: pathlib.Path) -> dict:
     return {"kind": "new" if not any(run_dir.iterdir()) else "other"}
 
 
-def _epoch_time(history_csv: pathlib.Path) -> tuple[float, float]:
-    """(summed wall time, median epoch time) of a history whose wall time restarts at each resumed segment."""
-    wall = np.asarray(History.read(history_csv)["wall_time"], dtype=float)
+def _epoch_time(wall_time) -> tuple[float, float]:
+    """(summed wall time, median epoch time) of a history's wall-time column, which restarts at each resumed segment."""
+    wall = np.asarray(wall_time, dtype=float)
     if wall.size == 0:
         return 0.0, float("nan")
     steps = np.diff(wall, prepend=0.0)
@@ -165,7 +165,7 @@ def _run_one(config, run_dir: pathlib.Path, overrides: list[str], N: int, seed: 
 
     def summarise() -> dict:
         hist = History.read(run_dir / "history.csv")
-        wall, per_epoch = _epoch_time(run_dir / "history.csv")
+        wall, per_epoch = _epoch_time(hist["wall_time"])
         rmse = np.asarray(hist["relative_rmse"], dtype=float)
         loss = np.asarray(hist["loss"], dtype=float)
         record = SweepRun(N=N, seed=seed, epochs=int(rmse.size), final_rmse=float(rmse[-1]),
