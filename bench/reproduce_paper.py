@@ -476,9 +476,51 @@ def _block(results: dict[tuple[str, str], dict], extras: dict | None = None) -> 
     return "\n".join(lines)
 
 
+def _entry_key(kind: str, e: dict) -> tuple:
+    """What identifies one run within a kind (Adam, L-BFGS, matched draws): (N, seed), as :func:`collect` keeps them."""
+    return (kind, e["N"], e["seed"])
+
+
+def merge_archived(collected: dict[tuple[str, str], dict], results_dir: pathlib.Path) -> dict[tuple[str, str], dict]:
+    """Add the runs recorded in ``results_dir``'s JSON that the runs directory no longer holds.
+
+    The JSON files are the study's record: a run directory may be gone (another
+    machine, a removed scratch folder) while its figures stay valid (runs are
+    deterministic).  Per (N, seed) the longer run wins; at equal length the one
+    in the runs directory.  Archived entries keep ``"archived": true``.
+    """
+    out = {k: {kind: list(v) for kind, v in g.items()} for k, g in collected.items()}
+    for path in sorted(results_dir.glob("*-*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise SystemExit(f"{path}: not valid JSON ({err}); restore it from git or remove it") from err
+        if not isinstance(data, dict) or "scenario" not in data or "mesh" not in data or "summary" not in data:
+            continue  # another kind of result (discretisation, initial draws, network fit)
+        group = out.setdefault((data["scenario"], data["mesh"]),
+                               {"adam": [], "lbfgs": [], "matched": [], "repeated": []})
+        for kind, field in (("adam", "runs"), ("lbfgs", "lbfgs"), ("matched", "matched")):
+            have = {_entry_key(kind, e): e for e in group.setdefault(kind, [])}
+            for e in data.get(field, []):
+                k = _entry_key(kind, e)
+                if k in have and have[k]["epochs"] >= e["epochs"]:
+                    continue
+                if k in have:
+                    group[kind].remove(have[k])
+                group[kind].append({**e, "archived": True})
+            group[kind].sort(key=lambda e: (e["N"], e["seed"]))
+        seen = {(r["N"], r["seed"]) for r in group.setdefault("repeated", [])}
+        group["repeated"] += [r for r in data.get("repeated", []) if (r["N"], r["seed"]) not in seen]
+    return out
+
+
 def report(runs: pathlib.Path, results_dir: pathlib.Path = RESULTS, readme: pathlib.Path | None = README) -> None:
-    """Write the JSON and plots per (scenario, mesh) from the finished runs, and README's generated block (unless None)."""
-    collected = collect(runs)
+    """Write the JSON and plots per (scenario, mesh) from the finished runs, and README's generated block (unless None).
+
+    Runs recorded in the existing JSON but absent from ``runs`` are kept
+    (:func:`merge_archived`), so a new runs directory extends the record.
+    """
+    collected = merge_archived(collect(runs), results_dir)
     results = {}
     results_dir.mkdir(parents=True, exist_ok=True)
     for (scenario, mesh), group in collected.items():
