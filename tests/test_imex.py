@@ -130,6 +130,26 @@ def test_imex_gradient_is_exact_and_rank_independent(name):
     assert np.linalg.norm(g1 - g2) <= 1e-10 * np.linalg.norm(g1)
 
 
+def test_imex_fast_path_equals_the_generic_assembly():
+    """The split's matrices (fast path) and plain assembly of the whole IMEX residual and its generic adjoint
+    forms (ufl.derivative with respect to u^{n-1}, fast_affine=False) give the same loss and gradient."""
+    out = []
+    for fast in (True, False):
+        problem = _ac(paper_mesh(MPI.COMM_WORLD, 5, 10))
+        rf, theta = _reduced(problem, f"generic_{fast}")
+        if not fast:
+            solver = ThetaSolver(problem, "imex_generic_plain_", fast_affine=False)
+            assert solver._imex is None and solver.snes is None
+            rf.solver.destroy()
+            rf = ReducedFunctional(solver, rf.source, rf.misfit)
+        out.append(rf.value_and_gradient(theta))
+        rf.solver.destroy()
+        rf.misfit.destroy()
+    (J0, g0), (J1, g1) = out
+    assert abs(J1 - J0) <= 1e-12 * J0
+    assert np.linalg.norm(g1 - g0) <= 1e-11 * np.linalg.norm(g0)
+
+
 def test_explicit_remainder_moves_only_the_cubic_term_to_u_prev():
     p = paper_problem("allen-cahn", nx=4, ny=8, n_steps=2)
     state, times = {p.u, p.u_prev, p.g, p.g_prev}, {p.t, p.t_prev}
