@@ -80,3 +80,21 @@ def test_report_keeps_runs_recorded_only_in_the_json(study, tmp_path):
     text = readme.read_text()
     assert study.main(["report", *second]) == 0
     assert readme.read_text() == text
+
+
+def test_imex_scenario_is_its_own_study(study, tmp_path):
+    """allen-cahn-imex runs Allen–Cahn with time.nonlinear = 'explicit' and is reported apart from the implicit runs."""
+    import tomllib
+
+    from femnpde.app.sweep import read_result
+
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- width-study:begin -->\n<!-- width-study:end -->\n")
+    where = ["--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "res"), "--readme", str(readme)]
+    assert study.main(["run", "--scenario", "allen-cahn-imex", "--N", "2", "--epochs", "2", *where]) == 0
+    run = tmp_path / "runs" / "allen-cahn-imex-rectangle" / "N2-seed42"
+    cfg = tomllib.loads(read_result(run).config)
+    assert cfg["time"]["nonlinear"] == "explicit" and cfg["pde"]["preset"] == "allen-cahn"
+    assert (tmp_path / "res" / "allen-cahn-imex-rectangle.json").is_file()
+    assert not (tmp_path / "res" / "allen-cahn-rectangle.json").exists()
+    assert "**allen-cahn-imex, the paper's rectangle" in readme.read_text()
