@@ -20,7 +20,10 @@ misfit) and of loss + gradient (+ adjoint sweep), their ratio, the linear
 iterations per solve, the process's peak RSS per rank, and the state
 storage's predicted and measured peak (``--storage K``: K snapshots in memory;
 ``--storage memory``: every level).  ``--accuracy`` instead prints the
-relative gradient error of CG + AMG against LU for several ``ksp_rtol``.
+relative gradient error of CG + AMG against LU for several ``ksp_rtol``;
+``--solvers A B ...`` the set-up time and the per-solve wall and CPU time of
+the named solvers on the case's step matrix (a random right-hand side, 16
+solves): what the per-step cost of each choice is, without a sweep.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 from mpi4py import MPI
+from petsc4py import PETSc
 
 from femnpde.app.scenarios import paper_problem, target_source
 from femnpde.fem.linear_defaults import default_linear_solver_options
@@ -53,7 +57,14 @@ SOLVERS = {
                 "pc_factor_mat_ordering_type": "nd"},
     "cg-hypre": {"ksp_type": "cg", "pc_type": "hypre", "pc_hypre_type": "boomeramg", "ksp_rtol": "1e-10"},
     "cg-gamg": {"ksp_type": "cg", "pc_type": "gamg", "ksp_rtol": "1e-10"},
+    "redundant": {"ksp_type": "preonly", "pc_type": "redundant", "redundant_pc_type": "lu",
+                  "redundant_pc_factor_mat_solver_type": "petsc", "redundant_pc_factor_mat_ordering_type": "nd"},
     "cg-bjacobi": {"ksp_type": "cg", "pc_type": "bjacobi", "sub_pc_type": "icc", "ksp_rtol": "1e-10"},
+    "cg-hypre3d": {"ksp_type": "cg", "pc_type": "hypre", "pc_hypre_type": "boomeramg", "ksp_rtol": "1e-10",
+                   "pc_hypre_boomeramg_strong_threshold": "0.5", "pc_hypre_boomeramg_coarsen_type": "HMIS",
+                   "pc_hypre_boomeramg_interp_type": "ext+i", "pc_hypre_boomeramg_P_max": "4"},
+    "cg-jacobi": {"ksp_type": "cg", "pc_type": "jacobi", "ksp_rtol": "1e-10"},
+    "superlu-dist": {"ksp_type": "preonly", "pc_type": "lu", "pc_factor_mat_solver_type": "superlu_dist"},
 }
 
 
@@ -211,6 +222,50 @@ def accuracy(args, comm) -> None:
             s.destroy()
 
 
+def solvers(args, comm) -> None:
+    """Set-up and per-solve cost of several linear solvers on the case's step matrix."""
+    problem = build(args.case, comm, args.steps, args.small)
+    s = ThetaSolver(problem, "sol_step_", {"ksp_type": "preonly", "pc_type": "jacobi"})
+    s.forward(np.zeros((args.steps + 1, problem.n_owned_source)))  # assembles the step matrix
+    A = s.A
+    if comm.rank == 0:
+        print(f"# {args.case}: {problem.V.dofmap.index_map.size_global} dofs, {comm.size} rank(s), "
+              f"load {os.getloadavg()[0]:.1f}; per solve: median of 16, CPU time of the largest rank")
+        print(f"{'solver':<12} {'set-up [s]':>10} {'wall [ms]':>10} {'cpu [ms]':>9} {'its':>5}")
+    for name in args.solvers:
+        ksp = PETSc.KSP().create(comm)
+        prefix = f"sol_{name.replace('-', '_')}_"
+        ksp.setOptionsPrefix(prefix)
+        opts = PETSc.Options()
+        for k, v in SOLVERS[name].items():
+            opts.setValue(prefix + k, v)
+        ksp.setFromOptions()
+        ksp.setOperators(A)
+        b, x = A.createVecLeft(), A.createVecLeft()
+        b.setRandom()
+        comm.Barrier()
+        t0 = time.perf_counter()
+        ksp.setUp()
+        ksp.solve(b, x)
+        comm.Barrier()
+        setup = time.perf_counter() - t0
+        its = []
+
+        def once():
+            ksp.solve(b, x)
+            its.append(ksp.getIterationNumber())
+
+        wall, cpu = zip(*(median_times(once, 1, comm) for _ in range(16)))
+        if comm.rank == 0:
+            print(f"{name:<12} {setup:10.2f} {1e3 * np.median(wall):10.1f} {1e3 * np.median(cpu):9.1f} "
+                  f"{np.mean(its):5.1f}", flush=True)
+        for k in SOLVERS[name]:
+            opts.delValue(prefix + k)
+        for obj in (ksp, b, x):
+            obj.destroy()
+    s.destroy()
+
+
 def report(path: Path) -> None:
     rows = json.loads(path.read_text())
     print(f"{'case':<7} {'solver':<10} {'storage':>7} {'ranks':>5} {'dofs':>7} {'loss [s]':>9} {'l+g [s]':>8} "
@@ -248,6 +303,7 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="a small mesh, to try the script (not for figures)")
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--accuracy", action="store_true")
+    parser.add_argument("--solvers", nargs="+", choices=list(SOLVERS), help="per-solve cost of these solvers")
     args = parser.parse_args()
     comm = MPI.COMM_WORLD
     if args.report:
@@ -256,6 +312,9 @@ def main() -> None:
         return
     if args.accuracy:
         accuracy(args, comm)
+        return
+    if args.solvers:
+        solvers(args, comm)
         return
     row = run(args, comm)
     if comm.rank == 0:
