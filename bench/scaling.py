@@ -233,6 +233,10 @@ def solvers(args, comm) -> None:
               f"load {os.getloadavg()[0]:.1f}; per solve: median of 16, CPU time of the largest rank")
         print(f"{'solver':<12} {'set-up [s]':>10} {'wall [ms]':>10} {'cpu [ms]':>9} {'its':>5}")
     for name in args.solvers:
+        if comm.size > 1 and SOLVERS[name].get("pc_factor_mat_solver_type") == "petsc":
+            if comm.rank == 0:
+                print(f"{name:<12} (serial only: PETSc's LU; on several ranks see 'redundant')")
+            continue
         ksp = PETSc.KSP().create(comm)
         prefix = f"sol_{name.replace('-', '_')}_"
         ksp.setOptionsPrefix(prefix)
