@@ -16,12 +16,13 @@ first use (no import-time side effect).
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-__all__ = ["default_threads", "run_ranges"]
+__all__ = ["default_threads", "run_blocks", "run_ranges"]
 
 _POOL: ThreadPoolExecutor | None = None
 _POOL_SIZE = 0
@@ -75,10 +76,55 @@ def run_ranges(fn: Callable[[int, int], None], n_items: int, threads: int) -> No
             fn(0, n_items)
         return
     bounds = [n_items * i // k for i in range(k + 1)]
-    futures = [_pool(k - 1).submit(fn, bounds[i], bounds[i + 1]) for i in range(1, k)]
+    _run_parallel([lambda i=i: fn(bounds[i], bounds[i + 1]) for i in range(k)])
+
+
+def run_blocks(
+    make_worker: Callable[[], Callable[[int, int], None]], n_items: int, threads: int, grain: int | None = None
+) -> None:
+    """Process ``range(n_items)`` on ``threads`` threads, handing out ranges of items as threads become free.
+
+    Each thread calls ``make_worker()`` once (for its own scratch buffers)
+    and then the returned ``work(lo, hi)`` on successive ranges of ``grain``
+    items taken from a shared counter: a thread slowed down by another
+    process on its core takes fewer ranges, instead of the others waiting
+    for its fixed share (as :func:`run_ranges` does).  ``work`` must only
+    write to per-item outputs, so the result does not depend on the
+    scheduling.
+
+    Args:
+        make_worker: Returns a ``work(lo, hi)`` callable (called once per thread).
+        n_items: Number of items (blocks).
+        threads: Number of threads (1: run in the calling thread).
+        grain: Items per range; default about 1/16 of a thread's share.
+    """
+    k = max(1, min(int(threads), n_items))
+    if k == 1:
+        if n_items:
+            make_worker()(0, n_items)
+        return
+    step = max(1, n_items // (16 * k)) if grain is None else max(1, int(grain))
+    counter = itertools.count()
+    lock = threading.Lock()
+
+    def loop() -> None:
+        work = make_worker()
+        while True:
+            with lock:
+                lo = next(counter) * step
+            if lo >= n_items:
+                return
+            work(lo, min(lo + step, n_items))
+
+    _run_parallel([loop] * k)
+
+
+def _run_parallel(tasks: list[Callable[[], None]]) -> None:
+    """Run ``tasks[0]`` in the calling thread and the others on the pool; re-raise the first error after all ended."""
+    futures = [_pool(len(tasks) - 1).submit(task) for task in tasks[1:]]
     error: BaseException | None = None
     try:
-        fn(bounds[0], bounds[1])
+        tasks[0]()
     except BaseException as err:  # wait for the workers before raising
         error = err
     for fut in futures:
