@@ -1,10 +1,12 @@
 """Threads over blocks of the time x space grid for the numpy networks.
 
 numpy's ufuncs and BLAS calls release the GIL, so the blocks of a grid
-evaluation run in parallel on a few threads.  Work is split into contiguous
-ranges of blocks, one per thread; callers write per-block results into
-preallocated slots and reduce them in block order afterwards, so the result
-is bitwise the same for any number of threads.
+evaluation run in parallel on a few threads.  :func:`run_ranges` splits the
+blocks into contiguous ranges, one per thread; :func:`run_blocks` hands out
+small ranges as threads become free (a thread that shares its core with
+another process does less of the work).  Callers write per-block results
+into preallocated slots and reduce them in block order afterwards, so the
+result is bitwise the same for any number of threads and any scheduling.
 
 The number of threads is ``FEMNPDE_NUM_THREADS`` if set, else
 ``OMP_NUM_THREADS`` (``femnpde`` sets it to 1 per rank under MPI), else the
