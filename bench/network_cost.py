@@ -18,7 +18,10 @@ the baseline module (``git show <rev>:femnpde/model/network.py``, default
 difference of the results (max-norm over the grid / the gradient).
 
 The machine may be shared: only medians of several repetitions are printed,
-and both versions are timed alternately in the same run.
+and both versions are timed alternately in the same run.  ``--memory``
+adds the peak of the memory allocated by one forward + VJP of each version
+(``tracemalloc``, which numpy reports its arrays to; the activation
+buffers and caches included), measured outside the timings.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 
 import numpy as np
 
@@ -82,6 +86,20 @@ def timings(net, t, x, r, repeats, clock=time.perf_counter):
     return float(np.median(fwd)), float(np.median(bwd)), g, dg
 
 
+def peak_mb(make_net, t, x, r) -> float:
+    """Peak memory (MB) allocated while building a network and running one forward + VJP (then freed)."""
+    tracemalloc.start()
+    tracemalloc.reset_peak()
+    base = tracemalloc.get_traced_memory()[0]
+    net = make_net()
+    net.evaluate_grid(t, x, cache=True)
+    net.vjp_grid(r)
+    peak = tracemalloc.get_traced_memory()[1] - base
+    del net
+    tracemalloc.stop()
+    return peak / 1e6
+
+
 def rel(a, b) -> float:
     return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
@@ -95,6 +113,8 @@ def main() -> None:
     parser.add_argument("--baseline", help="a file holding the baseline network module instead of --rev")
     parser.add_argument("--mlp", action="store_true", help="also time an MLP with hidden = [N, N]")
     parser.add_argument("--threads", type=int, help="threads of the new network (default: femnpde's default)")
+    parser.add_argument("--memory", action="store_true",
+                        help="also print the peak memory of one forward + VJP of each version (tracemalloc)")
     parser.add_argument("--cpu", action="store_true",
                         help="time with process CPU time (all threads) instead of wall clock: less sensitive to "
                              "other processes on a shared machine")
@@ -122,6 +142,10 @@ def main() -> None:
             new.clear_cache()
             print(f"{n_dofs:>6} {N:>5} | {fo:9.4f} {bo:9.4f} {fo + bo:9.4f} | {fn:9.4f} {bn:9.4f} {fn + bn:9.4f} | "
                   f"{(fo + bo) / (fn + bn):6.2f} | {rel(gn, go):10.2e} {rel(dn, do):11.2e}", flush=True)
+            if args.memory:
+                mo = peak_mb(lambda: base.ShallowNetwork(N, 2, seed=42), t, x, r)
+                mn = peak_mb(lambda: ShallowNetwork(N, 2, seed=42, threads=args.threads), t, x, r)
+                print(f"{n_dofs:>6} {N:>5} | peak memory of forward + VJP: base {mo:.1f} MB, new {mn:.1f} MB", flush=True)
             if args.mlp:
                 mlp = MLP(2, [N, N], seed=42)
                 timings(mlp, t, x, r, 1)

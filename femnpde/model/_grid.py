@@ -97,6 +97,11 @@ class _GridBlocks:
         return out
 
 
+def _reduction_grain(n_blocks: int) -> int:
+    """Blocks per range of the VJP's partial sums: at most 64 ranges, independent of the number of threads."""
+    return max(1, -(-n_blocks // 64))
+
+
 class _LevelTile:
     """``B[n0:n1]`` repeated over the rows of a block (one per thread), refilled only when the level chunk changes."""
 
@@ -140,7 +145,9 @@ class ShallowGridMixin:
         p += self._eta
         return p
 
-    def _separable_factors(self, p: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    def _separable_factors(
+        self, p: np.ndarray, t: np.ndarray, overwrite: bool = False
+    ) -> tuple[np.ndarray, np.ndarray] | None:
         """Factors ``A = exp(-k P)`` (n_x, N) and ``B = exp(k t w_t)`` (n_t, N) for tanh (k = 2) and sigmoid (k = 1).
 
         With ``z[n, j] = P[j] + t_n w_t``, ``1 / (1 + exp(-k z)) = B[n] / (A[j] + B[n])``:
@@ -149,12 +156,14 @@ class ShallowGridMixin:
         memory) instead of an ``exp``.  The network output is affine in
         this ``R`` (:meth:`_r_form`).  Returns None (use the direct formula)
         for softplus, or when a factor or their sum overflows or underflows.
+        With ``overwrite`` (tanh, sigmoid) ``A`` is computed in the memory of
+        ``p``, which is then lost, also when None is returned.
         """
         k = {"tanh": 2.0, "sigmoid": 1.0}.get(self._activation)
         if k is None:
             return None
         with np.errstate(over="ignore", under="ignore", invalid="ignore"):
-            a = np.multiply(p, -k)
+            a = np.multiply(p, -k, out=p if overwrite else None)
             np.exp(a, out=a)
             b = np.exp(np.multiply.outer(k * t, self._w_t))
             # all entries finite and > 0, and their sum finite (a NaN fails every comparison)
@@ -230,12 +239,15 @@ class ShallowGridMixin:
         self._grid_cache = None  # a failed call leaves no (inconsistent) cache
 
         p = self._spatial_preactivation(x)
-        factors = self._separable_factors(p, t)
+        factors = self._separable_factors(p, t, overwrite=True)  # A takes p's memory
         limit = self._max_cache_bytes
         if factors is not None:
             # Recomputing R (two passes in the CPU cache) is cheaper than
             # writing and reading back a large activation array.
             limit = min(limit, _RFORM_MAX_CACHE_BYTES)
+            p = None
+        elif self._activation in ("tanh", "sigmoid"):  # p was overwritten: the direct formula needs it
+            p = self._spatial_preactivation(x)
         s_all: np.ndarray | None = None
         if cache and n_t * n_x * n * 8 <= limit:
             if self._s_buffer is None or self._s_buffer.size != n_t * n_x * n:
@@ -297,11 +309,13 @@ class ShallowGridMixin:
         ``D = sigma'(S) * r[..., None] * (scale * c)``:
         ``dc = scale * S^T r``, ``d_eta = sum_{n,j} D``,
         ``d_wt = sum_n t_n sum_j D[n, j]`` and ``d_wx = sum_{n,j} D[n, j] x_j``.
-        For each cache-sized block, ``d_eta, d_wt, d_wx`` are accumulated by
-        matrix-vector products ``r_n^T sigma'(S_n)`` per time level (giving
-        ``d_eta`` and, weighted by ``t_n``, ``d_wt``) and ``(r x_k)^T
-        sigma'(S)`` (the factor ``scale * c`` is applied once at the end), so
-        ``D`` is never materialised.
+        For each cache-sized block, three matrix-vector products over its
+        points give ``S^T r``, ``sigma'(S)^T (t r)`` and, per row ``j``,
+        ``e_j = sum_n r[n, j] sigma'(S[n, j])``, whence ``d_eta = sum_j e_j``
+        and ``d_wx = sum_j x_j e_j`` (the factor ``scale * c`` is applied
+        once at the end), so ``D`` is never materialised.  Partial sums are
+        taken over fixed ranges of blocks and then over the ranges in order:
+        the result does not depend on the number of threads.
 
         Args:
             r: Cotangent weights, shape ``(n_t, n_x)`` of the cached grid.
@@ -340,32 +354,35 @@ class ShallowGridMixin:
 
         grid = _GridBlocks(n_t, n_x, n)
         blocks, offsets = grid.blocks, grid.offsets
-        # Block-major weights r, in a block's level-major order (rw) and
-        # row-major order (rt).  Per time level u_n = sigma'(S_n)^T r_n gives
-        # d_eta = sum_n u_n and d_wt = sum_n t_n u_n (t_n is constant on a
-        # level); per row e_j = sum_n r[n, j] sigma'(S[n, j]) gives
-        # d_wx = sum_j x_j e_j: two reads of sigma'(S) for any d, with
-        # matrix-vector products only (the reference BLAS is no faster on
-        # one GEMM with several columns).
-        rw = grid.block_major(r[None])[0]
+        # Three reductions of a block, all matrix-vector products over its
+        # points (the reference BLAS is no faster on one GEMM with several
+        # columns): dc from r^T S; d_wt from (t_n r)^T sigma'(S) (block-major
+        # weights rw); per row e_j = sum_n r[n, j] sigma'(S[n, j]) (weights
+        # rt, row-major within the block) gives d_eta = sum_j e_j and
+        # d_wx = sum_j x_j e_j: two reads of sigma'(S) for any d.
+        tr = np.empty((2, n_t, n_x))
+        tr[0] = r
+        np.multiply(r, t[:, None], out=tr[1])
+        rw = grid.block_major(tr)
         rt = grid.block_major(r[None], levels_last=True)[0]
+        del tr
         p, factors, r_form = cache.p, cache.factors, cache.r_form
-        # Per-block contributions, summed in block order below: the result
-        # does not depend on the number of threads.
+        # Partial sums over fixed ranges of blocks (in block order within a
+        # range), then over the ranges in order: the result does not depend
+        # on the number of threads or the scheduling.
         nb = len(blocks)
-        dc_parts = np.empty((nb, n))
-        eta_parts = np.empty((nb, n))
-        wt_parts = np.empty((nb, n))
-        wx_parts = np.empty((nb, d, n))
+        grain = _reduction_grain(nb)
+        parts = np.zeros((-(-nb // grain), 3 + d, n))  # dc, d_eta, d_wt, d_wx (d rows)
 
         def make_worker():
             q = np.empty(grid.cap)
             work = np.empty(grid.cap) if s_all is None else None
             tile = _LevelTile(grid.levels, grid.rows, n) if factors is not None else None
-            u = np.empty((grid.levels, 1, n))
             e = np.empty((grid.rows, 1, n))
+            part = np.empty((3 + d, n))
 
             def work_on(lo: int, hi: int) -> None:
+                acc = parts[lo // grain]
                 with np.errstate(over="ignore", under="ignore"):
                     for b in range(lo, hi):
                         n0, n1, j0, j1 = blk = blocks[b]
@@ -378,7 +395,7 @@ class ShallowGridMixin:
                         else:
                             s = work[:size].reshape(shape)
                             self._grid_activations(p, t, blk, s, qb, factors, tile)
-                        wb = rw[offsets[b] : offsets[b + 1]]
+                        o0, o1 = offsets[b], offsets[b + 1]
                         # The derivative pass first: it reads the cached block from
                         # memory once, the products below find it in the CPU cache.
                         if r_form:  # R (1 - R) = R - R^2; the factor kappa comes at the end
@@ -386,23 +403,20 @@ class ShallowGridMixin:
                             np.subtract(s, qb, out=qb)
                         else:
                             _derivative_from_output(s, qb, self._activation)
-                        np.matmul(wb, s.reshape(-1, n), out=dc_parts[b])
-                        ub = u[:k]
-                        np.matmul(wb.reshape(k, 1, rows), qb, out=ub)
-                        np.sum(ub[:, 0, :], axis=0, out=eta_parts[b])
-                        np.matmul(t[n0:n1], ub[:, 0, :], out=wt_parts[b])
+                        q2 = qb.reshape(-1, n)
+                        np.matmul(rw[0, o0:o1], s.reshape(-1, n), out=part[0])
+                        np.matmul(rw[1, o0:o1], q2, out=part[2])
                         eb = e[:rows]
-                        np.matmul(rt[offsets[b] : offsets[b + 1]].reshape(rows, 1, k), qb.transpose(1, 0, 2), out=eb)
-                        np.matmul(x[j0:j1].T, eb[:, 0, :], out=wx_parts[b])
+                        np.matmul(rt[o0:o1].reshape(rows, 1, k), qb.transpose(1, 0, 2), out=eb)
+                        np.sum(eb[:, 0, :], axis=0, out=part[1])
+                        np.matmul(x[j0:j1].T, eb[:, 0, :], out=part[3:])
+                        acc += part
 
             return work_on
 
-        run_blocks(make_worker, nb, self._threads)
-        # Sums over the blocks in block order (numpy adds the rows one after another).
-        dc = dc_parts.sum(axis=0)
-        aeta = eta_parts.sum(axis=0)
-        awt = wt_parts.sum(axis=0)
-        awx = wx_parts.sum(axis=0)
+        run_blocks(make_worker, nb, self._threads, grain=grain)
+        total = parts.sum(axis=0)  # numpy adds the ranges' rows one after another
+        dc, aeta, awt, awx = total[0], total[1], total[2], total[3:]
         if r_form:  # sigma = alpha R + beta, sigma' = kappa R (1 - R)
             alpha, beta, kappa = self._r_form()
             dc *= alpha
