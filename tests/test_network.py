@@ -478,3 +478,21 @@ def test_initialisation_and_state_dict_are_those_of_the_wave_1_network(activatio
     state = net.state_dict()
     assert list(state) == ["n_neurons", "input_dim", "beta", "activation", "params"]
     assert state["params"].dtype == np.float64 and state["activation"] == activation
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("max_cache_bytes", [1 << 30, 0])
+def test_grid_results_do_not_depend_on_the_threads(monkeypatch, activation, max_cache_bytes):
+    """Bitwise the same grid values and VJP on 1, 2 and 3 threads (more blocks than partial-sum ranges)."""
+    monkeypatch.setattr(grid_module, "_CHUNK_ELEMS", 40)
+    d = 2
+    tg, xg = _grid(7, 150, d)
+    r = np.random.default_rng(6).standard_normal((7, 150))
+    out = []
+    for threads in (1, 2, 3):
+        net = ShallowNetwork(5, d, activation=activation, seed=8, threads=threads, max_cache_bytes=max_cache_bytes)
+        out.append((net.evaluate_grid(tg, xg), net.vjp_grid(r)))
+    assert len(grid_module._GridBlocks(7, 150, 5)) > 64
+    for g, v in out[1:]:
+        np.testing.assert_array_equal(g, out[0][0])
+        np.testing.assert_array_equal(v, out[0][1])

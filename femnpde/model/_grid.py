@@ -265,6 +265,7 @@ class ShallowGridMixin:
             work = np.empty(grid.cap) if s_all is None else None
             tmp = np.empty(grid.cap) if self._activation == "softplus" else None
             tile = _LevelTile(grid.levels, grid.rows, n) if factors is not None else None
+            gbuf = np.empty(grid.levels * grid.rows)
 
             def work_on(lo: int, hi: int) -> None:
                 with np.errstate(over="ignore", under="ignore"):
@@ -279,7 +280,9 @@ class ShallowGridMixin:
                         self._grid_activations(
                             p, t, blk, s, None if tmp is None else tmp[:size].reshape(shape), factors, tile
                         )
-                        g[n0:n1, j0:j1] = (s.reshape(-1, n) @ self._c).reshape(shape[:2])
+                        gb = gbuf[: shape[0] * shape[1]]
+                        np.matmul(s.reshape(-1, n), self._c, out=gb)  # one product: faster than one per level
+                        g[n0:n1, j0:j1] = gb.reshape(shape[:2])
 
             return work_on
 
@@ -366,20 +369,36 @@ class ShallowGridMixin:
         rw = grid.block_major(tr)
         rt = grid.block_major(r[None], levels_last=True)[0]
         del tr
+        rw3 = rw[:, None, :]
+        xx = np.empty((d + 1, n_x))  # [1; x^T]: d_eta and d_wx from e in one product
+        xx[0] = 1.0
+        xx[1:] = x.T
         p, factors, r_form = cache.p, cache.factors, cache.r_form
         # Partial sums over fixed ranges of blocks (in block order within a
         # range), then over the ranges in order: the result does not depend
         # on the number of threads or the scheduling.
         nb = len(blocks)
+        offs = offsets.tolist()
         grain = _reduction_grain(nb)
-        parts = np.zeros((-(-nb // grain), 3 + d, n))  # dc, d_eta, d_wt, d_wx (d rows)
+        parts = np.zeros((-(-nb // grain), 3 + d, n))  # dc, d_wt, d_eta, d_wx (d rows)
 
         def make_worker():
-            q = np.empty(grid.cap)
-            work = np.empty(grid.cap) if s_all is None else None
+            # One buffer holds a block's activations and their derivatives as
+            # a (2, M, N) pair: r^T S and (t r)^T sigma' are one batched product.
+            buf = np.empty(2 * grid.cap)
             tile = _LevelTile(grid.levels, grid.rows, n) if factors is not None else None
             e = np.empty((grid.rows, 1, n))
             part = np.empty((3 + d, n))
+            part2 = part[:2].reshape(2, 1, n)
+            views: dict[tuple[int, int], tuple[np.ndarray, ...]] = {}
+
+            def views_for(k: int, rows: int) -> tuple[np.ndarray, ...]:
+                v = views.get((k, rows))
+                if v is None:
+                    pair = buf[: 2 * k * rows * n].reshape(2, k * rows, n)
+                    qb = pair[1].reshape(k, rows, n)
+                    v = views[(k, rows)] = (pair, pair[0].reshape(k, rows, n), qb, qb.transpose(1, 0, 2))
+                return v
 
             def work_on(lo: int, hi: int) -> None:
                 acc = parts[lo // grain]
@@ -387,15 +406,12 @@ class ShallowGridMixin:
                     for b in range(lo, hi):
                         n0, n1, j0, j1 = blk = blocks[b]
                         k, rows = n1 - n0, j1 - j0
-                        shape = (k, rows, n)
-                        size = k * rows * n
-                        qb = q[:size].reshape(shape)
+                        o0, o1 = offs[b], offs[b + 1]
+                        pair, s, qb, q_rows = views_for(k, rows)
                         if s_all is not None:
-                            s = s_all[offsets[b] * n : offsets[b] * n + size].reshape(shape)
+                            s = s_all[o0 * n : o1 * n].reshape(k, rows, n)
                         else:
-                            s = work[:size].reshape(shape)
                             self._grid_activations(p, t, blk, s, qb, factors, tile)
-                        o0, o1 = offsets[b], offsets[b + 1]
                         # The derivative pass first: it reads the cached block from
                         # memory once, the products below find it in the CPU cache.
                         if r_form:  # R (1 - R) = R - R^2; the factor kappa comes at the end
@@ -403,20 +419,21 @@ class ShallowGridMixin:
                             np.subtract(s, qb, out=qb)
                         else:
                             _derivative_from_output(s, qb, self._activation)
-                        q2 = qb.reshape(-1, n)
-                        np.matmul(rw[0, o0:o1], s.reshape(-1, n), out=part[0])
-                        np.matmul(rw[1, o0:o1], q2, out=part[2])
+                        if s_all is None:
+                            np.matmul(rw3[:, :, o0:o1], pair, out=part2)
+                        else:
+                            np.matmul(rw[0, o0:o1], s.reshape(-1, n), out=part[0])
+                            np.matmul(rw[1, o0:o1], pair[1], out=part[1])
                         eb = e[:rows]
-                        np.matmul(rt[o0:o1].reshape(rows, 1, k), qb.transpose(1, 0, 2), out=eb)
-                        np.sum(eb[:, 0, :], axis=0, out=part[1])
-                        np.matmul(x[j0:j1].T, eb[:, 0, :], out=part[3:])
+                        np.matmul(rt[o0:o1].reshape(rows, 1, k), q_rows, out=eb)
+                        np.matmul(xx[:, j0:j1], eb[:, 0, :], out=part[2:])
                         acc += part
 
             return work_on
 
         run_blocks(make_worker, nb, self._threads, grain=grain)
         total = parts.sum(axis=0)  # numpy adds the ranges' rows one after another
-        dc, aeta, awt, awx = total[0], total[1], total[2], total[3:]
+        dc, awt, aeta, awx = total[0], total[1], total[2], total[3:]
         if r_form:  # sigma = alpha R + beta, sigma' = kappa R (1 - R)
             alpha, beta, kappa = self._r_form()
             dc *= alpha

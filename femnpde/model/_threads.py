@@ -98,14 +98,18 @@ def run_blocks(
         make_worker: Returns a ``work(lo, hi)`` callable (called once per thread).
         n_items: Number of items (blocks).
         threads: Number of threads (1: run in the calling thread).
-        grain: Items per range; default about 1/16 of a thread's share.
+        grain: Items per range (give it when ``work`` sums over its range,
+            so that the ranges do not depend on ``threads``); default about
+            1/16 of a thread's share.
     """
     k = max(1, min(int(threads), n_items))
+    step = max(1, n_items // (16 * k)) if grain is None else max(1, int(grain))
     if k == 1:
         if n_items:
-            make_worker()(0, n_items)
+            work = make_worker()
+            for lo in range(0, n_items, step):  # the same ranges as on several threads
+                work(lo, min(lo + step, n_items))
         return
-    step = max(1, n_items // (16 * k)) if grain is None else max(1, int(grain))
     counter = itertools.count()
     lock = threading.Lock()
 
