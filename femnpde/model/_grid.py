@@ -65,12 +65,8 @@ class _GridBlocks:
     def __len__(self) -> int:
         return len(self.blocks)
 
-    def block_major(self, v: np.ndarray, levels_last: bool = False) -> np.ndarray:
-        """Copy ``v`` (c, n_t, n_x) into block-major order, shape (c, n_t * n_x).
-
-        Within a block the entries are level-major, ``(k, m)``, or with
-        ``levels_last`` row-major, ``(m, k)``.
-        """
+    def block_major(self, v: np.ndarray) -> np.ndarray:
+        """Copy ``v`` (c, n_t, n_x) into block-major order, shape (c, n_t * n_x) (level-major within a block)."""
         out = np.empty((v.shape[0], v.shape[1] * v.shape[2]))
         c, m = v.shape[0], self.rows
         full = (self.n_x // m) * m
@@ -80,20 +76,10 @@ class _GridBlocks:
             k, o = n1 - n0, int(self.offsets[b])
             if full:
                 f = full // m
-                src = v[:, n0:n1, :full].reshape(c, k, f, m)
-                dst = out[:, o : o + k * full]
-                if levels_last:
-                    dst.reshape(c, f, m, k)[:] = src.transpose(0, 2, 3, 1)
-                else:
-                    dst.reshape(c, f, k, m)[:] = src.transpose(0, 2, 1, 3)
+                out[:, o : o + k * full].reshape(c, f, k, m)[:] = v[:, n0:n1, :full].reshape(c, k, f, m).transpose(0, 2, 1, 3)
             if full < self.n_x:
                 o += k * full
-                src = v[:, n0:n1, full:]
-                dst = out[:, o : o + k * (self.n_x - full)]
-                if levels_last:
-                    dst.reshape(c, self.n_x - full, k)[:] = src.transpose(0, 2, 1)
-                else:
-                    dst.reshape(c, k, self.n_x - full)[:] = src
+                out[:, o : o + k * (self.n_x - full)].reshape(c, k, self.n_x - full)[:] = v[:, n0:n1, full:]
         return out
 
 
@@ -281,7 +267,7 @@ class ShallowGridMixin:
                             p, t, blk, s, None if tmp is None else tmp[:size].reshape(shape), factors, tile
                         )
                         gb = gbuf[: shape[0] * shape[1]]
-                        np.matmul(s.reshape(-1, n), self._c, out=gb)  # one product: faster than one per level
+                        np.dot(s.reshape(-1, n), self._c, out=gb)  # np.dot releases the GIL, matmul does not
                         g[n0:n1, j0:j1] = gb.reshape(shape[:2])
 
             return work_on
@@ -357,22 +343,19 @@ class ShallowGridMixin:
 
         grid = _GridBlocks(n_t, n_x, n)
         blocks, offsets = grid.blocks, grid.offsets
-        # Three reductions of a block, all matrix-vector products over its
-        # points (the reference BLAS is no faster on one GEMM with several
-        # columns): dc from r^T S; d_wt from (t_n r)^T sigma'(S) (block-major
-        # weights rw); per row e_j = sum_n r[n, j] sigma'(S[n, j]) (weights
-        # rt, row-major within the block) gives d_eta = sum_j e_j and
+        # Three reductions of a block over its points (the reference BLAS is
+        # no faster on one GEMM with several columns): dc from r^T S; d_wt
+        # from (t_n r)^T sigma'(S) (block-major weights rw); per row
+        # e_j = sum_n r[n, j] sigma'(S[n, j]) gives d_eta = sum_j e_j and
         # d_wx = sum_j x_j e_j: two reads of sigma'(S) for any d.
         tr = np.empty((2, n_t, n_x))
         tr[0] = r
         np.multiply(r, t[:, None], out=tr[1])
         rw = grid.block_major(tr)
-        rt = grid.block_major(r[None], levels_last=True)[0]
         del tr
-        rw3 = rw[:, None, :]
-        xx = np.empty((d + 1, n_x))  # [1; x^T]: d_eta and d_wx from e in one product
-        xx[0] = 1.0
-        xx[1:] = x.T
+        xx = np.empty((n_x, d + 1))  # [1, x]: d_eta and d_wx from e in one product
+        xx[:, 0] = 1.0
+        xx[:, 1:] = x
         p, factors, r_form = cache.p, cache.factors, cache.r_form
         # Partial sums over fixed ranges of blocks (in block order within a
         # range), then over the ranges in order: the result does not depend
@@ -383,21 +366,19 @@ class ShallowGridMixin:
         parts = np.zeros((-(-nb // grain), 3 + d, n))  # dc, d_wt, d_eta, d_wx (d rows)
 
         def make_worker():
-            # One buffer holds a block's activations and their derivatives as
-            # a (2, M, N) pair: r^T S and (t r)^T sigma' are one batched product.
-            buf = np.empty(2 * grid.cap)
+            work = np.empty(grid.cap)
+            q = np.empty(grid.cap)
             tile = _LevelTile(grid.levels, grid.rows, n) if factors is not None else None
-            e = np.empty((grid.rows, 1, n))
+            e = np.empty((grid.rows, n))
             part = np.empty((3 + d, n))
-            part2 = part[:2].reshape(2, 1, n)
             views: dict[tuple[int, int], tuple[np.ndarray, ...]] = {}
 
             def views_for(k: int, rows: int) -> tuple[np.ndarray, ...]:
                 v = views.get((k, rows))
                 if v is None:
-                    pair = buf[: 2 * k * rows * n].reshape(2, k * rows, n)
-                    qb = pair[1].reshape(k, rows, n)
-                    v = views[(k, rows)] = (pair, pair[0].reshape(k, rows, n), qb, qb.transpose(1, 0, 2))
+                    size = k * rows * n
+                    v = views[(k, rows)] = (work[:size].reshape(k, rows, n), q[:size].reshape(k, rows, n),
+                                            q[:size].reshape(-1, n), e[:rows])
                 return v
 
             def work_on(lo: int, hi: int) -> None:
@@ -407,7 +388,7 @@ class ShallowGridMixin:
                         n0, n1, j0, j1 = blk = blocks[b]
                         k, rows = n1 - n0, j1 - j0
                         o0, o1 = offs[b], offs[b + 1]
-                        pair, s, qb, q_rows = views_for(k, rows)
+                        s, qb, q2, eb = views_for(k, rows)
                         if s_all is not None:
                             s = s_all[o0 * n : o1 * n].reshape(k, rows, n)
                         else:
@@ -419,14 +400,12 @@ class ShallowGridMixin:
                             np.subtract(s, qb, out=qb)
                         else:
                             _derivative_from_output(s, qb, self._activation)
-                        if s_all is None:
-                            np.matmul(rw3[:, :, o0:o1], pair, out=part2)
-                        else:
-                            np.matmul(rw[0, o0:o1], s.reshape(-1, n), out=part[0])
-                            np.matmul(rw[1, o0:o1], pair[1], out=part[1])
-                        eb = e[:rows]
-                        np.matmul(rt[o0:o1].reshape(rows, 1, k), q_rows, out=eb)
-                        np.matmul(xx[:, j0:j1], eb[:, 0, :], out=part[2:])
+                        # np.dot and einsum release the GIL (matmul does not): the threads overlap
+                        w = rw[:, o0:o1]
+                        np.dot(w[0], s.reshape(-1, n), out=part[0])
+                        np.dot(w[1], q2, out=part[1])
+                        np.einsum("kj,kjn->jn", w[0].reshape(k, rows), qb, out=eb)
+                        np.dot(xx[j0:j1].T, eb, out=part[2:])
                         acc += part
 
             return work_on
