@@ -22,6 +22,10 @@ and both versions are timed alternately in the same run.  ``--memory``
 adds the peak of the memory allocated by one forward + VJP of each version
 (``tracemalloc``, which numpy reports its arrays to; the activation
 buffers and caches included), measured outside the timings.
+``--threads-overhead`` only measures the thread CPU time of one VJP
+(N = 100) alone and while another VJP runs in a second thread of the same
+process (the cost of sharing the GIL; meaningful when both threads get a
+core).
 """
 
 from __future__ import annotations
@@ -100,6 +104,32 @@ def peak_mb(make_net, t, x, r) -> float:
     return peak / 1e6
 
 
+def thread_overhead(t, x, r, repeats: int) -> tuple[float, float]:
+    """Median thread CPU time of one VJP alone and of each of two independent VJPs run in two threads (1 thread each)."""
+    import threading
+
+    nets = [ShallowNetwork(100, 2, seed=42, threads=1) for _ in range(2)]
+    for net in nets:
+        net.evaluate_grid(t, x)
+        net.vjp_grid(r)
+
+    def job(net, out):
+        for _ in range(repeats):
+            c0 = time.thread_time()
+            net.vjp_grid(r)
+            out.append(time.thread_time() - c0)
+
+    solo: list[float] = []
+    job(nets[0], solo)
+    outs: list[list[float]] = [[], []]
+    workers = [threading.Thread(target=job, args=(nets[i], outs[i])) for i in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return float(np.median(solo)), float(np.median(outs[0] + outs[1]))
+
+
 def rel(a, b) -> float:
     return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
@@ -115,11 +145,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="threads of the new network (default: femnpde's default)")
     parser.add_argument("--memory", action="store_true",
                         help="also print the peak memory of one forward + VJP of each version (tracemalloc)")
+    parser.add_argument("--threads-overhead", action="store_true",
+                        help="only measure the CPU cost of running two VJPs (N = 100) in two threads of one process")
     parser.add_argument("--cpu", action="store_true",
                         help="time with process CPU time (all threads) instead of wall clock: less sensitive to "
                              "other processes on a shared machine")
     args = parser.parse_args()
     clock = time.process_time if args.cpu else time.perf_counter
+    if args.threads_overhead:
+        for n_dofs in args.dofs:
+            t, x = grid(n_dofs)
+            r = np.random.default_rng(1).standard_normal((t.size, x.shape[0]))
+            solo, pair = thread_overhead(t, x, r, args.repeats)
+            print(f"{n_dofs:>6} dofs, N = 100: VJP thread CPU alone {solo:.4f} s, with another VJP in a second thread "
+                  f"{pair:.4f} s (+{100 * (pair / solo - 1):.0f} %)", flush=True)
+        return
     base = load_baseline(args.rev, args.baseline)
     print("network forward (evaluate_grid) and VJP (vjp_grid), medians of", args.repeats, "runs [s,",
           "CPU time]" if args.cpu else "wall clock]", f"; new network threads = {ShallowNetwork(1, 2).threads}"
