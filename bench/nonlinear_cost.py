@@ -13,9 +13,13 @@ On the paper rectangle (P1, 64 backward-Euler steps; 21x41 = 861 and
 
 the Newton iterations per step, the forward and adjoint Krylov iterations per
 step, the factorisations per loss+grad (after warm-up: the lagged Newton
-matrix is kept across sweeps) and the Allen–Cahn / heat ratio of loss+grad;
-then the paper-scale Allen–Cahn epoch (861 dofs, N = 10: network, loss,
-gradient, network VJP and Adam step). Figures are medians of --repeats runs,
+matrix is kept across sweeps; PETSc's count of numeric LU factorisations)
+and the Allen–Cahn / heat ratio of loss+grad, for Allen–Cahn with the
+implicit scheme (``ac-implicit``: a nonlinear solve per step) and with the
+IMEX scheme (``ac-imex``, ``time.nonlinear = "explicit"``: the cubic term at
+u^{n-1}, one solve per step with a matrix factorised once); then the
+paper-scale Allen–Cahn epoch (861 dofs, N = 10: network, loss, gradient,
+network VJP and Adam step) with both schemes. Figures are medians of --repeats runs,
 as wall time and as the CPU time of rank 0 (on a shared machine other jobs
 inflate wall time; CPU time is what the run itself used).
 """
@@ -27,6 +31,7 @@ import time
 
 import numpy as np
 from mpi4py import MPI
+from petsc4py import PETSc
 
 from femnpde.app.scenarios import paper_problem, target_source
 from femnpde.fem.solver import ThetaSolver
@@ -51,10 +56,20 @@ def median_times(fn, repeats: int, comm) -> tuple[float, float]:
     return float(np.median(wall)), float(np.median(cpu))
 
 
-def sweep_costs(pde: str, dofs: int, repeats: int, comm) -> dict:
+#: Row name -> (pde, time.nonlinear).
+ROWS = {"heat": ("heat", "implicit"), "ac-implicit": ("allen-cahn", "implicit"), "ac-imex": ("allen-cahn", "explicit")}
+
+
+def _lu_factorisations() -> int:
+    """Numeric LU factorisations so far (PETSc's log; PETSc.Log.begin() must have been called)."""
+    return int(PETSc.Log.Event("MatLUFactorNum").getPerfInfo()["count"])
+
+
+def sweep_costs(row: str, dofs: int, repeats: int, comm) -> dict:
+    pde, nonlinear = ROWS[row]
     nx, ny = MESHES[dofs]
-    problem = paper_problem(pde, comm=comm, nx=nx, ny=ny, n_steps=64)
-    solver = ThetaSolver(problem, f"nlbench_{pde.replace('-', '_')}_{dofs}_")
+    problem = paper_problem(pde, comm=comm, nx=nx, ny=ny, n_steps=64, nonlinear=nonlinear)
+    solver = ThetaSolver(problem, f"nlbench_{row.replace('-', '_')}_{dofs}_")
     gstar = FunctionSource(problem, target_source("difficult")).values()
     data = solver.forward(gstar).array[:, : problem.n_owned].copy()
     misfit = L2Misfit(problem, data)
@@ -72,7 +87,9 @@ def sweep_costs(pde: str, dofs: int, repeats: int, comm) -> dict:
     t_loss, c_loss = median_times(loss, repeats, comm)
     t_lg, c_lg = median_times(loss_grad, repeats, comm)
     solver.reset_statistics()
+    lu0 = _lu_factorisations()
     loss_grad()
+    n_lu = _lu_factorisations() - lu0
     st = solver.statistics
     n = problem.time.n_steps
     out = {"loss": t_loss, "loss_grad": t_lg, "cpu_loss": c_loss, "cpu_loss_grad": c_lg}
@@ -86,14 +103,15 @@ def sweep_costs(pde: str, dofs: int, repeats: int, comm) -> dict:
     else:  # constant Jacobian: one solve per step, factorised once ever
         out.update(newton=float(np.mean(solver.newton_iterations[1:])), fwd_krylov=1.0, adj_krylov=1.0,
                    factorisations=0)
+    out["lu"] = n_lu
     solver.destroy()
     misfit.destroy()
     return out
 
 
-def epoch_cost(repeats: int, comm) -> tuple[float, float]:
-    problem = paper_problem("allen-cahn", comm=comm)
-    solver = ThetaSolver(problem, "nlbench_epoch_")
+def epoch_cost(repeats: int, comm, nonlinear: str) -> tuple[float, float]:
+    problem = paper_problem("allen-cahn", comm=comm, nonlinear=nonlinear)
+    solver = ThetaSolver(problem, f"nlbench_epoch_{nonlinear}_")
     gstar = FunctionSource(problem, target_source("difficult")).values()
     misfit = L2Misfit(problem, solver.forward(gstar).array[:, : problem.n_owned].copy())
     net = ShallowNetwork(10, 2, seed=42)
@@ -115,6 +133,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     comm = MPI.COMM_WORLD
+    PETSc.Log.begin()
 
     def say(*a):
         if comm.rank == 0:
@@ -122,25 +141,27 @@ def main() -> None:
 
     say(f"# femnpde nonlinear cost, {comm.size} rank(s), 64 backward-Euler steps, P1, medians of {args.repeats}")
     say(f"{'pde':<11} {'dofs':>6} {'loss [s]':>9} {'loss+grad':>10} {'cpu loss':>9} {'cpu l+g':>9} "
-        f"{'Newton/step':>11} {'fwd KSP/step':>12} {'adj KSP/step':>12} {'factorisations':>14} {'AC/heat':>8} "
-        f"{'cpu AC/heat':>11}")
+        f"{'Newton/step':>11} {'fwd KSP/step':>12} {'adj KSP/step':>12} {'factorisations':>14} {'LU':>4} "
+        f"{'AC/heat':>8} {'cpu AC/heat':>11}")
     for dofs in args.dofs:
         reps = args.repeats if dofs < 10_000 else max(3, args.repeats // 2)
         heat = None
-        for pde in ("heat", "allen-cahn"):
-            c = sweep_costs(pde, dofs, reps, comm)
+        for row in ROWS:
+            c = sweep_costs(row, dofs, reps, comm)
             ratio = cratio = ""
             if heat is not None:
                 ratio = f"{c['loss_grad'] / heat['loss_grad']:8.1f}"
                 cratio = f"{c['cpu_loss_grad'] / heat['cpu_loss_grad']:11.1f}"
             heat = c if heat is None else heat
-            say(f"{pde:<11} {dofs:>6} {c['loss']:9.4f} {c['loss_grad']:10.4f} {c['cpu_loss']:9.4f} "
+            say(f"{row:<11} {dofs:>6} {c['loss']:9.4f} {c['loss_grad']:10.4f} {c['cpu_loss']:9.4f} "
                 f"{c['cpu_loss_grad']:9.4f} {c['newton']:11.2f} {c['fwd_krylov']:12.2f} {c['adj_krylov']:12.2f} "
-                f"{c['factorisations']:14d} {ratio:>8} {cratio:>11}")
-    wall, cpu = epoch_cost(args.repeats * 3, comm)
-    say(f"# paper-scale Allen-Cahn epoch (861 dofs, N = 10, Adam step included): {wall:.4f} s wall, "
-        f"{cpu:.4f} s CPU (target <= 0.08 s serial)")
-    say("# factorisations: per loss+grad after warm-up (heat: its matrix is factorised once ever).")
+                f"{c['factorisations']:14d} {c['lu']:4d} {ratio:>8} {cratio:>11}")
+    for nonlinear in ("implicit", "explicit"):
+        wall, cpu = epoch_cost(args.repeats * 3, comm, nonlinear)
+        say(f"# paper-scale Allen-Cahn epoch, time.nonlinear = {nonlinear} (861 dofs, N = 10, Adam step included): "
+            f"{wall:.4f} s wall, {cpu:.4f} s CPU (target <= 0.08 s serial)")
+    say("# factorisations: the lagged Newton matrix's per loss+grad after warm-up; LU: PETSc's numeric LU")
+    say("#   factorisations in that loss+grad (0: the constant matrix of heat and ac-imex was factorised once, before).")
     say("# cpu: this process's CPU time (rank 0), less sensitive than wall time to other jobs on a shared machine.")
     say("# Targets: Allen-Cahn loss+grad <= 5x heat's on the same mesh and steps (serial).")
 

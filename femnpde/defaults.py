@@ -19,6 +19,8 @@ __all__ = [
     "PDE_DEGREE",
     "PDE_SOURCE",
     "TIME_THETA",
+    "TIME_NONLINEAR",
+    "TIME_NONLINEAR_CHOICES",
     "NEWTON_RTOL",
     "NEWTON_ATOL",
     "NEWTON_MAX_IT",
@@ -44,6 +46,11 @@ PDE_DEGREE: int = 1
 PDE_SOURCE: str = "lagrange"
 #: ``time.theta``: the theta of the time scheme (1 = implicit Euler).
 TIME_THETA: float = 1.0
+#: ``time.nonlinear``: how the theta scheme treats the nonlinear remainder of the residual.
+TIME_NONLINEAR: str = "implicit"
+#: Its choices: ``"implicit"`` (the whole residual at u^n: a nonlinear solve per step) or
+#: ``"explicit"`` (IMEX: the remainder at u^{n-1}, one linear solve per step with a constant matrix).
+TIME_NONLINEAR_CHOICES: tuple[str, ...] = ("implicit", "explicit")
 #: ``solver.newton_rtol``: the relative tolerance of the nonlinear solve.
 NEWTON_RTOL: float = 1e-11
 #: ``solver.newton_atol``: the absolute tolerance of the nonlinear solve.

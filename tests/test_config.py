@@ -155,7 +155,7 @@ def test_int_accepted_for_float():
 @pytest.mark.serial
 def test_programmatic_values():
     cfg = validate({"time": {"T": np.float64(2.0), "n_steps": np.int32(4)}, "mesh": {"cells": (2, 3)}})
-    assert cfg["time"] == {"T": 2.0, "n_steps": 4, "theta": 1.0}
+    assert cfg["time"] == {"T": 2.0, "n_steps": 4, "theta": 1.0, "nonlinear": "implicit"}
     assert type(cfg["time"]["n_steps"]) is int and cfg["mesh"]["cells"] == [2, 3]
     assert tomllib.loads(dump_config(cfg)) == cfg
 

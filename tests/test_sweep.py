@@ -140,3 +140,21 @@ def test_unfinished_run_of_another_configuration_is_refused(shared_tmp_path):
 def test_bad_seeds_exit_2(seeds, capsys):
     assert main(["sweep", "demos/quickstart.toml", "--N", "10", "--seeds", seeds]) == 2
     assert "--seeds" in capsys.readouterr().err
+
+
+def test_run_written_before_a_new_key_is_still_recognised(shared_tmp_path):
+    """A finished run whose saved configuration lacks a key added since (time.nonlinear) is skipped, not refused."""
+    cfg = _config(shared_tmp_path / "c.toml")
+    rows = sweep(cfg, [2], out=shared_tmp_path / "sw", seeds=[0], quiet=True, write_outputs=False)
+    assert [r["status"] for r in rows] == ["trained"]
+    run = shared_tmp_path / "sw" / "N2-seed0"
+    if MPI.COMM_WORLD.rank == 0:
+        result = json.loads((run / RESULT_FILE).read_text())
+        assert 'nonlinear = "implicit"\n' in result["config"]
+        result["config"] = result["config"].replace('nonlinear = "implicit"\n', "")
+        (run / RESULT_FILE).write_text(json.dumps(result))
+        text = (run / "config.toml").read_text()
+        (run / "config.toml").write_text(text.replace('nonlinear = "implicit"\n', ""))
+    MPI.COMM_WORLD.Barrier()
+    again = sweep(cfg, [2], out=shared_tmp_path / "sw", seeds=[0], quiet=True, write_outputs=False)
+    assert [r["status"] for r in again] == ["skipped"]

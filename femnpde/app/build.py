@@ -130,7 +130,19 @@ def _build(cfg: dict[str, Any], comm: MPI.Comm, petsc_options_prefix: str, agree
     """:func:`build_run` for a validated configuration."""
     mcfg, pcfg, tcfg, obs = cfg["mesh"], cfg["pde"], cfg["time"], cfg["observation"]
     step = tcfg["theta"] * tcfg["T"] / tcfg["n_steps"]
-    if "residual" not in pcfg and pcfg["preset"] == "allen-cahn" and step >= pcfg["epsilon"] ** 2 and comm.rank == 0:
+    allen_cahn = "residual" not in pcfg and pcfg["preset"] == "allen-cahn"
+    dt = tcfg["T"] / tcfg["n_steps"]
+    if allen_cahn and tcfg["nonlinear"] == "explicit" and dt >= pcfg["epsilon"] ** 2 and comm.rank == 0:
+        # IMEX: -u/eps^2 is implicit (the step matrix M/dt - M/eps^2 + gamma K is indefinite for dt >= eps^2),
+        # u^3/eps^2 explicit (its slope 3u^2 dt/eps^2 is about 3 dt/eps^2 near u = +-1).
+        warnings.warn(
+            f"Allen-Cahn with time.nonlinear = \"explicit\" and dt = {dt:.4g} >= epsilon^2 = {pcfg['epsilon'] ** 2:.4g}: "
+            "the step matrix is indefinite and the explicit cubic term may be unstable (a blow-up stops the run "
+            "with exit code 3); "
+            f"use time.n_steps > {int(tcfg['T'] / pcfg['epsilon'] ** 2)} or time.nonlinear = \"implicit\"",
+            stacklevel=2,
+        )
+    if allen_cahn and tcfg["nonlinear"] == "implicit" and step >= pcfg["epsilon"] ** 2 and comm.rank == 0:
         warnings.warn(
             f"Allen-Cahn with theta*dt = {step:.4g} >= epsilon^2 = {pcfg['epsilon'] ** 2:.4g}: a time step may have "
             "several solutions, Newton may not converge and the loss may be non-smooth in the parameters; "
@@ -164,6 +176,7 @@ def _build(cfg: dict[str, Any], comm: MPI.Comm, petsc_options_prefix: str, agree
         degree=pcfg["degree"],
         time=TimeGrid(tcfg["T"], tcfg["n_steps"]),
         theta=tcfg["theta"],
+        nonlinear=tcfg["nonlinear"],
         initial_condition=ic,
         dirichlet=_dirichlet(cfg["boundary"], facet_tags, mesh.comm, tcfg["T"]),
         source=pcfg["source"],

@@ -16,6 +16,8 @@ import inspect
 import sys
 from collections.abc import Sequence
 
+from femnpde import defaults as D
+
 __all__ = ["main", "build_parser"]
 
 
@@ -111,7 +113,8 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
         from femnpde.fem.solver import ThetaSolver
 
         problem = paper_problem(
-            args.pde, comm=comm, degree=args.degree, theta=args.theta, n_steps=args.steps, nx=args.nx, ny=args.ny
+            args.pde, comm=comm, degree=args.degree, theta=args.theta, nonlinear=args.nonlinear, n_steps=args.steps,
+            nx=args.nx, ny=args.ny,
         )
         solver = ThetaSolver(problem, "femnpde_gradcheck_")
         gstar = FunctionSource(problem, target_source(args.target, problem.time.T)).values()
@@ -120,7 +123,8 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
         rf = ReducedFunctional(solver, NetworkSource(problem, net), L2Misfit(problem, data))
         theta0 = net.params.copy()
         label = (
-            f"{args.pde}, P{args.degree}, theta={args.theta}, {args.nx}x{args.ny} cells, {args.steps} steps, "
+            f"{args.pde}, P{args.degree}, theta={args.theta}, nonlinear {args.nonlinear}, {args.nx}x{args.ny} cells, "
+            f"{args.steps} steps, "
             f"N={args.N}, target {args.target}"
         )
     try:
@@ -277,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--N", type=_positive_int, default=20, help="neurons (default 20)")
     p.add_argument("--degree", type=int, choices=[1, 2], default=1, help="Lagrange degree")
     p.add_argument("--theta", type=float, choices=[1.0, 0.5], default=1.0, help="1 backward Euler, 0.5 Crank-Nicolson")
+    p.add_argument("--nonlinear", choices=list(D.TIME_NONLINEAR_CHOICES), default=D.TIME_NONLINEAR,
+                   help="the nonlinear remainder at u^n (implicit) or u^{n-1} (explicit, IMEX); as time.nonlinear")
     p.add_argument("--nx", type=_positive_int, default=20, help="cells in x (default 20: h = 0.025)")
     p.add_argument("--ny", type=_positive_int, default=40, help="cells in y (default 40)")
     p.add_argument("--steps", type=_positive_int, default=64, help="time steps (default 64)")

@@ -13,6 +13,7 @@ import numpy as np
 import dolfinx.mesh
 from mpi4py import MPI
 
+from femnpde import defaults as D
 from femnpde.fem.problem import Dirichlet, ParabolicProblem, TimeGrid, allen_cahn, heat
 
 __all__ = ["LX", "LY", "TARGETS", "target_source", "moving_gaussian", "paper_mesh", "paper_initial_condition", "paper_problem"]
@@ -112,6 +113,7 @@ def paper_problem(
     mesh: dolfinx.mesh.Mesh | None = None,
     degree: int = 1,
     theta: float = 1.0,
+    nonlinear: str = D.TIME_NONLINEAR,
     n_steps: int = 64,
     T: float = 1.0,
     gamma: float = 0.01,
@@ -135,6 +137,7 @@ def paper_problem(
         degree=degree,
         time=TimeGrid(T, n_steps),
         theta=theta,
+        nonlinear=nonlinear,
         initial_condition=paper_initial_condition,
         dirichlet=[Dirichlet("boundary", 0.0)],
         source=source,

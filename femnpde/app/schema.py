@@ -9,7 +9,7 @@ validator (:mod:`femnpde.app.validation`), the run builder
 (:mod:`femnpde.app.build`) and the reference printed by ``femnpde config
 --help`` / :func:`config_reference` all read these tables; nothing else
 holds a default.  The few defaults a numerical constructor shares with a key
-(network width, beta, activation, seed; degree, theta; Newton tolerances)
+(network width, beta, activation, seed; degree, theta, nonlinear; Newton tolerances)
 are read from :mod:`femnpde.defaults`, which the constructors read too.
 
 A few defaults are *dependent* (they follow from other keys; see
@@ -107,7 +107,7 @@ DEFAULTS: dict[str, Any] = {
         "source": D.PDE_SOURCE,
         "source_degree": D.PDE_DEGREE,
     },
-    "time": {"T": 1.0, "n_steps": 64, "theta": D.TIME_THETA},
+    "time": {"T": 1.0, "n_steps": 64, "theta": D.TIME_THETA, "nonlinear": D.TIME_NONLINEAR},
     "initial_condition": {"kind": "paper", "value": 0.0},
     "boundary": [{"where": "boundary", "value": 0.0, "time_function": "constant"}],
     "network": {
@@ -220,6 +220,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "mesh.kind": ("rectangle", "box", "file"),
     "pde.preset": ("heat", "allen-cahn"),
     "pde.source": ("lagrange", "quadrature"),
+    "time.nonlinear": D.TIME_NONLINEAR_CHOICES,
     "initial_condition.kind": ("paper", "constant"),
     "boundary.time_function": ("constant", "linear", "sin"),
     "network.activation": ACTIVATIONS,
@@ -275,6 +276,9 @@ HELP: dict[str, str] = {
     "time.T": "final time, > 0",
     "time.n_steps": "time steps, >= 1",
     "time.theta": "theta of the time scheme, in [0.5, 1] (1 backward Euler, 0.5 Crank-Nicolson)",
+    "time.nonlinear": "the residual's nonlinear remainder: implicit (at u^n, a nonlinear solve per step) or explicit "
+    "(IMEX: at u^{n-1}, one linear solve per step with a matrix factorised once; first order in time for the "
+    "remainder, stable for dt * max|dN/du| small)",
     "initial_condition.kind": "paper: 0.2 sin(2 pi x/0.5) sin(2 pi y); constant: value",
     "initial_condition.value": "the constant (kind constant)",
     "boundary": "array of tables, Dirichlet conditions u = value; boundary = [] means none",

@@ -37,6 +37,7 @@ from femnpde._mpi import on_root, rank0_print
 from femnpde.app.loading import load_config
 from femnpde.app.schema import dump_config
 from femnpde.app.training import config_differences, train
+from femnpde.app.validation import validate
 from femnpde.io.files import RunDirectory
 from femnpde.io.history import History
 from femnpde.io.plots import plot_width_study
@@ -133,7 +134,8 @@ def _run_one(config, run_dir: pathlib.Path, overrides: list[str], N: int, seed: 
     mode = "train"
     if kind in ("done", "partial", "started"):
         saved_text = state["result"]["config"] if kind == "done" else state["config"]
-        saved = tomllib.loads(saved_text)
+        # Resolved again: a key added since the run was written takes its default on both sides.
+        saved = tomllib.loads(dump_config(validate(tomllib.loads(saved_text))))
         given = tomllib.loads(fingerprint)
         diffs = config_differences(given, saved, "sweep gives")
         if kind == "done" and not diffs:

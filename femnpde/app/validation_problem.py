@@ -121,6 +121,7 @@ def _validate_time(user: Mapping[str, Any]) -> dict[str, Any]:
         "n_steps": _int("time.n_steps", _get(sec, "time.n_steps"), 1),
         "theta": _float("time.theta", _get(sec, "time.theta"), lambda f: 0.5 <= f <= 1.0,
                         "a number in [0.5, 1] (1 backward Euler, 0.5 Crank-Nicolson)"),
+        "nonlinear": _choice("time.nonlinear", _get(sec, "time.nonlinear"), CHOICES["time.nonlinear"]),
     }
 
 

@@ -4,8 +4,8 @@
 :class:`~femnpde.fem.solver.ThetaSolver` (whose :meth:`~femnpde.fem.solver.ThetaSolver.adjoint`
 calls it): one solve per step with the transpose of the step Jacobian at the
 stored state (the forward matrix and its factorisation when the Jacobian is
-constant; GMRES on the exact Jacobian preconditioned by the lagged Newton
-matrix for nonlinear steps), the coupling to the next step from
+constant, IMEX steps included; GMRES on the exact Jacobian preconditioned by
+the lagged Newton matrix for nonlinear steps), the coupling to the next step from
 ``(∂F^{n+1}/∂u^n)^T λ^{n+1}``, and the source sensitivities
 ``(∂F^n/∂g^n)^T λ^n + (∂F^{n+1}/∂g^n)^T λ^{n+1}`` on the source space.
 :func:`probe_symmetry` tests once whether the step Jacobian is symmetric: the
@@ -80,6 +80,8 @@ def adjoint_sweep(
     if solver._adjoint_warm:
         lam_vec.zeroEntries()  # the warm start must not depend on the previous sweep
     step = solver._step
+    # The split's couplings (constant blocks + assembled remainder): nonlinear and IMEX steps.
+    split = step if step is not None else solver._imex
     have_c = False
     const_forms = forms.constant_adjoints or {}
     unknown = [name for name in constants if name not in p.constants]
@@ -117,8 +119,8 @@ def adjoint_sweep(
                 if name in const_forms:
                     dc[k] += dolfinx.fem.assemble_scalar(const_forms[name])
         # Coupling to the previous step, (∂F^n/∂u^{n-1})^T λ^n, for step n-1.
-        if step is not None:
-            have_c = n > 1 and step.coupling("u_prev", lam_vec, c)
+        if split is not None:
+            have_c = n > 1 and split.coupling("u_prev", lam_vec, c)
         elif n > 1 and forms.adj_prev is not None:
             have_c = True
             if "u_prev" in solver._blocks:
@@ -127,8 +129,8 @@ def adjoint_sweep(
                 solver._assemble_action(c, forms.adj_prev)
         # Source sensitivities (∂F^n/∂g^n)^T λ^n and (∂F^n/∂g^{n-1})^T λ^n.
         for name, form, level in (("g", forms.adj_g, n), ("g_prev", forms.adj_gprev, n - 1)):
-            if step is not None:
-                if step.coupling(name, lam_vec, r):
+            if split is not None:
+                if split.coupling(name, lam_vec, r):
                     R[level] += r.array_r[:ng]
                 continue
             if form is None:

@@ -40,6 +40,7 @@ from ufl.classes import Division, IndexSum, IntValue, Product, RealValue, Sum
 __all__ = [
     "SplitForms",
     "split_residual",
+    "explicit_remainder",
     "expand_integer_powers",
     "compile_form",
     "derivative",
@@ -153,6 +154,31 @@ def split_residual(F: ufl.Form, u, state: set, times: set) -> SplitForms:
         nonlinear=_form(parts["nonlinear"]),
         n_terms={k: len(v) for k, v in parts.items()},
     )
+
+
+def explicit_remainder(F: ufl.Form, u, u_prev, state: set, times: set) -> ufl.Form:
+    """The IMEX residual: ``F`` with ``u^n`` replaced by ``u^{n-1}`` in its nonlinear remainder.
+
+    ``F`` is split by :func:`split_residual`; the linear and per-step parts
+    are kept and the nonlinear part ``N(u^n, ...)`` becomes
+    ``N(u^{n-1}, ...)`` (``ufl.replace``).  The result is affine in ``u^n``
+    with the linear part's constant Jacobian.  A residual without a
+    nonlinear part is returned unchanged (the same object).
+
+    Raises:
+        ValueError: An integral of ``F`` has no pinned quadrature degree (the
+            split would put it whole, mass term included, in the remainder).
+    """
+    unpinned = [itg for itg in F.integrals() if "quadrature_degree" not in itg.metadata()]
+    if unpinned:
+        raise ValueError(
+            f"explicit_remainder: {len(unpinned)} integral(s) of the residual have no pinned quadrature degree; "
+            "pin them first (femnpde.fem.quadrature.pin_quadrature_degrees)"
+        )
+    parts = split_residual(F, u, state, times)
+    if parts.nonlinear is None:
+        return F
+    return add_forms(parts.linear, parts.step, ufl.replace(parts.nonlinear, {u: u_prev}))
 
 
 def _classify(term: ufl.Form, u, state: set, times: set) -> str:

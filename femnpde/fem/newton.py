@@ -33,14 +33,11 @@ from dolfinx import cpp as _cpp
 from dolfinx.fem import pack_coefficients, pack_constants
 from petsc4py import PETSc
 
-from femnpde.fem import forms as _forms
 from femnpde.fem.chord import AcceleratedChord
 from femnpde.fem.csr_jacobian import make_csr_jacobian
+from femnpde.fem.split_assembly import SplitAssembly
 
 __all__ = ["NonlinearStep", "StepStatistics", "options_with_defaults", "snes_reason", "ksp_reason"]
-
-#: C compiler flags of the nonlinear step's kernels (unless the problem's jit_options set their own).
-_FAST_KERNEL_FLAGS = ("-O3", "-g0")
 
 _SNES_REASONS = {getattr(PETSc.SNES.ConvergedReason, k): k for k in dir(PETSc.SNES.ConvergedReason) if k.isupper()}
 _KSP_REASONS = {getattr(PETSc.KSP.ConvergedReason, k): k for k in dir(PETSc.KSP.ConvergedReason) if k.isupper()}
@@ -144,37 +141,9 @@ class NonlinearStep:
         self.adjoint_refresh_its = int(adjoint_refresh_its)
         self.stats = StepStatistics()
         comm = p.comm
-        state = {p.u, p.u_prev, p.g, p.g_prev}
-        split = _forms.split_residual(p.F_ufl, p.u, state, {p.t, p.t_prev})
-        self.split = split
-        # The pieces assembled per iteration are compiled with -O3 (measured 20-30 % faster
-        # than DOLFINx's default -O2 for the Allen-Cahn remainder, bitwise equal results on x86-64).
-        jit = {"cffi_extra_compile_args": list(_FAST_KERNEL_FLAGS), **(p.jit_options or {})}
-
-        def compile_(form):
-            return _forms.compile_form(form, p.form_compiler_options, jit)
-
-        coeffs = {"u": p.u, "u_prev": p.u_prev, "g": p.g, "g_prev": p.g_prev}
-
-        # Matrices of the linear part (no boundary conditions), assembled once.
-        self._blocks: dict[str, PETSc.Mat] = {}
-        for name, w in coeffs.items():
-            form = compile_(_forms.derivative(split.linear, w))
-            if form is not None:
-                M = dolfinx.fem.petsc.assemble_matrix(form)
-                M.assemble()
-                self._blocks[name] = M
-        self._vec_of = {"u_prev": p.u_prev.x.petsc_vec, "g": p.g.x.petsc_vec, "g_prev": p.g_prev.x.petsc_vec}
-        self._f0 = self._assemble_at_zero(compile_(split.linear))
-        self._step_form = compile_(split.step)
-        self._nl_form = compile_(split.nonlinear)
-        self._nl_jac = compile_(_forms.derivative(split.nonlinear, p.u))
-        remainder = _forms.add_forms(split.step, split.nonlinear)
-        self._adj_forms = {
-            name: compile_(_forms.adjoint_action(remainder, w, p.lam))
-            for name, w in coeffs.items()
-            if name != "u"
-        }
+        parts = SplitAssembly(p)
+        self._parts = parts
+        self.split = parts.split
         self._bcs_cpp = [bc._cpp_object for bc in p.bcs]
         owned = p.bc_dofs
         self._bc_owned = owned[owned < p.n_owned]
@@ -183,7 +152,7 @@ class NonlinearStep:
         # them), the lagged Newton matrix P and the adjoint's exact Jacobian,
         # all on the sparsity of the full Jacobian.
         self._A_bc = dolfinx.fem.petsc.create_matrix(p.forms.jacobian)
-        if self._nl_jac is not None:
+        if parts.nl_jac is not None:
             # The first final assembly fixes the stored pattern to the entries inserted (MPIAIJ drops
             # the others): insert every entry of the full Jacobian, which holds the linear part's and
             # the remainder's (the remainder alone missed the linear part's entries under MPI when it
@@ -193,14 +162,13 @@ class NonlinearStep:
                                            pack_coefficients(form), self._bcs_cpp)
             self._A_bc.assemble()
             self._A_bc.zeroEntries()
-        lin_u = compile_(_forms.derivative(split.linear, p.u))
-        if lin_u is not None:
-            dolfinx.fem.petsc.assemble_matrix(self._A_bc, lin_u, bcs=p.bcs)
+        if parts.lin_u is not None:
+            dolfinx.fem.petsc.assemble_matrix(self._A_bc, parts.lin_u, bcs=p.bcs)
         else:
             _cpp.fem.petsc.insert_diagonal(self._A_bc, p.V._cpp_object, self._bcs_cpp, 1.0)
         self._A_bc.assemble()
         # One rank: ∂N/∂u through DOLFINx's CSR assembly into matrices sharing their values with numpy.
-        self._csr_jac = make_csr_jacobian(self._A_bc, self._nl_jac, self._bc_owned, comm)
+        self._csr_jac = make_csr_jacobian(self._A_bc, parts.nl_jac, self._bc_owned, comm)
         if self._csr_jac is not None:
             self._P = self._csr_jac.create_matrix(f"{prefix}forward_")
             self._J = self._csr_jac.create_matrix(f"{prefix}adjoint_")
@@ -256,36 +224,6 @@ class NonlinearStep:
         self.refreshed_now = False
 
     # ----------------------------------------------------------- assembly
-    def _assemble_at_zero(self, form) -> PETSc.Vec | None:
-        """The linear part at zero state: f0 (None if it vanishes)."""
-        if form is None:
-            return None
-        p = self.problem
-        fs = (p.u, p.u_prev, p.g, p.g_prev)
-        saved = [f.x.array.copy() for f in fs]
-        for f in fs:
-            f.x.array[:] = 0.0
-        f0 = dolfinx.fem.petsc.create_vector(p.V)
-        with f0.localForm() as loc:
-            loc.set(0.0)
-        dolfinx.fem.petsc.assemble_vector(f0, form)
-        f0.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
-        for f, a in zip(fs, saved):
-            f.x.array[:] = a
-        if f0.norm() == 0.0:
-            f0.destroy()
-            return None
-        return f0
-
-    def _add_assembled(self, vec: PETSc.Vec, form) -> None:
-        """vec += assemble(form) (owned entries; ghosts of vec are used as scratch)."""
-        n_owned = vec.getLocalSize()
-        with vec.localForm() as loc:
-            arr = loc.array_w
-            arr[n_owned:] = 0.0
-            _cpp.fem.assemble_vector(arr, form._cpp_object, pack_constants(form), pack_coefficients(form))
-        vec.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
-
     def _jacobian_into(self, M: PETSc.Mat) -> None:
         """M = constant part (Dirichlet rows identity) + ∂N/∂u at the current coefficients.
 
@@ -298,8 +236,8 @@ class NonlinearStep:
             self._csr_jac.assemble_into(M)
             return
         self._A_bc.copy(M, structure=PETSc.Mat.Structure.SAME_NONZERO_PATTERN)
-        if self._nl_jac is not None:
-            form, Nm = self._nl_jac, self._N
+        if self._parts.nl_jac is not None:
+            form, Nm = self._parts.nl_jac, self._N
             Nm.zeroEntries()
             _cpp.fem.petsc.assemble_matrix(Nm, form._cpp_object, pack_constants(form), pack_coefficients(form), [])
             Nm.assemble()
@@ -315,13 +253,7 @@ class NonlinearStep:
     def _snes_function(self, snes, x: PETSc.Vec, b: PETSc.Vec) -> None:
         self._load(x)
         self.stats.residual_evaluations += 1
-        if "u" in self._blocks:
-            self._blocks["u"].mult(x, b)
-        else:
-            b.set(0.0)
-        if self._nl_form is not None:
-            self._add_assembled(b, self._nl_form)
-        b.axpy(1.0, self._c)
+        self._parts.residual(x, self._c, b)
         # The iterate carries the Dirichlet values: those rows (u − u_D) vanish.
         b.array_w[self._bc_owned] = 0.0
 
@@ -353,15 +285,7 @@ class NonlinearStep:
     # -------------------------------------------------------------- solve
     def _step_constant(self) -> None:
         """c = A_{u'} u^{n-1} + A_g g^n + A_{g'} g^{n-1} + f0 + per-step terms."""
-        c = self._c
-        c.set(0.0)
-        for name, vec in self._vec_of.items():
-            if name in self._blocks:
-                self._blocks[name].multAdd(vec, c, c)
-        if self._f0 is not None:
-            c.axpy(1.0, self._f0)
-        if self._step_form is not None:
-            self._add_assembled(c, self._step_form)
+        self._parts.step_constant(self._c)
 
     def solve(self, n: int, t: float) -> int:
         """Solve step n (coefficients and initial guess loaded); return the Newton iterations.
@@ -437,17 +361,7 @@ class NonlinearStep:
 
     def coupling(self, name: str, lam: PETSc.Vec, out: PETSc.Vec) -> bool:
         """``out = (∂F^n/∂w)^T lam`` for w = ``name`` (u_prev, g, g_prev); False if F does not depend on w."""
-        form = self._adj_forms.get(name)
-        block = self._blocks.get(name)
-        if block is None and form is None:
-            return False
-        if block is not None:
-            block.multTranspose(lam, out)
-        else:
-            out.set(0.0)
-        if form is not None:
-            self._add_assembled(out, form)
-        return True
+        return self._parts.coupling(name, lam, out)
 
     def invalidate(self) -> None:
         """Refresh the lagged Jacobian at the next Newton iteration."""
@@ -483,10 +397,10 @@ class NonlinearStep:
         if self._csr_jac is not None:
             self._csr_jac.forget(self._P)
             self._csr_jac.forget(self._J)
-        objs = [self._snes, self._ksp_adj, self._A_bc, self._P, self._J, self._N, self._b, self._c, self._d, self._x, self._x0, self._f0]
-        objs += list(self._blocks.values())
+        objs = [self._snes, self._ksp_adj, self._A_bc, self._P, self._J, self._N, self._b, self._c, self._d, self._x,
+                self._x0]
         for obj in objs:
             if obj is not None:
                 obj.destroy()
-        self._blocks = {}
+        self._parts.destroy()
         self._snes = self._ksp_adj = None

@@ -12,7 +12,12 @@ theta-scheme,
     F^n = ∫ (u^n − u^{n−1})/Δt v dx + θ a(u^n, v; g^n, t_n) + (1 − θ) a(u^{n−1}, v; g^{n−1}, t_{n−1}),
 
 and compiles, once, the residual, its Jacobian and every derivative the
-discrete adjoint needs (``ufl.derivative`` / ``ufl.adjoint``).
+discrete adjoint needs (``ufl.derivative`` / ``ufl.adjoint``).  With
+``nonlinear="explicit"`` (IMEX) the nonlinear remainder of ``F^n``
+(:func:`~femnpde.fem.forms.split_residual`) is evaluated at ``u^{n−1}``
+instead of ``u^n`` (:func:`~femnpde.fem.forms.explicit_remainder`): the step
+is linear in ``u^n`` with a constant matrix, and the adjoint of that scheme
+follows from the same derivatives.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from petsc4py import PETSc
 
 from femnpde import defaults as D
 from femnpde._mpi import tags_present
+from femnpde.fem.forms import explicit_remainder
 from femnpde.fem.presets import PRESETS, Residual, allen_cahn, heat
 from femnpde.fem.quadrature import _with_quadrature_degree, pin_quadrature_degrees
 
@@ -175,6 +181,14 @@ class ParabolicProblem:
         n_sources: Number of network-fed coefficients: with ``m > 1`` the
             source space has ``m`` components and the residual indexes them
             as ``g[0], .., g[m-1]`` (e.g. a source and a diffusion factor).
+        nonlinear: How the nonlinear remainder ``N`` of ``F^n`` (the terms
+            that are not affine in ``(u^n, u^{n-1}, g^n, g^{n-1})`` with
+            constant coefficients, and that contain ``u^n``) is treated:
+            ``"implicit"`` (default: a nonlinear solve per step) or
+            ``"explicit"`` (IMEX: ``u^n`` is replaced by ``u^{n-1}`` in ``N``,
+            so backward Euler reads ``(u^n − u^{n−1})/Δt + L u^n +
+            N(u^{n−1}, g^n, t_n) = 0``; first order in time for ``N``, stable
+            for ``Δt · max|∂N/∂u|`` small).
         constants: Named scalar constants ``{name: value}`` of the residual
             (e.g. ``{"gamma": 0.01}``), held in :attr:`constants` as
             ``dolfinx.fem.Constant`` and passed to the residual as keyword
@@ -191,6 +205,7 @@ class ParabolicProblem:
         degree: int = D.PDE_DEGREE,
         time: TimeGrid | None = None,
         theta: float = D.TIME_THETA,
+        nonlinear: str = D.TIME_NONLINEAR,
         initial_condition: float | Callable[[np.ndarray], np.ndarray] | dolfinx.fem.Function = 0.0,
         dirichlet: Sequence[Dirichlet] = (),
         source: str = D.PDE_SOURCE,
@@ -206,6 +221,10 @@ class ParabolicProblem:
             raise ValueError(
                 f"ParabolicProblem: theta={theta!r} is not valid; use a number in [0.5, 1] "
                 "(1 backward Euler, 0.5 Crank-Nicolson)"
+            )
+        if nonlinear not in D.TIME_NONLINEAR_CHOICES:
+            raise ValueError(
+                f"ParabolicProblem: nonlinear={nonlinear!r} is not valid; use one of {D.TIME_NONLINEAR_CHOICES}"
             )
         if source not in ("lagrange", "quadrature"):
             raise ValueError(f"ParabolicProblem: source={source!r} is not valid; use 'lagrange' or 'quadrature'")
@@ -227,6 +246,8 @@ class ParabolicProblem:
         self.degree = int(degree)
         self.time = time if time is not None else TimeGrid()
         self.theta = float(theta)
+        #: The treatment of the nonlinear remainder: "implicit" or "explicit" (IMEX).
+        self.nonlinear = nonlinear
         self.source_kind = source
 
         self.V = dolfinx.fem.functionspace(mesh, ("Lagrange", self.degree))
@@ -279,6 +300,9 @@ class ParabolicProblem:
             F = _with_quadrature_degree(F, self.quadrature_degree)
         # One quadrature rule per integral for F and all its derivatives.
         F = pin_quadrature_degrees(F)
+        if nonlinear == "explicit":
+            F = explicit_remainder(F, self.u, self.u_prev, {self.u, self.u_prev, self.g, self.g_prev},
+                                   {self.t, self.t_prev})
         self.F_ufl = F
         #: The compiler options of the forms (the nonlinear step compiles its pieces with them).
         self.form_compiler_options = form_compiler_options

@@ -31,6 +31,7 @@ from femnpde.fem.linear_defaults import (
 from femnpde.fem.adjoint import adjoint_sweep, probe_symmetry
 from femnpde.fem.newton import NonlinearStep, ksp_reason, options_with_defaults
 from femnpde.fem.problem import ParabolicProblem
+from femnpde.fem.split_assembly import SplitAssembly
 from femnpde.fem.storage import MemoryStorage, StateStorage, make_state_storage
 
 __all__ = ["ThetaSolver", "SolverError", "default_linear_solver_options"]
@@ -184,9 +185,17 @@ class ThetaSolver:
         }
         self._times = problem.time.times
         self._need_g_prev = forms.adj_gprev is not None or problem.theta < 1.0
+        # IMEX (problem.nonlinear = "explicit"): the residual is affine in u^n with a constant
+        # Jacobian; its linear part becomes matrices, only the per-step part (holding the
+        # remainder at u^{n-1}) is assembled, once per step, and once per adjoint step.
+        imex = fast_affine and self._step is None and forms.linear is None and problem.nonlinear == "explicit"
+        self._imex: SplitAssembly | None = SplitAssembly(problem) if imex else None
+        # Its per-step constant (not the adjoint's coupling vector: a checkpointing storage
+        # recomputes forward steps in the middle of the adjoint sweep).
+        self._c_step = dolfinx.fem.petsc.create_vector(problem.V) if imex else None
         # Constant derivative blocks (∂F/∂u_prev, ∂F/∂g, ∂F/∂g_prev), assembled once.
         self._blocks: dict[str, PETSc.Mat] = {}
-        if fast_affine and self._step is None:
+        if fast_affine and self._step is None and not imex:
             for name, form in (forms.constant_blocks or {}).items():
                 M = dolfinx.fem.petsc.assemble_matrix(form)
                 M.assemble()
@@ -254,6 +263,9 @@ class ThetaSolver:
             self._lin["u"].destroy()
             self._f0.destroy()
             self._setup_linear()
+        if self._imex is not None:
+            self._imex.destroy()
+            self._imex = SplitAssembly(self.problem)
 
     @property
     def uses_linear_fast_path(self) -> bool:
@@ -299,7 +311,7 @@ class ThetaSolver:
 
     def destroy(self) -> None:
         """Destroy the PETSc objects (collective)."""
-        objs = [self._b, self._du, self._rhs, self._c, self._r]
+        objs = [self._b, self._du, self._rhs, self._c, self._r, self._c_step]
         if self._step is not None:
             self._step.destroy()
             self._step = None
@@ -310,6 +322,9 @@ class ThetaSolver:
         if self._lin is not None:
             objs += [self._lin["u"], self._f0]
             self._lin = None
+        if self._imex is not None:
+            self._imex.destroy()
+            self._imex = None
         for obj in objs:
             if obj is not None:
                 obj.destroy()
@@ -369,6 +384,11 @@ class ThetaSolver:
                 b.axpy(1.0, self._f0)
             # The iterate carries the Dirichlet values: the BC rows u − u_D vanish.
             b.array_w[self._bc_owned] = 0.0
+            return b.norm()
+        if self._imex is not None:
+            self._imex.step_constant(self._c_step)
+            self._imex.residual(p.u.x.petsc_vec, self._c_step, b)
+            b.array_w[self._bc_owned] = 0.0  # as above
             return b.norm()
         with b.localForm() as loc:
             loc.set(0.0)
