@@ -18,7 +18,14 @@ the baseline module (``git show <rev>:femnpde/model/network.py``, default
 difference of the results (max-norm over the grid / the gradient).
 
 The machine may be shared: only medians of several repetitions are printed,
-and both versions are timed alternately in the same run.
+and both versions are timed alternately in the same run.  ``--memory``
+adds the peak of the memory allocated by one forward + VJP of each version
+(``tracemalloc``, which numpy reports its arrays to; the activation
+buffers and caches included), measured outside the timings.
+``--threads-overhead`` only measures the thread CPU time of one VJP
+(N = 100) alone and while another VJP runs in a second thread of the same
+process (the cost of sharing the GIL; meaningful when both threads get a
+core).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 
 import numpy as np
 
@@ -82,6 +90,46 @@ def timings(net, t, x, r, repeats, clock=time.perf_counter):
     return float(np.median(fwd)), float(np.median(bwd)), g, dg
 
 
+def peak_mb(make_net, t, x, r) -> float:
+    """Peak memory (MB) allocated while building a network and running one forward + VJP (then freed)."""
+    tracemalloc.start()
+    tracemalloc.reset_peak()
+    base = tracemalloc.get_traced_memory()[0]
+    net = make_net()
+    net.evaluate_grid(t, x, cache=True)
+    net.vjp_grid(r)
+    peak = tracemalloc.get_traced_memory()[1] - base
+    del net
+    tracemalloc.stop()
+    return peak / 1e6
+
+
+def thread_overhead(t, x, r, repeats: int) -> tuple[float, float]:
+    """Median thread CPU time of one VJP alone and of each of two independent VJPs run in two threads (1 thread each)."""
+    import threading
+
+    nets = [ShallowNetwork(100, 2, seed=42, threads=1) for _ in range(2)]
+    for net in nets:
+        net.evaluate_grid(t, x)
+        net.vjp_grid(r)
+
+    def job(net, out):
+        for _ in range(repeats):
+            c0 = time.thread_time()
+            net.vjp_grid(r)
+            out.append(time.thread_time() - c0)
+
+    solo: list[float] = []
+    job(nets[0], solo)
+    outs: list[list[float]] = [[], []]
+    workers = [threading.Thread(target=job, args=(nets[i], outs[i])) for i in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return float(np.median(solo)), float(np.median(outs[0] + outs[1]))
+
+
 def rel(a, b) -> float:
     return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
@@ -95,11 +143,23 @@ def main() -> None:
     parser.add_argument("--baseline", help="a file holding the baseline network module instead of --rev")
     parser.add_argument("--mlp", action="store_true", help="also time an MLP with hidden = [N, N]")
     parser.add_argument("--threads", type=int, help="threads of the new network (default: femnpde's default)")
+    parser.add_argument("--memory", action="store_true",
+                        help="also print the peak memory of one forward + VJP of each version (tracemalloc)")
+    parser.add_argument("--threads-overhead", action="store_true",
+                        help="only measure the CPU cost of running two VJPs (N = 100) in two threads of one process")
     parser.add_argument("--cpu", action="store_true",
                         help="time with process CPU time (all threads) instead of wall clock: less sensitive to "
                              "other processes on a shared machine")
     args = parser.parse_args()
     clock = time.process_time if args.cpu else time.perf_counter
+    if args.threads_overhead:
+        for n_dofs in args.dofs:
+            t, x = grid(n_dofs)
+            r = np.random.default_rng(1).standard_normal((t.size, x.shape[0]))
+            solo, pair = thread_overhead(t, x, r, args.repeats)
+            print(f"{n_dofs:>6} dofs, N = 100: VJP thread CPU alone {solo:.4f} s, with another VJP in a second thread "
+                  f"{pair:.4f} s (+{100 * (pair / solo - 1):.0f} %)", flush=True)
+        return
     base = load_baseline(args.rev, args.baseline)
     print("network forward (evaluate_grid) and VJP (vjp_grid), medians of", args.repeats, "runs [s,",
           "CPU time]" if args.cpu else "wall clock]", f"; new network threads = {ShallowNetwork(1, 2).threads}"
@@ -122,6 +182,10 @@ def main() -> None:
             new.clear_cache()
             print(f"{n_dofs:>6} {N:>5} | {fo:9.4f} {bo:9.4f} {fo + bo:9.4f} | {fn:9.4f} {bn:9.4f} {fn + bn:9.4f} | "
                   f"{(fo + bo) / (fn + bn):6.2f} | {rel(gn, go):10.2e} {rel(dn, do):11.2e}", flush=True)
+            if args.memory:
+                mo = peak_mb(lambda: base.ShallowNetwork(N, 2, seed=42), t, x, r)
+                mn = peak_mb(lambda: ShallowNetwork(N, 2, seed=42, threads=args.threads), t, x, r)
+                print(f"{n_dofs:>6} {N:>5} | peak memory of forward + VJP: base {mo:.1f} MB, new {mn:.1f} MB", flush=True)
             if args.mlp:
                 mlp = MLP(2, [N, N], seed=42)
                 timings(mlp, t, x, r, 1)

@@ -20,7 +20,10 @@ misfit) and of loss + gradient (+ adjoint sweep), their ratio, the linear
 iterations per solve, the process's peak RSS per rank, and the state
 storage's predicted and measured peak (``--storage K``: K snapshots in memory;
 ``--storage memory``: every level).  ``--accuracy`` instead prints the
-relative gradient error of CG + AMG against LU for several ``ksp_rtol``.
+relative gradient error of CG + AMG against LU for several ``ksp_rtol``;
+``--solvers A B ...`` the set-up time and the per-solve wall and CPU time of
+the named solvers on the case's step matrix (a random right-hand side, 16
+solves): what the per-step cost of each choice is, without a sweep.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 from mpi4py import MPI
+from petsc4py import PETSc
 
 from femnpde.app.scenarios import paper_problem, target_source
 from femnpde.fem.linear_defaults import default_linear_solver_options
@@ -53,22 +57,29 @@ SOLVERS = {
                 "pc_factor_mat_ordering_type": "nd"},
     "cg-hypre": {"ksp_type": "cg", "pc_type": "hypre", "pc_hypre_type": "boomeramg", "ksp_rtol": "1e-10"},
     "cg-gamg": {"ksp_type": "cg", "pc_type": "gamg", "ksp_rtol": "1e-10"},
+    "redundant": {"ksp_type": "preonly", "pc_type": "redundant", "redundant_pc_type": "lu",
+                  "redundant_pc_factor_mat_solver_type": "petsc", "redundant_pc_factor_mat_ordering_type": "nd"},
     "cg-bjacobi": {"ksp_type": "cg", "pc_type": "bjacobi", "sub_pc_type": "icc", "ksp_rtol": "1e-10"},
+    "cg-hypre3d": {"ksp_type": "cg", "pc_type": "hypre", "pc_hypre_type": "boomeramg", "ksp_rtol": "1e-10",
+                   "pc_hypre_boomeramg_strong_threshold": "0.5", "pc_hypre_boomeramg_coarsen_type": "HMIS",
+                   "pc_hypre_boomeramg_interp_type": "ext+i", "pc_hypre_boomeramg_P_max": "4"},
+    "cg-jacobi": {"ksp_type": "cg", "pc_type": "jacobi", "ksp_rtol": "1e-10"},
+    "superlu-dist": {"ksp_type": "preonly", "pc_type": "lu", "pc_factor_mat_solver_type": "superlu_dist"},
 }
 
 
-def build(case: str, comm: MPI.Comm, n_steps: int, small: bool = False) -> ParabolicProblem:
+def build(case: str, comm: MPI.Comm, n_steps: int, small: bool = False, nonlinear: str = "implicit") -> ParabolicProblem:
     pde = "heat" if case.startswith("heat") else "allen-cahn"
     if case.endswith("2d"):
         nx = 40 if small else 320
-        return paper_problem(pde, comm=comm, nx=nx, ny=2 * nx, n_steps=n_steps)
+        return paper_problem(pde, comm=comm, nx=nx, ny=2 * nx, n_steps=n_steps, nonlinear=nonlinear)
     data = read_mesh(HERE.parent / "meshes" / "box_cavity.xdmf", comm, gdim=3)
     mesh, _, facets = refine_uniformly(data.mesh, 1 if small else 3, None, data.facet_tags)
     residual = heat(0.01) if pde == "heat" else allen_cahn(0.02, 0.5)
     return ParabolicProblem(
         mesh, residual, time=TimeGrid(1.0, n_steps),
         initial_condition=lambda x: 0.2 * np.sin(np.pi * x[0]) * np.sin(np.pi * x[1]) * np.sin(np.pi * x[2]),
-        dirichlet=[Dirichlet((facets, 1), 0.0)],
+        dirichlet=[Dirichlet((facets, 1), 0.0)], nonlinear=nonlinear,
     )
 
 
@@ -105,7 +116,7 @@ def count_solves(solver: ThetaSolver) -> list[int]:
 
 
 def run(args, comm) -> dict:
-    problem = build(args.case, comm, args.steps, args.small)
+    problem = build(args.case, comm, args.steps, args.small, args.nonlinear)
     n_dofs = problem.V.dofmap.index_map.size_global
     options = None if args.solver == "default" else dict(SOLVERS[args.solver])
     g = target(problem)
@@ -153,14 +164,14 @@ def run(args, comm) -> dict:
     stats = solver.statistics  # the nonlinear path (SNES; its solves do not go through solver._solve)
     if stats:
         per = args.repeats * args.steps
-        nonlinear = dict(newton_per_step=stats["newton_iterations"] / per,
+        newton_stats = dict(newton_per_step=stats["newton_iterations"] / per,
                          fwd_krylov_per_step=stats["forward_krylov_iterations"] / per,
                          adj_krylov_per_step=stats["adjoint_krylov_iterations"] / per,
                          factorisations_per_loss_grad=stats["factorisations"] / args.repeats)
         its = np.array([(stats["forward_krylov_iterations"] + stats["adjoint_krylov_iterations"])
                         / max(1, stats["newton_iterations"] + stats["adjoint_steps"])])
     else:
-        nonlinear = {}
+        newton_stats = {}
     J, R = loss_grad()
     grad_norm = float(np.sqrt(comm.allreduce(float(np.sum(R * R)))))
     plan = solver.storage_plan
@@ -171,9 +182,9 @@ def run(args, comm) -> dict:
     rss = comm.gather(rss_kb / 1024.0, root=0)
     store_peak = comm.allreduce(int(measured), op=MPI.MAX)
     row = dict(
-        case=args.case, solver=args.solver, options=chosen, storage=args.storage, ranks=comm.size, dofs=n_dofs,
+        case=args.case, nonlinear=args.nonlinear, solver=args.solver, options=chosen, storage=args.storage, ranks=comm.size, dofs=n_dofs,
         steps=args.steps, loss=t_loss, loss_grad=t_lg, ratio=t_lg / t_loss, loss_cpu=c_loss, loss_grad_cpu=c_lg,
-        ratio_cpu=c_lg / c_loss, loss_value=J, grad_norm=grad_norm, **nonlinear,
+        ratio_cpu=c_lg / c_loss, loss_value=J, grad_norm=grad_norm, **newton_stats,
         its_per_solve=float(its.mean()) if its.size else 0.0, solves_per_sweep=n_fwd,
         peak_rss_mb=rss, storage_predicted_mb=plan.predicted_peak_bytes / 1e6, storage_measured_mb=store_peak / 1e6,
         storage_all_levels_mb=plan.memory_bytes / 1e6, traced_peak_mb=traced_peak / 1e6, recomputation_factor=plan.recomputation_factor,
@@ -211,20 +222,71 @@ def accuracy(args, comm) -> None:
             s.destroy()
 
 
+def solvers(args, comm) -> None:
+    """Set-up and per-solve cost of several linear solvers on the case's step matrix."""
+    problem = build(args.case, comm, args.steps, args.small)
+    s = ThetaSolver(problem, "sol_step_", {"ksp_type": "preonly", "pc_type": "jacobi"})
+    s.forward(np.zeros((args.steps + 1, problem.n_owned_source)))  # assembles the step matrix
+    A = s.A
+    if comm.rank == 0:
+        print(f"# {args.case}: {problem.V.dofmap.index_map.size_global} dofs, {comm.size} rank(s), "
+              f"load {os.getloadavg()[0]:.1f}; per solve: median of 16, CPU time of the largest rank")
+        print(f"{'solver':<12} {'set-up [s]':>10} {'wall [ms]':>10} {'cpu [ms]':>9} {'its':>5}")
+    for name in args.solvers:
+        if comm.size > 1 and SOLVERS[name].get("pc_factor_mat_solver_type") == "petsc":
+            if comm.rank == 0:
+                print(f"{name:<12} (serial only: PETSc's LU; on several ranks see 'redundant')")
+            continue
+        ksp = PETSc.KSP().create(comm)
+        prefix = f"sol_{name.replace('-', '_')}_"
+        ksp.setOptionsPrefix(prefix)
+        opts = PETSc.Options()
+        for k, v in SOLVERS[name].items():
+            opts.setValue(prefix + k, v)
+        ksp.setFromOptions()
+        ksp.setOperators(A)
+        b, x = A.createVecLeft(), A.createVecLeft()
+        b.setRandom()
+        comm.Barrier()
+        t0 = time.perf_counter()
+        ksp.setUp()
+        ksp.solve(b, x)
+        comm.Barrier()
+        setup = time.perf_counter() - t0
+        its = []
+
+        def once():
+            ksp.solve(b, x)
+            its.append(ksp.getIterationNumber())
+
+        wall, cpu = zip(*(median_times(once, 1, comm) for _ in range(16)))
+        if comm.rank == 0:
+            print(f"{name:<12} {setup:10.2f} {1e3 * np.median(wall):10.1f} {1e3 * np.median(cpu):9.1f} "
+                  f"{np.mean(its):5.1f}", flush=True)
+        for k in SOLVERS[name]:
+            opts.delValue(prefix + k)
+        for obj in (ksp, b, x):
+            obj.destroy()
+    s.destroy()
+
+
 def report(path: Path) -> None:
     rows = json.loads(path.read_text())
     print(f"{'case':<7} {'solver':<10} {'storage':>7} {'ranks':>5} {'dofs':>7} {'loss [s]':>9} {'l+g [s]':>8} "
           f"{'ratio':>5} {'cpu loss':>8} {'cpu l+g':>8} {'cpu ratio':>9} {'speed-up':>8} {'its':>5} {'RSS/rank [MB]':>14} {'store pred/meas [MB]':>21} {'traced':>7} "
           f"{'recomp':>6} "
           f"{'load':>5}")
+    def case(r):  # IMEX is another discretisation: compared with IMEX rows only
+        return r["case"] + ("-imex" if r.get("nonlinear") == "explicit" else "")
+
     best1: dict[str, float] = {}
     for r in rows:
         if r["ranks"] == 1:
-            best1[r["case"]] = min(best1.get(r["case"], np.inf), r["loss_grad"])
-    for r in sorted(rows, key=lambda r: (r["case"], r["solver"], str(r["storage"]), r["ranks"])):
-        sp = best1.get(r["case"], np.nan) / r["loss_grad"]
+            best1[case(r)] = min(best1.get(case(r), np.inf), r["loss_grad"])
+    for r in sorted(rows, key=lambda r: (case(r), r["solver"], str(r["storage"]), r["ranks"])):
+        sp = best1.get(case(r), np.nan) / r["loss_grad"]
         rss = "/".join(f"{x:.0f}" for x in r["peak_rss_mb"])
-        print(f"{r['case']:<7} {r['solver']:<10} {str(r['storage']):>7} {r['ranks']:>5} {r['dofs']:>7} "
+        print(f"{case(r):<7} {r['solver']:<10} {str(r['storage']):>7} {r['ranks']:>5} {r['dofs']:>7} "
               f"{r['loss']:9.2f} {r['loss_grad']:8.2f} {r['ratio']:5.2f} {r.get('loss_cpu', np.nan):8.2f} "
               f"{r.get('loss_grad_cpu', np.nan):8.2f} {r.get('ratio_cpu', np.nan):9.2f} {sp:8.2f} {r['its_per_solve']:5.1f} "
               f"{rss:>14} {r['storage_predicted_mb']:10.1f}/{r['storage_measured_mb']:<10.1f} "
@@ -241,6 +303,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--case", default="heat2d", choices=["heat2d", "ac2d", "heat3d", "ac3d"])
     parser.add_argument("--solver", default="default", choices=["default", *SOLVERS])
+    parser.add_argument("--nonlinear", default="implicit", choices=["implicit", "explicit"],
+                        help="Allen-Cahn's cubic term: implicit (Newton) or explicit (IMEX, time.nonlinear)")
     parser.add_argument("--storage", default="memory", help="'memory' or K (snapshots in memory)")
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
@@ -248,6 +312,7 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="a small mesh, to try the script (not for figures)")
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--accuracy", action="store_true")
+    parser.add_argument("--solvers", nargs="+", choices=list(SOLVERS), help="per-solve cost of these solvers")
     args = parser.parse_args()
     comm = MPI.COMM_WORLD
     if args.report:
@@ -257,15 +322,18 @@ def main() -> None:
     if args.accuracy:
         accuracy(args, comm)
         return
+    if args.solvers:
+        solvers(args, comm)
+        return
     row = run(args, comm)
     if comm.rank == 0:
         rows = json.loads(args.out.read_text()) if args.out.exists() else []
-        key = ("case", "solver", "storage", "ranks", "dofs", "steps")
-        rows = [r for r in rows if tuple(r[k] for k in key) != tuple(row[k] for k in key)]
+        key = ("case", "nonlinear", "solver", "storage", "ranks", "dofs", "steps")
+        rows = [r for r in rows if tuple(r.get(k, "implicit") for k in key) != tuple(row[k] for k in key)]
         rows.append(row)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(rows, indent=1))
-        print(json.dumps({k: row[k] for k in ("case", "solver", "storage", "ranks", "dofs", "loss", "loss_grad",
+        print(json.dumps({k: row[k] for k in ("case", "nonlinear", "solver", "storage", "ranks", "dofs", "loss", "loss_grad",
                                               "ratio", "loss_cpu", "loss_grad_cpu", "ratio_cpu", "its_per_solve", "peak_rss_mb", "storage_predicted_mb",
                                               "storage_measured_mb", "traced_peak_mb", "recomputation_factor",
                                               "load_average")}))

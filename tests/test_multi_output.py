@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -182,3 +183,41 @@ def test_two_output_fields_in_xdmf(shared_tmp_path):
     text = (out / "fields" / "fields.xdmf").read_text()
     for name in ("u", "h", "adjoint", "g_theta_0", "g_theta_1", "g_star_0", "g_star_1"):
         assert text.count(f'<Attribute Name="{name}"') == 5, name
+
+
+def test_two_output_run_plots_every_output(shared_tmp_path, monkeypatch):
+    """g_vs_gstar_k.png for each output k (rank 0), drawn from output k of the network and of the targets."""
+    pytest.importorskip("matplotlib")
+    import femnpde.app.training as training
+
+    drawn = {}
+    real = training.plot_comparison
+
+    def record(out_png, problem, a, b, idx, **kwargs):
+        n = problem.n_owned
+        x = problem.V.tabulate_dof_coordinates()[:n, :2]
+        drawn[pathlib.Path(out_png).name] = (a[:, :n].copy(), b[:, :n].copy(), x, np.asarray(problem.time.times))
+        real(out_png, problem, a, b, idx, **kwargs)
+
+    monkeypatch.setattr(training, "plot_comparison", record)
+    out = shared_tmp_path / "two_plots"
+    train(_write(shared_tmp_path / "two_plots.toml", _cfg(["tanh_1", "linear_x"])), out=out, quiet=True)
+    COMM.barrier()
+    assert sorted(name for name in drawn if name.startswith("g_vs")) == ["g_vs_gstar_0.png", "g_vs_gstar_1.png"]
+    net = _trained_network(out)
+    fs = [target_source(name, 1.0) for name in ("tanh_1", "linear_x")]
+    for k in range(2):
+        g_theta, g_star, x, times = drawn[f"g_vs_gstar_{k}.png"]
+        for n, t in enumerate(times):
+            g = net(np.full(len(x), t), x)[:, k]
+            np.testing.assert_allclose(g_theta[n], g, rtol=1e-12, atol=1e-12 * np.abs(g).max())
+            np.testing.assert_allclose(g_star[n], np.broadcast_to(fs[k](t, np.ascontiguousarray(x.T)), (len(x),)),
+                                       rtol=0, atol=1e-12)
+    if COMM.rank == 0:
+        import matplotlib.pyplot as plt
+
+        images = [plt.imread(out / f"g_vs_gstar_{k}.png") for k in range(2)]
+        assert all(im.ndim == 3 and im.shape[0] > 100 for im in images)
+        assert images[0].shape != images[1].shape or not np.array_equal(images[0], images[1])
+        assert not (out / "g_vs_gstar.png").exists()
+    COMM.barrier()

@@ -163,6 +163,22 @@ def test_extreme_preactivations_are_finite_and_exact(activation):
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("max_cache_bytes", [1 << 30, 0])
+def test_grid_with_overflowing_separable_factors_equals_pointwise(activation, max_cache_bytes):
+    """Pre-activations whose factors exp(-k P) overflow: the grid falls back to the direct formula, VJP included."""
+    net = ShallowNetwork(4, 1, beta=1.0, activation=activation, seed=3, max_cache_bytes=max_cache_bytes)
+    net.eta[:] = [-1000.0, -40.0, 40.0, 1000.0]
+    tg, xg = _grid(3, 5, 1)
+    r = np.random.default_rng(2).standard_normal((3, 5))
+    tt, xx = np.repeat(tg, 5), np.tile(xg, (3, 1))
+    with np.errstate(all="raise"):
+        g = net.evaluate_grid(tg, xg)
+        v = net.vjp_grid(r)
+    np.testing.assert_allclose(g.ravel(), net(tt, xx), rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(v, net.vjp(tt, xx, r.ravel()), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("d", DIMS)
 def test_call_equals_evaluate_grid(activation, d):
     net = ShallowNetwork(13, d, activation=activation, seed=2)
@@ -462,3 +478,21 @@ def test_initialisation_and_state_dict_are_those_of_the_wave_1_network(activatio
     state = net.state_dict()
     assert list(state) == ["n_neurons", "input_dim", "beta", "activation", "params"]
     assert state["params"].dtype == np.float64 and state["activation"] == activation
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("max_cache_bytes", [1 << 30, 0])
+def test_grid_results_do_not_depend_on_the_threads(monkeypatch, activation, max_cache_bytes):
+    """Bitwise the same grid values and VJP on 1, 2 and 3 threads (more blocks than partial-sum ranges)."""
+    monkeypatch.setattr(grid_module, "_CHUNK_ELEMS", 40)
+    d = 2
+    tg, xg = _grid(7, 150, d)
+    r = np.random.default_rng(6).standard_normal((7, 150))
+    out = []
+    for threads in (1, 2, 3):
+        net = ShallowNetwork(5, d, activation=activation, seed=8, threads=threads, max_cache_bytes=max_cache_bytes)
+        out.append((net.evaluate_grid(tg, xg), net.vjp_grid(r)))
+    assert len(grid_module._GridBlocks(7, 150, 5)) > 64
+    for g, v in out[1:]:
+        np.testing.assert_array_equal(g, out[0][0])
+        np.testing.assert_array_equal(v, out[0][1])

@@ -295,7 +295,7 @@ def test_small_systems_on_several_ranks_use_a_redundant_lu():
     assert two["redundant_pc_factor_mat_solver_type"] == "petsc"
     assert default_linear_solver_options(2, 4_000, 3)["pc_type"] == "redundant"
     assert default_linear_solver_options(2, 20_000, 3)["pc_type"] == "lu"  # MUMPS (or SuperLU_dist) in 3D
-    assert default_linear_solver_options(2, 200_000, 2)["pc_type"] == "lu"
+    assert default_linear_solver_options(2, 500_000, 2)["pc_type"] == "lu"  # MUMPS above 300 000 in 2D
 
 
 def test_csr_jacobian_of_a_boundary_nonlinearity():

@@ -11,7 +11,8 @@ A run directory holds
   it and reproduces the uninterrupted history;
 * ``fields/`` — u, h, g_θ, g* (per output: ``g_theta_k``, ``g_star_k``) and the
   adjoint over time (VTX or XDMF);
-* ``history.png``, ``u_vs_h.png``, ``g_vs_gstar.png`` — plots (rank 0).
+* ``history.png``, ``u_vs_h.png``, ``g_vs_gstar.png`` (with m > 1 outputs ``g_vs_gstar_k.png``
+  for each output k) — plots (rank 0).
 
 The loop itself (first-order or L-BFGS step, records, checkpoints) is
 :mod:`femnpde.app.trainer`.
@@ -188,14 +189,17 @@ def _write_outputs(run, out: pathlib.Path, comm, fmt: str, have: dict[str, bool]
     if h_local is not None:
         plot_comparison(out / "u_vs_h.png", problem, u_all, h_local, idx, labels=("u", "h"), comm=comm,
                         title="state u (trained) vs data h")
-    if (run.target_values is not None and problem.source_kind == "lagrange" and problem.n_sources == 1
+    if (run.target_values is not None and problem.source_kind == "lagrange"
             and problem.G.dofmap.index_map.size_local == n_owned):
-        g_local = np.zeros((len(times), n_local))
-        gs_local = np.zeros((len(times), n_local))
-        g_local[:, :n_owned] = rf.source_values
-        gs_local[:, :n_owned] = run.target_values
-        plot_comparison(out / "g_vs_gstar.png", problem, g_local, gs_local, idx, labels=("g_theta", "g*"), comm=comm,
-                        title="network source g_theta vs target g*")
+        m = problem.n_sources  # the m values of a node are consecutive (blocked): output k is [:, k::m]
+        for k in range(m):
+            g_local = np.zeros((len(times), n_local))
+            gs_local = np.zeros((len(times), n_local))
+            g_local[:, :n_owned] = rf.source_values[:, k::m]
+            gs_local[:, :n_owned] = run.target_values[:, k::m]
+            name, what = ("g_vs_gstar.png", "") if m == 1 else (f"g_vs_gstar_{k}.png", f"[{k}]")
+            plot_comparison(out / name, problem, g_local, gs_local, idx, labels=(f"g_theta{what}", f"g*{what}"),
+                            comm=comm, title=f"network {'output' if what else 'source'} g_theta{what} vs target g*{what}")
     return written
 
 

@@ -4,20 +4,37 @@
 size, its dimension, the rank count and whether the step Jacobian is
 symmetric and constant:
 
-======================================  =====================================================
-case                                    default
-======================================  =====================================================
-serial, <= 50 000 unknowns (3D: 5 000)  LU, PETSc's own (nested dissection): lowest latency
-the same sizes on several ranks         the same LU on every rank (``pc_type redundant``): a
-                                        distributed solver's per-solve latency dominates there
-2D <= 1 000 000, 3D <= 50 000          LU with MUMPS (else SuperLU_dist): one factorisation
-                                        reused by every step when the Jacobian is constant
-3D > 50 000, 2D > 1 000 000            Krylov + algebraic multigrid: CG (symmetric) or GMRES,
-                                        BoomerAMG (symmetric, if PETSc has hypre) else GAMG,
-                                        ``ksp_rtol = 1e-10``; the AMG set-up is reused as long
-                                        as the operator is (a constant Jacobian: every step,
-                                        sweep and iteration)
-======================================  =====================================================
+==========================================  =================================================
+case                                        default
+==========================================  =================================================
+serial, 2D <= 300 000 unknowns, 3D <= 5 000  LU, PETSc's own (nested dissection)
+the same sizes on several ranks             the same LU on every rank (``pc_type redundant``)
+2D <= 1 000 000, 3D <= 50 000               LU with MUMPS (else SuperLU_dist): one
+                                            factorisation reused by every step when the
+                                            Jacobian is constant
+3D > 50 000, 2D > 1 000 000                 Krylov: CG (symmetric) or GMRES, ``ksp_rtol =
+                                            1e-10``; 3D: block Jacobi with ICC(0) (symmetric)
+                                            or ILU(0) blocks; 2D: BoomerAMG (symmetric, if
+                                            PETSc has hypre) else GAMG; a preconditioner is
+                                            set up once as long as the operator is
+==========================================  =================================================
+
+Why (measured at 205 761 unknowns in 2D and 249 000 in 3D, the heat step
+matrix ``M + dt γ K``, ``bench/scaling.py`` and its ``--solvers`` mode): this
+PETSc links the reference (netlib) BLAS, so the dense kernels of the
+multifrontal and supernodal solvers are unoptimised: a MUMPS triangular
+solve took 50 ms on one rank and 52 ms on two (its solve phase does not
+scale here), SuperLU_dist's 160 ms, PETSc's own sparse LU (no BLAS) 27 ms
+(factorisation 1.6 s against MUMPS' 2.6 s).  On several ranks each rank
+factorises and solves the whole system (``pc_type redundant``), which costs
+what one rank costs and beats MUMPS' distributed solve.  In 3D the step
+matrix is mass-dominated (``dt γ / h^2`` is small on a refined mesh), so a
+cheap local preconditioner wins: CG + block-Jacobi/ICC(0) needed 24
+iterations and 0.39 s per solve, GAMG 12 iterations and 0.58 s, BoomerAMG
+6 iterations and 2.0 s (0.83 s with 3D-tuned HMIS coarsening), MUMPS 0.46 s
+per solve after a 436 s factorisation.  For diffusion-dominated steps (large
+``dt``, coarse meshes) AMG's mesh-independent iteration count wins; pass
+``pc_type hypre`` / ``gamg`` then.
 
 Every choice is a default only: ``{prefix}forward_*`` / ``{prefix}adjoint_*``
 command-line options and ``[solver] petsc_options`` override it.
@@ -52,9 +69,10 @@ import numpy as np
 from petsc4py import PETSc
 
 __all__ = [
-    "DIRECT_SERIAL_SMALL",
+    "PETSC_LU_2D_MAX",
     "DIRECT_SERIAL_SMALL_3D",
     "DIRECT_2D_MAX",
+    "DIRECT_3D_MAX",
     "NO_TRANSPOSE",
     "default_linear_solver_options",
     "is_symmetric",
@@ -62,13 +80,16 @@ __all__ = [
     "uses_krylov",
 ]
 
-#: Serial systems up to this size use PETSc's own LU (lowest per-solve overhead).
-DIRECT_SERIAL_SMALL = 50_000
-#: ... in 3D only up to this size (PETSc's LU has no supernodes: MUMPS
+#: 2D systems up to this size use PETSc's own LU (on several ranks: on every rank);
+#: measured faster than MUMPS up to 205 761 unknowns, on 1 and 2 ranks.
+PETSC_LU_2D_MAX = 300_000
+#: ... 3D systems only up to this size (PETSc's LU has no supernodes: MUMPS
 #: factorises a 3D Jacobian several times faster).
 DIRECT_SERIAL_SMALL_3D = 5_000
-#: 2D systems up to this size use a parallel direct solver.
+#: 2D systems up to this size use a direct solver (MUMPS above PETSC_LU_2D_MAX).
 DIRECT_2D_MAX = 1_000_000
+#: 3D systems up to this size use MUMPS; larger ones a Krylov method.
+DIRECT_3D_MAX = 50_000
 #: Preconditioners whose transpose application is missing or ineffective:
 #: BoomerAMG's transposed cycle (HYPRE_BoomerAMGSolveT) took 107-124 GMRES
 #: iterations per adjoint step where the forward took 6-7 (a 2D Burgers step,
@@ -90,15 +111,16 @@ def default_linear_solver_options(
     Returns:
         PETSc options without prefix.
     """
-    if n_dofs <= DIRECT_SERIAL_SMALL and (gdim <= 2 or n_dofs <= DIRECT_SERIAL_SMALL_3D):
+    if n_dofs <= (PETSC_LU_2D_MAX if gdim <= 2 else DIRECT_SERIAL_SMALL_3D):
         lu = {"pc_type": "lu", "pc_factor_mat_solver_type": "petsc", "pc_factor_mat_ordering_type": "nd"}
         if comm_size == 1:
             return {"ksp_type": "preonly", **lu}
-        # Small systems on several ranks: each rank factorises and solves the whole system
-        # (measured on 2 ranks against MUMPS, paper rectangle, 64 steps: heat loss+grad 8.9x
-        # faster at 861 dofs, 1.7x at 13 041; Allen-Cahn 2.7x and 1.6x).
+        # On several ranks each rank factorises and solves the whole system (measured on 2
+        # ranks against MUMPS, paper rectangle, 64 steps: heat loss+grad 8.9x faster at 861
+        # dofs, 1.7x at 13 041; Allen-Cahn 2.7x and 1.6x; per solve 27 ms against 52 ms at
+        # 205 761 dofs).
         return {"ksp_type": "preonly", "pc_type": "redundant", **{f"redundant_{k}": v for k, v in lu.items()}}
-    if (gdim <= 2 and n_dofs <= DIRECT_2D_MAX) or n_dofs <= DIRECT_SERIAL_SMALL:
+    if n_dofs <= (DIRECT_2D_MAX if gdim <= 2 else DIRECT_3D_MAX):
         opts = {"ksp_type": "preonly", "pc_type": "lu"}
         if PETSc.Sys.hasExternalPackage("mumps"):
             opts["pc_factor_mat_solver_type"] = "mumps"
@@ -107,15 +129,17 @@ def default_linear_solver_options(
         elif comm_size == 1:
             opts["pc_factor_mat_solver_type"] = "petsc"
         else:  # no parallel direct solver: fall through to Krylov
-            return _krylov(symmetric)
+            return _krylov(symmetric, gdim)
         return opts
-    return _krylov(symmetric)
+    return _krylov(symmetric, gdim)
 
 
-def _krylov(symmetric: bool) -> dict[str, str]:
+def _krylov(symmetric: bool, gdim: int) -> dict[str, str]:
     opts = {"ksp_type": "cg" if symmetric else "gmres", "ksp_rtol": "1e-10", "ksp_atol": "1e-50",
             "ksp_max_it": "1000"}
-    if symmetric and PETSc.Sys.hasExternalPackage("hypre"):
+    if gdim == 3:
+        opts.update({"pc_type": "bjacobi", "sub_pc_type": "icc" if symmetric else "ilu"})
+    elif symmetric and PETSc.Sys.hasExternalPackage("hypre"):
         opts.update({"pc_type": "hypre", "pc_hypre_type": "boomeramg"})
     else:
         opts.update({"pc_type": "gamg"})

@@ -2,31 +2,30 @@
 
 :class:`ShallowGridMixin` holds ``evaluate_grid`` / ``vjp_grid`` (see the
 module documentation of :mod:`femnpde.model.network` for the separable
-``R`` form of tanh and sigmoid); :func:`_grid_blocks` cuts the
+``R`` form of tanh and sigmoid); :class:`_GridBlocks` cuts the
 ``n_t x n_x`` grid into cache-sized blocks, which run on the network's
-threads (:func:`femnpde.model._threads.run_ranges`) with per-block partial
+threads (:func:`femnpde.model._threads.run_blocks`) with per-block partial
 sums reduced in block order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
-from femnpde.model._threads import run_ranges
+from femnpde.model._threads import run_blocks
 from femnpde.model.activations import activate_inplace as _activate_inplace
 from femnpde.model.activations import derivative_from_output as _derivative_from_output
 
-__all__ = ["ShallowGridMixin", "_CHUNK_ELEMS", "_RFORM_MAX_CACHE_BYTES", "_GridCache", "_grid_blocks"]
+__all__ = ["ShallowGridMixin", "_CHUNK_ELEMS", "_RFORM_MAX_CACHE_BYTES", "_GridCache", "_GridBlocks"]
 
 
 #: Number of float64 entries (512 KiB) in one chunk of the (rows x neurons)
 #: pre-activation matrix.  All elementwise work is done chunk by chunk so that
-#: the several passes of an activation run in the CPU cache; a chunk holds
-#: whole time steps (grid mode) if they fit, otherwise a block of rows of a
-#: single time step (at least one row).
+#: the several passes of an activation run in the CPU cache; a grid block
+#: holds every time level (or as many as fit) for a few rows, a pointwise
+#: chunk a block of rows (at least one row).
 _CHUNK_ELEMS = 1 << 16
 
 #: Activation cache bound (bytes) when tanh/sigmoid use the separable form R:
@@ -35,40 +34,73 @@ _CHUNK_ELEMS = 1 << 16
 _RFORM_MAX_CACHE_BYTES = 64 * 1024**2
 
 
-def _grid_blocks(n_t: int, n_x: int, n: int) -> Iterator[tuple[int, int, int, int]]:
-    """Yield ``(n0, n1, j0, j1)`` blocks covering the ``n_t x n_x`` grid.
+class _GridBlocks:
+    """Blocks ``(n0, n1, j0, j1)`` covering the ``n_t x n_x`` grid, and their places in block-major arrays.
 
-    Either a block holds whole time steps (``j0, j1 = 0, n_x``) or a row range
-    of a single time step (``n1 = n0 + 1``); in both cases the block of the
-    ``(n_t, n_x, N)`` activation array is contiguous and has at most
-    ``max(_CHUNK_ELEMS, N)`` entries.
+    A block holds ``L = min(n_t, cap // N)`` time levels (a level chunk)
+    and ``m = cap // (L N)`` rows (at least one), so its ``(L, m, N)``
+    pre-activations have at most ``cap = max(_CHUNK_ELEMS, N)`` entries;
+    the blocks run level chunk by level chunk, row block by row block.
+    All levels of a few rows in one block: the spatial factor's rows
+    (``m x N``) are read once for every level, and each thread's tile of
+    the time factor (``L x m x N``) is refilled only when the level chunk
+    changes.  The activation cache and the cotangent weights are stored
+    block-major (each block's entries contiguous, at :attr:`offsets`).
     """
-    per_time = n_x * n
-    if per_time <= _CHUNK_ELEMS:
-        k = max(1, _CHUNK_ELEMS // max(per_time, 1))
-        for n0 in range(0, n_t, k):
-            yield n0, min(n0 + k, n_t), 0, n_x
-    else:
-        rows = max(1, _CHUNK_ELEMS // n)
-        for n0 in range(n_t):
-            for j0 in range(0, n_x, rows):
-                yield n0, n0 + 1, j0, min(j0 + rows, n_x)
+
+    def __init__(self, n_t: int, n_x: int, n: int) -> None:
+        self.cap = max(_CHUNK_ELEMS, n)
+        self.levels = min(n_t, max(1, _CHUNK_ELEMS // n))
+        self.rows = max(1, _CHUNK_ELEMS // (self.levels * n))
+        self.n_x = n_x
+        self.blocks = [
+            (n0, min(n0 + self.levels, n_t), j0, min(j0 + self.rows, n_x))
+            for n0 in range(0, n_t, self.levels)
+            for j0 in range(0, n_x, self.rows)
+        ]
+        sizes = [(n1 - n0) * (j1 - j0) for n0, n1, j0, j1 in self.blocks]
+        #: Start of each block's ``k * m`` points in a block-major array of the grid.
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def block_major(self, v: np.ndarray) -> np.ndarray:
+        """Copy ``v`` (c, n_t, n_x) into block-major order, shape (c, n_t * n_x) (level-major within a block)."""
+        out = np.empty((v.shape[0], v.shape[1] * v.shape[2]))
+        c, m = v.shape[0], self.rows
+        full = (self.n_x // m) * m
+        for b, (n0, n1, j0, _) in enumerate(self.blocks):
+            if j0 != 0:
+                continue  # one copy per level chunk: its full row blocks, then the tail
+            k, o = n1 - n0, int(self.offsets[b])
+            if full:
+                f = full // m
+                out[:, o : o + k * full].reshape(c, f, k, m)[:] = v[:, n0:n1, :full].reshape(c, k, f, m).transpose(0, 2, 1, 3)
+            if full < self.n_x:
+                o += k * full
+                out[:, o : o + k * (self.n_x - full)].reshape(c, k, self.n_x - full)[:] = v[:, n0:n1, full:]
+        return out
+
+
+def _reduction_grain(n_blocks: int) -> int:
+    """Blocks per range of the VJP's partial sums: at most 64 ranges, independent of the number of threads."""
+    return max(1, -(-n_blocks // 64))
 
 
 class _LevelTile:
-    """``B[n]`` repeated over ``rows`` rows, refilled only when the level ``n`` changes (one per thread)."""
+    """``B[n0:n1]`` repeated over the rows of a block (one per thread), refilled only when the level chunk changes."""
 
-    def __init__(self, cap: int, n: int) -> None:
-        self._buf = np.empty((max(1, cap // n), n))
-        self._level = -1
-        self._rows = 0
+    def __init__(self, levels: int, rows: int, n: int) -> None:
+        self._buf = np.empty((levels, rows, n))
+        self._key = (-1, -1)
 
-    def level(self, b: np.ndarray, n: int, rows: int) -> np.ndarray:
-        """The ``(rows, N)`` tile of ``b[n]``."""
-        if n != self._level or rows > self._rows:
-            self._buf[:rows] = b[n]
-            self._level, self._rows = n, rows
-        return self._buf[:rows]
+    def get(self, b: np.ndarray, n0: int, n1: int, rows: int) -> np.ndarray:
+        """The ``(n1 - n0, rows, N)`` tile of ``b[n0:n1]``."""
+        if self._key != (n0, n1):
+            self._buf[: n1 - n0] = b[n0:n1, None, :]
+            self._key = (n0, n1)
+        return self._buf[: n1 - n0, :rows]
 
 
 @dataclass
@@ -78,8 +110,10 @@ class _GridCache:
     t: np.ndarray  # (n_t,) copy of the evaluation times
     x: np.ndarray  # (n_x, d) copy of the evaluation points
     params: np.ndarray  # snapshot of the parameters used
-    S: np.ndarray | None  # (n_t, n_x, N) activations (or R, see r_form), or None if too large
+    S: np.ndarray | None  # block-major activations (or R, see r_form), or None if too large
     r_form: bool = False  # S holds R = 1 / (1 + exp(-k z)), not sigma(z) (ShallowNetwork._r_form)
+    p: np.ndarray | None = None  # (n_x, N) spatial pre-activations, kept when S is None
+    factors: tuple[np.ndarray, np.ndarray] | None = None  # (A, B) of the R form, kept when S is None
 
 
 class ShallowGridMixin:
@@ -97,7 +131,9 @@ class ShallowGridMixin:
         p += self._eta
         return p
 
-    def _separable_factors(self, p: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    def _separable_factors(
+        self, p: np.ndarray, t: np.ndarray, overwrite: bool = False
+    ) -> tuple[np.ndarray, np.ndarray] | None:
         """Factors ``A = exp(-k P)`` (n_x, N) and ``B = exp(k t w_t)`` (n_t, N) for tanh (k = 2) and sigmoid (k = 1).
 
         With ``z[n, j] = P[j] + t_n w_t``, ``1 / (1 + exp(-k z)) = B[n] / (A[j] + B[n])``:
@@ -106,17 +142,18 @@ class ShallowGridMixin:
         memory) instead of an ``exp``.  The network output is affine in
         this ``R`` (:meth:`_r_form`).  Returns None (use the direct formula)
         for softplus, or when a factor or their sum overflows or underflows.
+        With ``overwrite`` (tanh, sigmoid) ``A`` is computed in the memory of
+        ``p``, which is then lost, also when None is returned.
         """
         k = {"tanh": 2.0, "sigmoid": 1.0}.get(self._activation)
         if k is None:
             return None
-        with np.errstate(over="ignore", under="ignore"):
-            a = np.exp(-k * p)
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+            a = np.multiply(p, -k, out=p if overwrite else None)
+            np.exp(a, out=a)
             b = np.exp(np.multiply.outer(k * t, self._w_t))
-            ok = (
-                np.all(np.isfinite(a)) and np.all(a > 0) and np.all(np.isfinite(b)) and np.all(b > 0)
-                and np.isfinite(np.max(a) + np.max(b))
-            )
+            # all entries finite and > 0, and their sum finite (a NaN fails every comparison)
+            ok = bool(np.min(a) > 0 and np.min(b) > 0 and np.isfinite(np.max(a) + np.max(b)))
         return (a, b) if ok else None
 
     def _r_form(self) -> tuple[float, float, float]:
@@ -139,15 +176,14 @@ class ShallowGridMixin:
     ) -> None:
         """Write ``R`` (with ``factors``) or ``sigma(P[j] + t[n] w_t)`` for one grid block into ``out`` (k, rows, N).
 
-        ``tile``: a per-thread buffer holding ``B[n]`` repeated over rows,
-        used for the blocks of a single time level (large grids), where
-        the elementwise passes then run on arrays of one shape instead of
-        broadcasting a length-N row (the same operations and values).
+        ``tile`` (with ``factors``): the thread's tile of ``B`` over the
+        block's rows, so that both passes run on arrays of one shape (the
+        spatial factor's rows are broadcast over the levels).
         """
         n0, n1, j0, j1 = blk
         if factors is not None:
             a, b = factors
-            bb = b[n0:n1, None, :] if tile is None or n1 - n0 != 1 else tile.level(b, n0, j1 - j0)[None]
+            bb = tile.get(b, n0, n1, j1 - j0)
             np.add(a[None, j0:j1, :], bb, out=out)
             np.divide(bb, out, out=out)
             return
@@ -168,13 +204,14 @@ class ShallowGridMixin:
             x: Points, shape ``(n_x, d)`` (shape ``(n_x,)`` is accepted for d = 1).
             cache: If True, keep what :meth:`vjp_grid` needs: copies of ``t``
                 and ``x``, a snapshot of the parameters and, if it fits into
-                ``max_cache_bytes``, all activations ``S`` (shape
-                ``(n_t, n_x, N)``, ``n_t * n_x * N * 8`` bytes).  The
-                activation buffer is kept for reuse by later calls on grids
-                of the same shape (also across parameter updates) until
-                :meth:`clear_cache`.  If False, any previous cache is
-                invalidated (so ``vjp_grid`` can never silently use a stale
-                grid).
+                ``max_cache_bytes``, all activations ``S``
+                (``n_t * n_x * N * 8`` bytes), else the spatial
+                pre-activations (or the two factors of the separable form,
+                ``(n_x + n_t) * N * 8`` bytes).  The activation buffer is
+                kept for reuse by later calls on grids of the same shape
+                (also across parameter updates) until :meth:`clear_cache`.
+                If False, any previous cache is invalidated (so
+                ``vjp_grid`` can never silently use a stale grid).
 
         Returns:
             ``G`` with ``G[n, j] = g(t[n], x[j])``, shape ``(n_t, n_x)``.
@@ -188,44 +225,54 @@ class ShallowGridMixin:
         self._grid_cache = None  # a failed call leaves no (inconsistent) cache
 
         p = self._spatial_preactivation(x)
-        factors = self._separable_factors(p, t)
+        factors = self._separable_factors(p, t, overwrite=True)  # A takes p's memory
         limit = self._max_cache_bytes
         if factors is not None:
             # Recomputing R (two passes in the CPU cache) is cheaper than
             # writing and reading back a large activation array.
             limit = min(limit, _RFORM_MAX_CACHE_BYTES)
+            p = None
+        elif self._activation in ("tanh", "sigmoid"):  # p was overwritten: the direct formula needs it
+            p = self._spatial_preactivation(x)
         s_all: np.ndarray | None = None
         if cache and n_t * n_x * n * 8 <= limit:
-            if self._s_buffer is None or self._s_buffer.shape != (n_t, n_x, n):
+            if self._s_buffer is None or self._s_buffer.size != n_t * n_x * n:
                 self._s_buffer = None  # free the old buffer before allocating
-                self._s_buffer = np.empty((n_t, n_x, n))
+                self._s_buffer = np.empty(n_t * n_x * n)
             s_all = self._s_buffer
         elif self._s_buffer is not None and cache:
             self._s_buffer = None  # not used for this grid: free it
         g = np.empty((n_t, n_x))
-        cap = max(_CHUNK_ELEMS, n)
-        blocks = list(_grid_blocks(n_t, n_x, n))
+        grid = _GridBlocks(n_t, n_x, n)
+        blocks, offsets = grid.blocks, grid.offsets
 
-        def work_on(lo: int, hi: int) -> None:
+        def make_worker():
             # Scratch per thread; every block writes its own slice of g.
-            work = np.empty(cap) if s_all is None else None
-            tmp = np.empty(cap) if self._activation == "softplus" else None
-            tile = _LevelTile(cap, n) if factors is not None and n_x * n > _CHUNK_ELEMS else None
-            with np.errstate(over="ignore", under="ignore"):
-                for blk in blocks[lo:hi]:
-                    n0, n1, j0, j1 = blk
-                    shape = (n1 - n0, j1 - j0, n)
-                    size = shape[0] * shape[1] * n
-                    if s_all is not None:
-                        s = s_all[n0:n1, j0:j1]
-                    else:
-                        s = work[:size].reshape(shape)
-                    self._grid_activations(
-                        p, t, blk, s, None if tmp is None else tmp[:size].reshape(shape), factors, tile
-                    )
-                    g[n0:n1, j0:j1] = (s.reshape(-1, n) @ self._c).reshape(shape[:2])
+            work = np.empty(grid.cap) if s_all is None else None
+            tmp = np.empty(grid.cap) if self._activation == "softplus" else None
+            tile = _LevelTile(grid.levels, grid.rows, n) if factors is not None else None
+            gbuf = np.empty(grid.levels * grid.rows)
 
-        run_ranges(work_on, len(blocks), self._threads)
+            def work_on(lo: int, hi: int) -> None:
+                with np.errstate(over="ignore", under="ignore"):
+                    for b in range(lo, hi):
+                        n0, n1, j0, j1 = blk = blocks[b]
+                        shape = (n1 - n0, j1 - j0, n)
+                        size = shape[0] * shape[1] * n
+                        if s_all is not None:
+                            s = s_all[offsets[b] * n : offsets[b] * n + size].reshape(shape)
+                        else:
+                            s = work[:size].reshape(shape)
+                        self._grid_activations(
+                            p, t, blk, s, None if tmp is None else tmp[:size].reshape(shape), factors, tile
+                        )
+                        gb = gbuf[: shape[0] * shape[1]]
+                        np.dot(s.reshape(-1, n), self._c, out=gb)  # np.dot releases the GIL, matmul does not
+                        g[n0:n1, j0:j1] = gb.reshape(shape[:2])
+
+            return work_on
+
+        run_blocks(make_worker, len(blocks), self._threads)
         if factors is None:
             g *= self._scale
         else:  # g = scale * (alpha R c + beta sum(c))
@@ -234,8 +281,10 @@ class ShallowGridMixin:
             g += beta * self._scale * float(np.sum(self._c))
 
         if cache:
+            keep = s_all is None
             self._grid_cache = _GridCache(
-                t=t.copy(), x=x.copy(), params=self._params.copy(), S=s_all, r_form=factors is not None
+                t=t.copy(), x=x.copy(), params=self._params.copy(), S=s_all, r_form=factors is not None,
+                p=p if keep and factors is None else None, factors=factors if keep else None,
             )
         return g
 
@@ -243,16 +292,19 @@ class ShallowGridMixin:
         """Vector-Jacobian product for the last :meth:`evaluate_grid` call.
 
         Computes ``d/dtheta sum_{n,j} r[n, j] G[n, j]`` reusing the cached
-        activations (or recomputing them block by block if they were too large
-        to cache, see ``max_cache_bytes``).  With
+        activations (or recomputing them block by block, from the cached
+        spatial pre-activations or separable factors, if they were too
+        large to cache, see ``max_cache_bytes``).  With
         ``D = sigma'(S) * r[..., None] * (scale * c)``:
         ``dc = scale * S^T r``, ``d_eta = sum_{n,j} D``,
         ``d_wt = sum_n t_n sum_j D[n, j]`` and ``d_wx = sum_{n,j} D[n, j] x_j``.
-        For each cache-sized block, ``d_eta, d_wt, d_wx`` are accumulated by
-        matrix-vector products ``r_n^T sigma'(S_n)`` per time level (giving
-        ``d_eta`` and, weighted by ``t_n``, ``d_wt``) and ``(r x_k)^T
-        sigma'(S)`` (the factor ``scale * c`` is applied once at the end), so
-        ``D`` is never materialised.
+        For each cache-sized block, three matrix-vector products over its
+        points give ``S^T r``, ``sigma'(S)^T (t r)`` and, per row ``j``,
+        ``e_j = sum_n r[n, j] sigma'(S[n, j])``, whence ``d_eta = sum_j e_j``
+        and ``d_wx = sum_j x_j e_j`` (the factor ``scale * c`` is applied
+        once at the end), so ``D`` is never materialised.  Partial sums are
+        taken over fixed ranges of blocks and then over the ranges in order:
+        the result does not depend on the number of threads.
 
         Args:
             r: Cotangent weights, shape ``(n_t, n_x)`` of the cached grid.
@@ -289,76 +341,78 @@ class ShallowGridMixin:
                 f"got shape {r.shape}"
             )
 
-        # rx[k, n, j] = r[n, j] x_j[k]: sigma'(S)^T rx gives d_wx; per time
-        # level u_n = sigma'(S_n)^T r_n gives d_eta = sum_n u_n and
-        # d_wt = sum_n t_n u_n (t_n is constant on a level).  Only
-        # matrix-vector products: BLAS is several times slower on one GEMM
-        # with the d + 2 columns (r, r t, r x).
-        rx = np.empty((d, n_t, n_x))
-        np.multiply(r[None, :, :], x.T[:, None, :], out=rx)
-
-        cap = max(_CHUNK_ELEMS, n)
-        if s_all is None:
-            p = self._spatial_preactivation(x)
-            factors = self._separable_factors(p, t)
-            r_form = factors is not None
-        else:
-            p = factors = None
-            r_form = cache.r_form
-        blocks = list(_grid_blocks(n_t, n_x, n))
-        # Per-block contributions, summed in block order below: the result
-        # does not depend on the number of threads.
+        grid = _GridBlocks(n_t, n_x, n)
+        blocks, offsets = grid.blocks, grid.offsets
+        # Three reductions of a block over its points (the reference BLAS is
+        # no faster on one GEMM with several columns): dc from r^T S; d_wt
+        # from (t_n r)^T sigma'(S) (block-major weights rw); per row
+        # e_j = sum_n r[n, j] sigma'(S[n, j]) gives d_eta = sum_j e_j and
+        # d_wx = sum_j x_j e_j: two reads of sigma'(S) for any d.
+        tr = np.empty((2, n_t, n_x))
+        tr[0] = r
+        np.multiply(r, t[:, None], out=tr[1])
+        rw = grid.block_major(tr)
+        del tr
+        xx = np.empty((n_x, d + 1))  # [1, x]: d_eta and d_wx from e in one product
+        xx[:, 0] = 1.0
+        xx[:, 1:] = x
+        p, factors, r_form = cache.p, cache.factors, cache.r_form
+        # Partial sums over fixed ranges of blocks (in block order within a
+        # range), then over the ranges in order: the result does not depend
+        # on the number of threads or the scheduling.
         nb = len(blocks)
-        dc_parts = np.empty((nb, n))
-        eta_parts = np.empty((nb, n))
-        wt_parts = np.empty((nb, n))
-        wx_parts = np.empty((nb, d, n))
+        offs = offsets.tolist()
+        grain = _reduction_grain(nb)
+        parts = np.zeros((-(-nb // grain), 3 + d, n))  # dc, d_wt, d_eta, d_wx (d rows)
 
-        def work_on(lo: int, hi: int) -> None:
-            q = np.empty(cap)
-            work = np.empty(cap) if s_all is None else None
-            tile = _LevelTile(cap, n) if factors is not None and n_x * n > _CHUNK_ELEMS else None
-            u = np.empty((max(1, _CHUNK_ELEMS // max(n_x * n, 1)), 1, n))
-            with np.errstate(over="ignore", under="ignore"):
-                for b in range(lo, hi):
-                    blk = blocks[b]
-                    n0, n1, j0, j1 = blk
-                    k, rows = n1 - n0, j1 - j0
-                    shape = (k, rows, n)
+        def make_worker():
+            work = np.empty(grid.cap)
+            q = np.empty(grid.cap)
+            tile = _LevelTile(grid.levels, grid.rows, n) if factors is not None else None
+            e = np.empty((grid.rows, n))
+            part = np.empty((3 + d, n))
+            views: dict[tuple[int, int], tuple[np.ndarray, ...]] = {}
+
+            def views_for(k: int, rows: int) -> tuple[np.ndarray, ...]:
+                v = views.get((k, rows))
+                if v is None:
                     size = k * rows * n
-                    qb = q[:size].reshape(shape)
-                    if s_all is not None:
-                        s = s_all[n0:n1, j0:j1]
-                    else:
-                        s = work[:size].reshape(shape)
-                        self._grid_activations(p, t, blk, s, qb, factors, tile)
-                    rb = r[n0:n1, j0:j1]
-                    # The derivative pass first: it reads the cached block from
-                    # memory once, the product below finds it in the CPU cache.
-                    if r_form:  # R (1 - R) = R - R^2; the factor kappa comes at the end
-                        np.multiply(s, s, out=qb)
-                        np.subtract(s, qb, out=qb)
-                    else:
-                        _derivative_from_output(s, qb, self._activation)
-                    np.matmul(rb.reshape(-1), s.reshape(-1, n), out=dc_parts[b])
-                    ub = u[:k]
-                    np.matmul(rb[:, None, :], qb, out=ub)
-                    np.sum(ub[:, 0, :], axis=0, out=eta_parts[b])
-                    np.matmul(t[n0:n1], ub[:, 0, :], out=wt_parts[b])
-                    q2 = qb.reshape(-1, n)
-                    for k_x in range(d):  # d matrix-vector products: BLAS is slow on (d x rows) @ (rows x N)
-                        np.matmul(rx[k_x, n0:n1, j0:j1].reshape(-1), q2, out=wx_parts[b, k_x])
+                    v = views[(k, rows)] = (work[:size].reshape(k, rows, n), q[:size].reshape(k, rows, n),
+                                            q[:size].reshape(-1, n), e[:rows])
+                return v
 
-        run_ranges(work_on, nb, self._threads)
-        dc = np.zeros(n)
-        aeta = np.zeros(n)
-        awt = np.zeros(n)
-        awx = np.zeros((d, n))
-        for b in range(nb):
-            dc += dc_parts[b]
-            aeta += eta_parts[b]
-            awt += wt_parts[b]
-            awx += wx_parts[b]
+            def work_on(lo: int, hi: int) -> None:
+                acc = parts[lo // grain]
+                with np.errstate(over="ignore", under="ignore"):
+                    for b in range(lo, hi):
+                        n0, n1, j0, j1 = blk = blocks[b]
+                        k, rows = n1 - n0, j1 - j0
+                        o0, o1 = offs[b], offs[b + 1]
+                        s, qb, q2, eb = views_for(k, rows)
+                        if s_all is not None:
+                            s = s_all[o0 * n : o1 * n].reshape(k, rows, n)
+                        else:
+                            self._grid_activations(p, t, blk, s, qb, factors, tile)
+                        # The derivative pass first: it reads the cached block from
+                        # memory once, the products below find it in the CPU cache.
+                        if r_form:  # R (1 - R) = R - R^2; the factor kappa comes at the end
+                            np.multiply(s, s, out=qb)
+                            np.subtract(s, qb, out=qb)
+                        else:
+                            _derivative_from_output(s, qb, self._activation)
+                        # np.dot and einsum release the GIL (matmul does not): the threads overlap
+                        w = rw[:, o0:o1]
+                        np.dot(w[0], s.reshape(-1, n), out=part[0])
+                        np.dot(w[1], q2, out=part[1])
+                        np.einsum("kj,kjn->jn", w[0].reshape(k, rows), qb, out=eb)
+                        np.dot(xx[j0:j1].T, eb, out=part[2:])
+                        acc += part
+
+            return work_on
+
+        run_blocks(make_worker, nb, self._threads, grain=grain)
+        total = parts.sum(axis=0)  # numpy adds the ranges' rows one after another
+        dc, awt, aeta, awx = total[0], total[1], total[2], total[3:]
         if r_form:  # sigma = alpha R + beta, sigma' = kappa R (1 - R)
             alpha, beta, kappa = self._r_form()
             dc *= alpha

@@ -1,10 +1,12 @@
 """Threads over blocks of the time x space grid for the numpy networks.
 
 numpy's ufuncs and BLAS calls release the GIL, so the blocks of a grid
-evaluation run in parallel on a few threads.  Work is split into contiguous
-ranges of blocks, one per thread; callers write per-block results into
-preallocated slots and reduce them in block order afterwards, so the result
-is bitwise the same for any number of threads.
+evaluation run in parallel on a few threads.  :func:`run_ranges` splits the
+blocks into contiguous ranges, one per thread; :func:`run_blocks` hands out
+small ranges as threads become free (a thread that shares its core with
+another process does less of the work).  Callers write per-block results
+into preallocated slots and reduce them in block order afterwards, so the
+result is bitwise the same for any number of threads and any scheduling.
 
 The number of threads is ``FEMNPDE_NUM_THREADS`` if set, else
 ``OMP_NUM_THREADS`` (``femnpde`` sets it to 1 per rank under MPI), else the
@@ -16,12 +18,13 @@ first use (no import-time side effect).
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-__all__ = ["default_threads", "run_ranges"]
+__all__ = ["default_threads", "run_blocks", "run_ranges"]
 
 _POOL: ThreadPoolExecutor | None = None
 _POOL_SIZE = 0
@@ -75,10 +78,59 @@ def run_ranges(fn: Callable[[int, int], None], n_items: int, threads: int) -> No
             fn(0, n_items)
         return
     bounds = [n_items * i // k for i in range(k + 1)]
-    futures = [_pool(k - 1).submit(fn, bounds[i], bounds[i + 1]) for i in range(1, k)]
+    _run_parallel([lambda i=i: fn(bounds[i], bounds[i + 1]) for i in range(k)])
+
+
+def run_blocks(
+    make_worker: Callable[[], Callable[[int, int], None]], n_items: int, threads: int, grain: int | None = None
+) -> None:
+    """Process ``range(n_items)`` on ``threads`` threads, handing out ranges of items as threads become free.
+
+    Each thread calls ``make_worker()`` once (for its own scratch buffers)
+    and then the returned ``work(lo, hi)`` on successive ranges of ``grain``
+    items taken from a shared counter: a thread slowed down by another
+    process on its core takes fewer ranges, instead of the others waiting
+    for its fixed share (as :func:`run_ranges` does).  ``work`` must only
+    write to per-item outputs, so the result does not depend on the
+    scheduling.
+
+    Args:
+        make_worker: Returns a ``work(lo, hi)`` callable (called once per thread).
+        n_items: Number of items (blocks).
+        threads: Number of threads (1: run in the calling thread).
+        grain: Items per range (give it when ``work`` sums over its range,
+            so that the ranges do not depend on ``threads``); default about
+            1/16 of a thread's share.
+    """
+    k = max(1, min(int(threads), n_items))
+    step = max(1, n_items // (16 * k)) if grain is None else max(1, int(grain))
+    if k == 1:
+        if n_items:
+            work = make_worker()
+            for lo in range(0, n_items, step):  # the same ranges as on several threads
+                work(lo, min(lo + step, n_items))
+        return
+    counter = itertools.count()
+    lock = threading.Lock()
+
+    def loop() -> None:
+        work = make_worker()
+        while True:
+            with lock:
+                lo = next(counter) * step
+            if lo >= n_items:
+                return
+            work(lo, min(lo + step, n_items))
+
+    _run_parallel([loop] * k)
+
+
+def _run_parallel(tasks: list[Callable[[], None]]) -> None:
+    """Run ``tasks[0]`` in the calling thread and the others on the pool; re-raise the first error after all ended."""
+    futures = [_pool(len(tasks) - 1).submit(task) for task in tasks[1:]]
     error: BaseException | None = None
     try:
-        fn(bounds[0], bounds[1])
+        tasks[0]()
     except BaseException as err:  # wait for the workers before raising
         error = err
     for fut in futures:

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from femnpde import defaults as D
-from femnpde.model._threads import default_threads, run_ranges
+from femnpde.model._threads import default_threads, run_blocks, run_ranges
 from femnpde.model.activations import ACTIVATIONS, activate_inplace, derivative_from_output
 from femnpde.model.base import FlatModel, as_points, as_times
 
@@ -307,7 +307,7 @@ class MLP(FlatModel):
                     self._forward_rows(X, self._block_acts(acts_all, blk, X.shape[0]), out)
                     G[n0:n1, j0:j1] = out.reshape(n1 - n0, j1 - j0, self._m)
 
-        run_ranges(work_on, len(blocks), self._threads)
+        run_blocks(lambda: work_on, len(blocks), self._threads)  # blocks handed out as threads become free
         if cache:
             self._cache = _Cache(t=t.copy(), x=x.copy(), params=self._params.copy(), acts=acts_all)
         return G[..., 0] if self._m == 1 else G
