@@ -8,8 +8,10 @@
 
 Helpers shared by several test modules (``from conftest import ...``):
 :func:`write_on_root` (a file every rank then reads), :func:`history_columns`
-(a training history without its wall times) and :func:`before_evaluation`
-(a hook before the n-th loss evaluation of a training run).
+(a training history without its wall times), :func:`before_evaluation`
+(a hook before the n-th loss evaluation of a training run) and
+:func:`refactorise_every_step` (a solver that forgets its factorisation at
+each step, for checks that count factorisations).
 """
 
 import gc
@@ -104,3 +106,14 @@ def before_evaluation(monkeypatch, hook) -> None:
         return run
 
     monkeypatch.setattr(training, "build_run", build)
+
+
+def refactorise_every_step(solver) -> None:
+    """Make ``solver`` (a ThetaSolver) reassemble and refactorise its step matrix at every step."""
+    real = solver._set_step
+
+    def set_step(*args, **kwargs):
+        solver._A_current = False
+        return real(*args, **kwargs)
+
+    solver._set_step = set_step

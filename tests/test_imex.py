@@ -21,7 +21,7 @@ import dolfinx.mesh
 from mpi4py import MPI
 from petsc4py import PETSc
 
-from conftest import write_on_root
+from conftest import refactorise_every_step, write_on_root
 from serial_reference import renumbered_serial_copy
 from femnpde.app.cli import main
 from femnpde.app.scenarios import paper_initial_condition, paper_mesh, paper_problem, target_source
@@ -198,15 +198,6 @@ def test_imex_factorises_once():
 
 def test_imex_factorisation_count_catches_refactorising_every_step():
     """The check above can fail: an IMEX solver that refactorises at each step is caught."""
-
-    def refactorise_every_step(solver):
-        real = solver._set_step
-
-        def set_step(*args, **kwargs):
-            solver._A_current = False
-            return real(*args, **kwargs)
-
-        solver._set_step = set_step
 
     assert _imex_factorisations(refactorise_every_step) == 1 + 2 * (8 + 8)
 

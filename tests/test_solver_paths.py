@@ -21,6 +21,7 @@ import ufl
 from mpi4py import MPI
 from petsc4py import PETSc
 
+from conftest import refactorise_every_step
 from femnpde.app.cli import main
 from femnpde.app.scenarios import paper_problem, target_source
 from femnpde.fem.problem import Dirichlet, ParabolicProblem, TimeGrid
@@ -141,15 +142,6 @@ def test_constant_jacobian_is_assembled_and_factorised_once():
 
 def test_factorisation_count_catches_refactorising_every_step():
     """The check above can fail: a solver that reassembles and refactorises each step is caught."""
-
-    def refactorise_every_step(solver):
-        real = solver._set_step
-
-        def set_step(*args, **kwargs):
-            solver._A_current = False
-            return real(*args, **kwargs)
-
-        solver._set_step = set_step
 
     n_factor, state_change = _count_factorisations(refactorise_every_step)
     assert n_factor == 1 + 2 * (5 + 5)  # the data sweep, then every forward and adjoint step twice
