@@ -41,10 +41,15 @@ before this solver existed.
 
 **Failure.** A matrix that is not symmetric is refused (``ValueError`` naming
 the options prefix and what works instead).  A Cholesky breakdown (the
-matrix is not positive definite: a non-positive pivot of the interior
-factor, NaN in the substitutions, or a non-positive-definite Schur
-complement) sets the preconditioner's failed reason on every rank, so the
-KSP reports ``DIVERGED_PC_FAILED`` and the solver's error path
+matrix is symmetric but not positive definite: a non-positive pivot of the
+interior factor, NaN in the substitutions, or a non-positive-definite Schur
+complement; e.g. an Allen–Cahn IMEX step with ``dt > ε²``, whose matrix
+``M (1 - dt/ε²) + dt K`` is indefinite) is detected on every rank; by
+default (``-{prefix}schur_dd_breakdown fallback``) the matrix is then solved
+by the redundant LU, as it was before this solver, so the default never
+breaks a step that solved before.  With ``-{prefix}schur_dd_breakdown
+fail`` the preconditioner's failed reason is set on every rank instead: the
+KSP reports ``DIVERGED_PCSETUP_FAILED`` and the solver's error path
 (:class:`femnpde.fem.solver.SolverError`, exit 3) takes over.
 """
 
@@ -101,7 +106,8 @@ class SchurDD:
     Attributes:
         n_separator: Global separator size n_S of the last set-up.
         nnz_v: Non-zeros of this rank's ``V_r`` (the coupling's forward substitutions).
-        fallback: Whether the last set-up fell back to the redundant LU (n_S above the bound).
+        fallback: Why the last set-up fell back to the redundant LU (n_S above the bound, or
+            a Cholesky breakdown); empty when it did not.
         setup_seconds: Wall time of the last set-up on this rank.
     """
 
@@ -109,15 +115,27 @@ class SchurDD:
         self._objs: list = []
         self.n_separator = 0
         self.nnz_v = 0
-        self.fallback = False
+        self.fallback = ""
         self.setup_seconds = 0.0
-        self._ksp = None
-        self._fallback_ksp = None
+        self._ksp = None  # the interior factorisation (COMM_SELF)
+        self._fallback_ksp = None  # the redundant LU (the PC's communicator)
+        self._use_fallback_ksp = False
         self._failed = False
 
     # ------------------------------------------------------------ set-up
     def setFromOptions(self, pc: PETSc.PC) -> None:  # noqa: N802 (petsc4py's name)
-        """Nothing to read here: the sub-options are read at :meth:`setUp` (they may change between set-ups)."""
+        """Read ``{prefix}schur_dd_*`` and create the sub-solvers (options given as defaults exist only now)."""
+        sub = f"{pc.getOptionsPrefix() or ''}schur_dd_"
+        opts = PETSc.Options(sub)
+        self._max_sep = opts.getInt("max_separator", MAX_SEPARATOR)
+        self._breakdown = opts.getString("breakdown", "fallback")
+        if self._breakdown not in ("fallback", "fail"):
+            raise ValueError(f"-{sub}breakdown {self._breakdown!r}: valid choices are 'fallback' and 'fail'")
+        self._destroy_ksps()
+        self._ksp = PETSc.KSP().create(PETSc.COMM_SELF)
+        options_with_defaults(self._ksp, sub, INTERIOR_OPTIONS)
+        self._fallback_ksp = PETSc.KSP().create(pc.getComm())
+        options_with_defaults(self._fallback_ksp, f"{sub}fallback_", FALLBACK_OPTIONS)
 
     def setUp(self, pc: PETSc.PC) -> None:  # noqa: N802 (petsc4py's name)
         """Split, factorise the interiors, build and factorise the Schur complement (collective)."""
@@ -133,7 +151,9 @@ class SchurDD:
                 f"positive definite matrix, and this one is not symmetric; use an LU instead, e.g. "
                 f"-{prefix}pc_type lu -{prefix}pc_factor_mat_solver_type mumps, or -{prefix}pc_type redundant"
             )
-        max_sep = PETSc.Options(sub).getInt("max_separator", MAX_SEPARATOR)
+        if self._ksp is None:  # created without setFromOptions
+            self.setFromOptions(pc)
+        max_sep, on_breakdown = self._max_sep, self._breakdown
         rstart, rend = A.getOwnershipRange()
         n_own = rend - rstart
         indptr, cols, vals = A.getValuesCSR()
@@ -147,30 +167,20 @@ class SchurDD:
         counts = np.array(comm.allgather(sep.size))
         n_sep = int(counts.sum())
         self.n_separator = n_sep
+        self.fallback = ""
         if n_sep > max_sep:
-            self.fallback = True
-            ksp = PETSc.KSP().create(A.getComm())
-            options_with_defaults(ksp, f"{sub}fallback_", FALLBACK_OPTIONS)
-            ksp.setOperators(A)
-            ksp.setUp()
-            self._fallback_ksp = ksp
-            self._objs.append(ksp)
-            self._check(pc, comm, ksp.getPC().getFailedReason() == 0)
+            self._use_fallback(pc, A, sub, comm, f"n_S = {n_sep} > {sub}max_separator = {max_sep}")
             self.setup_seconds = MPI.Wtime() - t0
             return
-        self.fallback = False
         # The interior block, factorised on this rank alone; the separator rows and columns are
         # replaced by the identity, so that the substitutions act on the owned vector in place.
         loc = csr[:, rstart:rend].tocsr()
         keep = scipy.sparse.diags((~is_sep).astype(float))
         A_rr = _seq_aij(keep @ loc @ keep + scipy.sparse.diags(is_sep.astype(float)))
         self._objs.append(A_rr)
-        ksp = PETSc.KSP().create(PETSc.COMM_SELF)
-        options_with_defaults(ksp, sub, INTERIOR_OPTIONS)
+        ksp = self._ksp
         ksp.setOperators(A_rr)
         ksp.setUp()
-        self._ksp = ksp
-        self._objs.append(ksp)
         inner = ksp.getPC()
         ok = inner.getFailedReason() == 0
         self._F = inner.getFactorMatrix()
@@ -255,8 +265,23 @@ class SchurDD:
             except (np.linalg.LinAlgError, ValueError):
                 ok = False
         self._g = np.empty(n_sep)
-        self._check(pc, comm, ok)
+        if on_breakdown == "fallback" and not comm.allreduce(bool(ok), op=MPI.LAND):
+            # Symmetric but not positive definite (e.g. an IMEX step with dt > ε²): solve it
+            # exactly as before this solver existed.
+            self._free()
+            self._use_fallback(pc, A, sub, comm, "the Cholesky factorisation broke down (not positive definite)")
+        else:
+            self._check(pc, comm, ok)
         self.setup_seconds = MPI.Wtime() - t0
+
+    def _use_fallback(self, pc: PETSc.PC, A: PETSc.Mat, sub: str, comm: MPI.Comm, why: str) -> None:
+        """Solve with PETSc's LU on every rank (``{sub}fallback_*``); ``why`` goes to :attr:`fallback`."""
+        self.fallback = why
+        ksp = self._fallback_ksp
+        ksp.setOperators(A)
+        ksp.setUp()
+        self._use_fallback_ksp = True
+        self._check(pc, comm, ksp.getPC().getFailedReason() == 0)
 
     def _check(self, pc: PETSc.PC, comm: MPI.Comm, ok: bool) -> None:
         """Agree on the set-up's success; on failure, mark the PC failed on every rank."""
@@ -271,7 +296,7 @@ class SchurDD:
             x.set(np.nan)
             pc.setFailedReason(PETSc.PC.FailedReason.FACTOR_NUMERIC_ZEROPIVOT)
             return
-        if self._fallback_ksp is not None:
+        if self._use_fallback_ksp:
             self._fallback_ksp.solve(b, x)
             if self._fallback_ksp.getConvergedReason() < 0:
                 pc.setFailedReason(PETSc.PC.FailedReason.SUBPC_ERROR)
@@ -310,21 +335,32 @@ class SchurDD:
 
     def view(self, pc: PETSc.PC, viewer: PETSc.Viewer) -> None:
         """One line: the separator size, V's non-zeros, the set-up time."""
-        kind = "fallback: redundant LU" if self.fallback else f"nnz(V_r) {self.nnz_v}"
+        kind = f"fallback to the redundant LU: {self.fallback}" if self.fallback else f"nnz(V_r) {self.nnz_v}"
         viewer.printfASCII(f"  SchurDD: n_S {self.n_separator}, {kind}, set-up {self.setup_seconds:.2f} s\n")
 
     # ----------------------------------------------------------- cleanup
     def _free(self) -> None:
+        """Free the factorisations, matrices and vectors of the last set-up (collective); keep the sub-solvers."""
         for obj in self._objs:
             obj.destroy()
         self._objs = []
-        self._ksp = self._fallback_ksp = None
+        for ksp in (self._ksp, self._fallback_ksp):
+            if ksp is not None:
+                ksp.reset()
+        self._use_fallback_ksp = False
         self._W = None
+
+    def _destroy_ksps(self) -> None:
+        for ksp in (self._ksp, self._fallback_ksp):
+            if ksp is not None:
+                ksp.destroy()
+        self._ksp = self._fallback_ksp = None
 
     def reset(self, pc: PETSc.PC) -> None:
         """Free the factorisations (collective)."""
         self._free()
 
     def destroy(self, pc: PETSc.PC) -> None:
-        """Free the factorisations (collective)."""
+        """Destroy every PETSc object of the solver (collective)."""
         self._free()
+        self._destroy_ksps()
