@@ -163,7 +163,6 @@ class SchurDD:
         is_sep = np.zeros(n_own, dtype=bool)
         is_sep[row_of[off]] = True
         sep = np.flatnonzero(is_sep)
-        interior = np.flatnonzero(~is_sep)
         counts = np.array(comm.allgather(sep.size))
         n_sep = int(counts.sum())
         self.n_separator = n_sep
