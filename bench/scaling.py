@@ -65,6 +65,9 @@ SOLVERS = {
                    "pc_hypre_boomeramg_interp_type": "ext+i", "pc_hypre_boomeramg_P_max": "4"},
     "cg-jacobi": {"ksp_type": "cg", "pc_type": "jacobi", "ksp_rtol": "1e-10"},
     "superlu-dist": {"ksp_type": "preonly", "pc_type": "lu", "pc_factor_mat_solver_type": "superlu_dist"},
+    "cholesky": {"ksp_type": "preonly", "pc_type": "cholesky", "pc_factor_mat_solver_type": "petsc",
+                 "pc_factor_mat_ordering_type": "nd"},
+    "dd": {"ksp_type": "preonly", "pc_type": "python", "pc_python_type": "femnpde.fem.schur_dd.SchurDD"},
 }
 
 
@@ -143,7 +146,8 @@ def run(args, comm) -> dict:
     # to the end of the first loss + gradient; PETSc's (matrices, factorisations) are not.
     tracemalloc.start()
     solver = ThetaSolver(problem, "scal_", options, state_storage=storage, nonlinear_method=args.method)
-    chosen = options or default_linear_solver_options(comm.size, n_dofs, problem.mesh.geometry.dim, solver.symmetric)
+    chosen = options or default_linear_solver_options(comm.size, n_dofs, problem.mesh.geometry.dim, solver.symmetric,
+                                                      constant=problem.forms.jacobian_constant)
     g2 = 0.9 * g
     bounded = not solver.states.keeps_all_levels
     n_owned = problem.n_owned
@@ -275,6 +279,11 @@ def solvers(args, comm) -> None:
         if comm.rank == 0:
             print(f"{name:<12} {setup:10.2f} {1e3 * np.median(wall):10.1f} {1e3 * np.median(cpu):9.1f} "
                   f"{np.mean(its):5.1f}", flush=True)
+        if name == "dd":  # the Schur-complement solver's split (femnpde/fem/schur_dd.py)
+            ctx = ksp.getPC().getPythonContext()
+            nnz = comm.gather(ctx.nnz_v, root=0)
+            if comm.rank == 0:
+                print(f"{'':<12} n_S {ctx.n_separator}, nnz(V_r) {nnz}, fallback {ctx.fallback}", flush=True)
         for k in SOLVERS[name]:
             opts.delValue(prefix + k)
         for obj in (ksp, b, x):

@@ -134,7 +134,8 @@ class ThetaSolver:
         #: with the untransposed operator (any preconditioner works).
         self.symmetric = probe_symmetry(problem)
         options = (
-            default_linear_solver_options(comm.size, imap.size_global, problem.mesh.geometry.dim, self.symmetric)
+            default_linear_solver_options(comm.size, imap.size_global, problem.mesh.geometry.dim, self.symmetric,
+                                          constant=forms.jacobian_constant)
             if petsc_options is None
             else dict(petsc_options)
         )
@@ -160,6 +161,11 @@ class ThetaSolver:
             if method == "auto":
                 method = default_nonlinear_method(imap.size_global, petsc_options is None)
             self.nonlinear_method = method
+            if method == "krylov" and petsc_options is None:
+                # The preconditioner is the constant linear part: the constant matrices' default
+                # (Cholesky on one rank, the Schur-complement solver on several in 2D, when symmetric).
+                options = default_linear_solver_options(comm.size, imap.size_global, problem.mesh.geometry.dim,
+                                                        self.symmetric, constant=True)
             self._make_step = lambda: NonlinearStep(
                 problem,
                 self.prefix,
