@@ -105,7 +105,12 @@ def test_krylov_with_checkpointing_is_identical():
     solver = ThetaSolver(problem, "nk_ckc_", nonlinear_method="krylov", state_storage={"snapshots": 3})
     rf_c = ReducedFunctional(solver, rf_m.source, rf_m.misfit)
     J_c, dJ_c = rf_c.value_and_gradient(theta)
-    assert J_m == J_c and np.array_equal(dJ_m, dJ_c)
+    # Bitwise on one rank; with the Schur-complement preconditioner on several ranks a recomputed
+    # state repeats the original to round-off (issue 13's bound: 1e-14 relative).
+    assert J_m == J_c
+    assert np.linalg.norm(dJ_m - dJ_c) <= 1e-14 * np.linalg.norm(dJ_m), np.linalg.norm(dJ_m - dJ_c)
+    if MPI.COMM_WORLD.size == 1:
+        assert np.array_equal(dJ_m, dJ_c)
     rf_m.solver.destroy()
     solver.destroy()
 
