@@ -53,8 +53,12 @@ def ksp_reason(reason: int) -> str:
     return _KSP_REASONS.get(int(reason), str(int(reason)))
 
 
-def options_with_defaults(obj, prefix: str, options: dict[str, str]) -> None:
-    """``obj.setFromOptions()`` under ``prefix`` with ``options`` as defaults the command line overrides."""
+def options_with_defaults(obj, prefix: str, options: dict[str, str], setup: bool = False) -> None:
+    """``obj.setFromOptions()`` under ``prefix`` with ``options`` as defaults the command line overrides.
+
+    ``setup``: also ``obj.setUp()`` (operators set) while the defaults are in the database, so that
+    solvers created during the set-up (block Jacobi / ASM sub-solvers: ``sub_*``) read them too.
+    """
     obj.setOptionsPrefix(prefix)
     opts = PETSc.Options()
     added = []
@@ -64,6 +68,8 @@ def options_with_defaults(obj, prefix: str, options: dict[str, str]) -> None:
             opts[name] = val
             added.append(name)
     obj.setFromOptions()
+    if setup:
+        obj.setUp()
     for name in added:
         opts.delValue(name)
 

@@ -29,22 +29,28 @@ from femnpde.fem.linear_defaults import (
     uses_krylov,
 )
 from femnpde.fem.adjoint import adjoint_sweep, probe_symmetry
+from femnpde.fem.krylov_guess import ProjectedGuess
 from femnpde.fem.newton import NonlinearStep, ksp_reason, options_with_defaults
 from femnpde.fem.problem import ParabolicProblem
 from femnpde.fem.split_assembly import SplitAssembly
 from femnpde.fem.storage import MemoryStorage, StateStorage, make_state_storage
 
-__all__ = ["ThetaSolver", "SolverError", "default_linear_solver_options"]
+__all__ = ["ThetaSolver", "SolverError", "default_linear_solver_options", "KRYLOV_GUESSES"]
+
+#: Choices of ``ThetaSolver(krylov_guess=...)``.
+KRYLOV_GUESSES = ("projection", "extrapolate", "previous")
 
 
 class SolverError(RuntimeError):
     """A forward or adjoint solve failed (Newton or linear solver divergence)."""
 
 
-def _make_ksp(comm, prefix: str, options: dict[str, str]) -> PETSc.KSP:
-    """A KSP with ``prefix``; ``options`` are defaults that command-line options override."""
+def _make_ksp(comm, prefix: str, options: dict[str, str], A: PETSc.Mat) -> PETSc.KSP:
+    """A KSP with ``prefix`` for the assembled ``A``, set up (its preconditioner and the sub-solvers'
+    ``sub_*`` options read now); ``options`` are defaults that command-line options override."""
     ksp = PETSc.KSP().create(comm)
-    options_with_defaults(ksp, prefix, options)
+    ksp.setOperators(A)
+    options_with_defaults(ksp, prefix, options, setup=True)
     return ksp
 
 
@@ -97,6 +103,15 @@ class ThetaSolver:
             optional ``"disk_snapshots"`` (see
             :func:`femnpde.fem.storage_plan.validate_state_storage`); the
             chosen plan is :attr:`storage_plan`.
+        krylov_guess: Initial guess of the Krylov solves of a constant step
+            Jacobian (the stopping test stays ``rtol · ‖b‖``): ``"previous"``
+            (the forward from ``u^{n-1}``, the adjoint from ``λ^{n+1}``),
+            ``"extrapolate"`` (``2 u^{n-1} − u^{n-2}``, ``2 λ^{n+1} − λ^{n+2}``) or
+            ``"projection"`` (symmetric Jacobians: the energy-norm projection onto
+            the sweep's last solutions, :class:`~femnpde.fem.krylov_guess.ProjectedGuess`;
+            otherwise "extrapolate").  With a checkpointing storage the forward
+            solves start from ``u^{n-1}``, so that recomputed states are bitwise the
+            stored ones.
     """
 
     def __init__(
@@ -111,6 +126,7 @@ class ThetaSolver:
         fast_affine: bool = True,
         jacobian_refresh_ratio: float = 0.03,
         state_storage: str | dict = "memory",
+        krylov_guess: str = "projection",
     ) -> None:
         if not isinstance(petsc_options_prefix, str) or not petsc_options_prefix:
             raise ValueError("ThetaSolver: petsc_options_prefix must be a non-empty string, e.g. 'femnpde_'")
@@ -140,7 +156,9 @@ class ThetaSolver:
             # The adjoint reuses the forward matrix and its factorisation.
             self._A = dolfinx.fem.petsc.create_matrix(forms.jacobian)
             self._A.setOptionsPrefix(f"{self.prefix}forward_")
-            self._ksp = _make_ksp(comm, f"{self.prefix}forward_", options)
+            self._assemble_A(self._A)  # constant: the preconditioner (factorisation) is set up once, here
+            self._A_current = True
+            self._ksp = _make_ksp(comm, f"{self.prefix}forward_", options, self._A)
             self._ksp_adj = self._ksp
         else:
             self._make_step = lambda: NonlinearStep(
@@ -161,7 +179,15 @@ class ThetaSolver:
         # Krylov adjoints of constant Jacobians start from λ^{n+1} (zero at the start of each sweep).
         self._adjoint_warm = self._step is None and uses_krylov(self._ksp_adj)
         self._ksp_adj.setInitialGuessNonzero(self._adjoint_warm)
+        if krylov_guess not in KRYLOV_GUESSES:
+            raise ValueError(f"ThetaSolver: krylov_guess = {krylov_guess!r}; valid: {', '.join(KRYLOV_GUESSES)}")
+        #: The Krylov initial guess (see the constructor); basis size of the projection.
+        self.krylov_guess = krylov_guess
+        self.krylov_guess_vectors = 8
+        self._guesses: dict[str, ProjectedGuess] = {}
+        self._du_level = -1  # the level whose correction _du holds
         self._rhs = dolfinx.fem.petsc.create_vector(problem.V)
+        self._lam_old = dolfinx.fem.petsc.create_vector(problem.V)  # λ^{n+2}: the adjoint's extrapolation
         self._c = dolfinx.fem.petsc.create_vector(problem.V)
         self._r = dolfinx.fem.petsc.create_vector(problem.G)
         self._have_c = False
@@ -311,13 +337,16 @@ class ThetaSolver:
 
     def destroy(self) -> None:
         """Destroy the PETSc objects (collective)."""
-        objs = [self._b, self._du, self._rhs, self._c, self._r, self._c_step]
+        objs = [self._b, self._du, self._rhs, self._lam_old, self._c, self._r, self._c_step]
         if self._step is not None:
             self._step.destroy()
             self._step = None
         else:
             objs += [self._A, self._ksp]
         objs += list(self._blocks.values())
+        for g in self._guesses.values():
+            g.destroy()
+        self._guesses = {}
         self._blocks = {}
         if self._lin is not None:
             objs += [self._lin["u"], self._f0]
@@ -425,13 +454,33 @@ class ThetaSolver:
             self._assemble_A(self._A)
             self._ksp.setOperators(self._A)
             self._A_current = True
-        if self._adjoint_warm:
-            self._du.zeroEntries()  # the KSP is the adjoint's too, with a nonzero initial guess
+        # The forward's guess: the state is u^{n-1} + (-du); a bounded storage recomputes states
+        # from snapshots, which only the guess u^{n-1} (du = 0) reproduces bitwise.
+        guess = self.krylov_guess if self.states.keeps_all_levels else "previous"
+        proj = self._projection("forward") if guess != "previous" else None
+        if self._adjoint_warm:  # the KSP has a nonzero initial guess (the adjoint's warm start)
+            if proj is not None:
+                proj.guess(self._b, self._du)
+            elif guess != "previous" and self._du_level == n - 1:
+                pass  # du holds du^{n-1} = u^{n-2} - u^{n-1}: the guess 2 u^{n-1} - u^{n-2}
+            else:
+                self._du.zeroEntries()  # the guess u^{n-1}
         self._solve(self._ksp, self._b, self._du, n, transpose=False)
+        if proj is not None:
+            proj.add(self._du)
+        self._du_level = n
         # One Newton step solves an affine residual exactly.
         p.u.x.petsc_vec.axpy(-1.0, self._du)
         p.u.x.scatter_forward()
         return 1
+
+    def _projection(self, kind: str) -> ProjectedGuess | None:
+        """The projected initial guess of the ``kind`` ("forward"/"adjoint") Krylov solves, if used."""
+        if not (self._adjoint_warm and self.symmetric and self.krylov_guess == "projection"):
+            return None
+        if kind not in self._guesses:
+            self._guesses[kind] = ProjectedGuess(self._A, self.krylov_guess_vectors)
+        return self._guesses[kind]
 
     def forward_step(self, n: int, source: np.ndarray, u_prev: np.ndarray | None = None) -> int:
         """Solve time level ``n`` from ``u^{n-1}``; ``problem.u`` then holds ``u^n``.
@@ -449,6 +498,10 @@ class ThetaSolver:
             SolverError: Newton or the linear solver failed.
         """
         p = self.problem
+        if n == 1:  # a new sweep: the Krylov guesses depend on its own steps only
+            self._du_level = -1
+            if self._projection("forward") is not None:
+                self._projection("forward").reset()
         self._set_step(n, source, None, u_prev)
         # Initial guess: the previous state with this step's Dirichlet values.
         p.u.x.array[:] = self._arrays["u_prev"]
