@@ -78,14 +78,11 @@ def adjoint_sweep(
     rhs, c, r = solver._rhs, solver._c, solver._r
     lam_vec = p.lam.x.petsc_vec
     # Krylov adjoints of constant Jacobians start from λ^{n+1}, 2 λ^{n+1} − λ^{n+2} or a projection
-    # onto the sweep's previous adjoints (ThetaSolver's krylov_guess).
-    proj = solver._projection("adjoint")
-    extrapolate = solver._adjoint_warm and solver.krylov_guess != "previous" and proj is None
-    lam_old = solver._lam_old
-    if proj is not None:
-        proj.reset()
-    if solver._adjoint_warm:
+    # onto the sweep's earlier adjoints (ThetaSolver's krylov_guess).
+    guesses = solver._guesses
+    if guesses is not None:
         lam_vec.zeroEntries()  # the warm start must not depend on the previous sweep
+        guesses.adjoint_start()
     step = solver._step
     # The split's couplings (constant blocks + assembled remainder): nonlinear and IMEX steps.
     split = step if step is not None else solver._imex
@@ -113,17 +110,11 @@ def adjoint_sweep(
         rhs_arr *= -1.0
         rhs_arr[solver._bc_owned] = 0.0
         if step is None:
-            if extrapolate and n < N - 1:  # lam_vec = λ^{n+1}, lam_old = λ^{n+2}
-                lam_old.aypx(-1.0, lam_vec)  # λ^{n+1} − λ^{n+2}
-                lam_vec.axpy(1.0, lam_old)  # the guess
-                lam_old.aypx(-1.0, lam_vec)  # λ^{n+1}, for the next step
-            elif extrapolate:
-                lam_vec.copy(lam_old)
-            elif proj is not None:
-                proj.guess(rhs, lam_vec)
+            if guesses is not None:
+                guesses.adjoint(n, N, rhs, lam_vec)
             solver._solve(solver._ksp_adj, rhs, lam_vec, n, transpose=not solver.symmetric)
-            if proj is not None:
-                proj.add(lam_vec)
+            if guesses is not None:
+                guesses.adjoint_solved(lam_vec)
         else:
             step.adjoint_solve(rhs, lam_vec, n, solver._times[n])
         p.lam.x.scatter_forward()

@@ -29,16 +29,13 @@ from femnpde.fem.linear_defaults import (
     uses_krylov,
 )
 from femnpde.fem.adjoint import adjoint_sweep, probe_symmetry
-from femnpde.fem.krylov_guess import ProjectedGuess
+from femnpde.fem.krylov_guess import KRYLOV_GUESSES, KrylovGuesses
 from femnpde.fem.newton import NonlinearStep, ksp_reason, options_with_defaults
 from femnpde.fem.problem import ParabolicProblem
 from femnpde.fem.split_assembly import SplitAssembly
 from femnpde.fem.storage import MemoryStorage, StateStorage, make_state_storage
 
 __all__ = ["ThetaSolver", "SolverError", "default_linear_solver_options", "KRYLOV_GUESSES"]
-
-#: Choices of ``ThetaSolver(krylov_guess=...)``.
-KRYLOV_GUESSES = ("projection", "extrapolate", "previous")
 
 
 class SolverError(RuntimeError):
@@ -179,15 +176,9 @@ class ThetaSolver:
         # Krylov adjoints of constant Jacobians start from λ^{n+1} (zero at the start of each sweep).
         self._adjoint_warm = self._step is None and uses_krylov(self._ksp_adj)
         self._ksp_adj.setInitialGuessNonzero(self._adjoint_warm)
-        if krylov_guess not in KRYLOV_GUESSES:
-            raise ValueError(f"ThetaSolver: krylov_guess = {krylov_guess!r}; valid: {', '.join(KRYLOV_GUESSES)}")
-        #: The Krylov initial guess (see the constructor); basis size of the projection.
+        self._guesses: KrylovGuesses | None = None
         self.krylov_guess = krylov_guess
-        self.krylov_guess_vectors = 8
-        self._guesses: dict[str, ProjectedGuess] = {}
-        self._du_level = -1  # the level whose correction _du holds
         self._rhs = dolfinx.fem.petsc.create_vector(problem.V)
-        self._lam_old = dolfinx.fem.petsc.create_vector(problem.V)  # λ^{n+2}: the adjoint's extrapolation
         self._c = dolfinx.fem.petsc.create_vector(problem.V)
         self._r = dolfinx.fem.petsc.create_vector(problem.G)
         self._have_c = False
@@ -337,16 +328,16 @@ class ThetaSolver:
 
     def destroy(self) -> None:
         """Destroy the PETSc objects (collective)."""
-        objs = [self._b, self._du, self._rhs, self._lam_old, self._c, self._r, self._c_step]
+        objs = [self._b, self._du, self._rhs, self._c, self._r, self._c_step]
         if self._step is not None:
             self._step.destroy()
             self._step = None
         else:
             objs += [self._A, self._ksp]
         objs += list(self._blocks.values())
-        for g in self._guesses.values():
-            g.destroy()
-        self._guesses = {}
+        if self._guesses is not None:
+            self._guesses.destroy()
+            self._guesses = None
         self._blocks = {}
         if self._lin is not None:
             objs += [self._lin["u"], self._f0]
@@ -454,33 +445,32 @@ class ThetaSolver:
             self._assemble_A(self._A)
             self._ksp.setOperators(self._A)
             self._A_current = True
-        # The forward's guess: the state is u^{n-1} + (-du); a bounded storage recomputes states
-        # from snapshots, which only the guess u^{n-1} (du = 0) reproduces bitwise.
-        guess = self.krylov_guess if self.states.keeps_all_levels else "previous"
-        proj = self._projection("forward") if guess != "previous" else None
-        if self._adjoint_warm:  # the KSP has a nonzero initial guess (the adjoint's warm start)
-            if proj is not None:
-                proj.guess(self._b, self._du)
-            elif guess != "previous" and self._du_level == n - 1:
-                pass  # du holds du^{n-1} = u^{n-2} - u^{n-1}: the guess 2 u^{n-1} - u^{n-2}
-            else:
-                self._du.zeroEntries()  # the guess u^{n-1}
+        # A bounded storage recomputes states from snapshots, which only the guess u^{n-1} (du = 0)
+        # reproduces bitwise.
+        reproducible = not self.states.keeps_all_levels
+        if self._guesses is not None:  # the KSP has a nonzero initial guess (the adjoint's warm start)
+            self._guesses.forward(n, self._b, self._du, reproducible)
         self._solve(self._ksp, self._b, self._du, n, transpose=False)
-        if proj is not None:
-            proj.add(self._du)
-        self._du_level = n
+        if self._guesses is not None:
+            self._guesses.forward_solved(n, self._du, reproducible)
         # One Newton step solves an affine residual exactly.
         p.u.x.petsc_vec.axpy(-1.0, self._du)
         p.u.x.scatter_forward()
         return 1
 
-    def _projection(self, kind: str) -> ProjectedGuess | None:
-        """The projected initial guess of the ``kind`` ("forward"/"adjoint") Krylov solves, if used."""
-        if not (self._adjoint_warm and self.symmetric and self.krylov_guess == "projection"):
-            return None
-        if kind not in self._guesses:
-            self._guesses[kind] = ProjectedGuess(self._A, self.krylov_guess_vectors)
-        return self._guesses[kind]
+    @property
+    def krylov_guess(self) -> str:
+        """The initial guess of the Krylov solves (see the constructor); settable."""
+        return self._kind
+
+    @krylov_guess.setter
+    def krylov_guess(self, kind: str) -> None:
+        if kind not in KRYLOV_GUESSES:
+            raise ValueError(f"ThetaSolver: krylov_guess = {kind!r}; valid: {', '.join(KRYLOV_GUESSES)}")
+        if self._guesses is not None:
+            self._guesses.destroy()
+        self._kind = kind
+        self._guesses = KrylovGuesses(kind, self._A, self.symmetric) if self._adjoint_warm else None
 
     def forward_step(self, n: int, source: np.ndarray, u_prev: np.ndarray | None = None) -> int:
         """Solve time level ``n`` from ``u^{n-1}``; ``problem.u`` then holds ``u^n``.
@@ -498,10 +488,6 @@ class ThetaSolver:
             SolverError: Newton or the linear solver failed.
         """
         p = self.problem
-        if n == 1:  # a new sweep: the Krylov guesses depend on its own steps only
-            self._du_level = -1
-            if self._projection("forward") is not None:
-                self._projection("forward").reset()
         self._set_step(n, source, None, u_prev)
         # Initial guess: the previous state with this step's Dirichlet values.
         p.u.x.array[:] = self._arrays["u_prev"]
