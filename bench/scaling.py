@@ -87,6 +87,10 @@ SOLVERS = {
                      "sub_pc_factor_levels": "1", "ksp_rtol": "1e-10"},
     "cg-asmb-icc1": {"ksp_type": "cg", "pc_type": "asm", "pc_asm_type": "basic", "pc_asm_overlap": "1",
                      "sub_pc_type": "icc", "sub_pc_factor_levels": "1", "ksp_rtol": "1e-10"},
+    # the 3D default with two ASM blocks on one rank: the block split's iterations without a second rank
+    "cg-asmb2-icc1": {"ksp_type": "cg", "pc_type": "asm", "pc_asm_type": "basic", "pc_asm_overlap": "1",
+                      "pc_asm_blocks": "2", "sub_pc_type": "icc", "sub_pc_factor_levels": "1",
+                      "ksp_norm_type": "unpreconditioned", "ksp_rtol": "1e-10"},
     "cg-sor": {"ksp_type": "cg", "pc_type": "sor", "pc_sor_symmetric": "1", "ksp_rtol": "1e-10"},
     "cheby-jacobi": {"ksp_type": "chebyshev", "pc_type": "jacobi", "ksp_norm_type": "unpreconditioned",
                      "ksp_chebyshev_esteig": "0,0.1,0,1.1", "ksp_rtol": "1e-10"},
