@@ -94,6 +94,9 @@ SOLVERS = {
     "cg-sor": {"ksp_type": "cg", "pc_type": "sor", "pc_sor_symmetric": "1", "ksp_rtol": "1e-10"},
     "cheby-jacobi": {"ksp_type": "chebyshev", "pc_type": "jacobi", "ksp_norm_type": "unpreconditioned",
                      "ksp_chebyshev_esteig": "0,0.1,0,1.1", "ksp_rtol": "1e-10"},
+    "cholesky": {"ksp_type": "preonly", "pc_type": "cholesky", "pc_factor_mat_solver_type": "petsc",
+                 "pc_factor_mat_ordering_type": "nd"},
+    "dd": {"ksp_type": "preonly", "pc_type": "python", "pc_python_type": "femnpde.fem.schur_dd.SchurDD"},
 }
 
 
@@ -164,7 +167,8 @@ def run(args, comm) -> dict:
     # to the end of the first loss + gradient; PETSc's (matrices, factorisations) are not.
     tracemalloc.start()
     solver = ThetaSolver(problem, "scal_", options, state_storage=storage, krylov_guess=args.guess)
-    chosen = options or default_linear_solver_options(comm.size, n_dofs, problem.mesh.geometry.dim, solver.symmetric)
+    chosen = options or default_linear_solver_options(comm.size, n_dofs, problem.mesh.geometry.dim, solver.symmetric,
+                                                      constant=problem.forms.jacobian_constant)
     g2 = 0.9 * g
     bounded = not solver.states.keeps_all_levels
     n_owned = problem.n_owned
@@ -296,6 +300,11 @@ def solvers(args, comm) -> None:
         if comm.rank == 0:
             print(f"{name:<12} {setup:10.2f} {1e3 * np.median(wall):10.1f} {1e3 * np.median(cpu):9.1f} "
                   f"{np.mean(its):5.1f}", flush=True)
+        if name == "dd":  # the Schur-complement solver's split (femnpde/fem/schur_dd.py)
+            ctx = ksp.getPC().getPythonContext()
+            nnz = comm.gather(ctx.nnz_v, root=0)
+            if comm.rank == 0:
+                print(f"{'':<12} n_S {ctx.n_separator}, nnz(V_r) {nnz}, fallback {ctx.fallback}", flush=True)
         for k in SOLVERS[name]:
             opts.delValue(prefix + k)
         for obj in (ksp, b, x):

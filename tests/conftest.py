@@ -11,7 +11,9 @@ Helpers shared by several test modules (``from conftest import ...``):
 (a training history without its wall times), :func:`before_evaluation`
 (a hook before the n-th loss evaluation of a training run) and
 :func:`refactorise_every_step` (a solver that forgets its factorisation at
-each step, for checks that count factorisations).
+each step, for checks that count factorisations) and
+:func:`numeric_factorisations` (PETSc's count of numeric LU and Cholesky
+factorisations so far).
 """
 
 import gc
@@ -117,3 +119,14 @@ def refactorise_every_step(solver) -> None:
         return real(*args, **kwargs)
 
     solver._set_step = set_step
+
+
+def numeric_factorisations() -> int:
+    """Numeric LU and Cholesky factorisations logged so far (call ``PETSc.Log.begin()`` first).
+
+    The default for a symmetric constant step is a Cholesky factorisation (on several ranks in 2D,
+    of each rank's interior: :mod:`femnpde.fem.schur_dd`), otherwise an LU.
+    """
+    from petsc4py import PETSc
+
+    return sum(int(PETSc.Log.Event(name).getPerfInfo()["count"]) for name in ("MatLUFactorNum", "MatCholFctrNum"))

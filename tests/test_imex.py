@@ -21,7 +21,7 @@ import dolfinx.mesh
 from mpi4py import MPI
 from petsc4py import PETSc
 
-from conftest import refactorise_every_step, write_on_root
+from conftest import numeric_factorisations, refactorise_every_step, write_on_root
 from serial_reference import renumbered_serial_copy
 from femnpde.app.cli import main
 from femnpde.app.scenarios import paper_initial_condition, paper_mesh, paper_problem, target_source
@@ -172,21 +172,17 @@ def test_bad_scheme_names_the_choices():
         paper_problem("allen-cahn", nx=2, ny=2, n_steps=1, nonlinear="semi")
 
 
-def _lu_factorisations() -> int:
-    return int(PETSc.Log.Event("MatLUFactorNum").getPerfInfo()["count"])
-
-
 def _imex_factorisations(patch=None) -> int:
-    """Numeric LU factorisations of the data sweep and two loss+grad evaluations (8 steps each)."""
+    """Numeric factorisations of the data sweep and two loss+grad evaluations (8 steps each)."""
     PETSc.Log.begin()
     problem = _ac(paper_mesh(MPI.COMM_WORLD, 4, 8))
-    before = _lu_factorisations()
+    before = numeric_factorisations()
     rf, theta = _reduced(problem, "lu")
     if patch is not None:
         patch(rf.solver)
     rf.value_and_gradient(theta)
     rf.value_and_gradient(theta + 0.1)
-    count = _lu_factorisations() - before
+    count = numeric_factorisations() - before
     rf.solver.destroy()
     rf.misfit.destroy()
     return count

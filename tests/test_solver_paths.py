@@ -21,7 +21,7 @@ import ufl
 from mpi4py import MPI
 from petsc4py import PETSc
 
-from conftest import refactorise_every_step
+from conftest import numeric_factorisations, refactorise_every_step
 from femnpde.app.cli import main
 from femnpde.app.scenarios import paper_problem, target_source
 from femnpde.fem.problem import Dirichlet, ParabolicProblem, TimeGrid
@@ -110,23 +110,19 @@ def test_fast_paths_equal_plain_assembly(name):
         rf.misfit.destroy()
 
 
-def _lu_factorisations() -> int:
-    return PETSc.Log.Event("MatLUFactorNum").getPerfInfo()["count"]
-
-
 def _count_factorisations(solver_patch=None):
-    """Numeric LU factorisations (data sweep + two iterations of forward and adjoint) and Jacobian state change."""
+    """Numeric factorisations (data sweep + two iterations of forward and adjoint) and Jacobian state change."""
     PETSc.Log.begin()
     problem = paper_problem("heat", nx=4, ny=8, n_steps=5)
     assert problem.forms.jacobian_constant and problem.forms.affine
-    before = _lu_factorisations()
+    before = numeric_factorisations()
     rf, theta, _ = _rf(problem, "reuse_", fast_affine=True)  # one forward sweep for the data
     if solver_patch is not None:
         solver_patch(rf.solver)
     rf.value_and_gradient(theta)
     state = rf.solver.A.stateGet()
     rf.value_and_gradient(theta + 0.1)
-    counts = (_lu_factorisations() - before, rf.solver.A.stateGet() - state)
+    counts = (numeric_factorisations() - before, rf.solver.A.stateGet() - state)
     rf.solver.destroy()
     rf.misfit.destroy()
     return counts

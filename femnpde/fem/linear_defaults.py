@@ -7,8 +7,15 @@ symmetric and constant:
 ==========================================  =================================================
 case                                        default
 ==========================================  =================================================
-serial, 2D <= 300 000 unknowns, 3D <= 5 000  LU, PETSc's own (nested dissection)
-the same sizes on several ranks             the same LU on every rank (``pc_type redundant``)
+serial, 2D <= 300 000 unknowns, 3D <= 5 000  LU, PETSc's own (nested dissection); Cholesky
+                                            (the same, half the factor) when the Jacobian
+                                            is symmetric and constant
+2D <= 300 000 on several ranks, symmetric,  the exact Schur-complement solver
+constant Jacobian                           :class:`~femnpde.fem.schur_dd.SchurDD`: each
+                                            rank factorises its interior (Cholesky), a
+                                            dense Schur complement on the separator
+                                            (n_S <= 3 000, else the redundant LU below)
+the same sizes on several ranks, otherwise  the same LU on every rank (``pc_type redundant``)
 2D <= 1 000 000, 3D <= 50 000               LU with MUMPS (else SuperLU_dist): one
                                             factorisation reused by every step when the
                                             Jacobian is constant
@@ -50,6 +57,25 @@ options database: block Jacobi and ASM create their sub-solvers in the set-up
 and read ``sub_*`` options only then (before session 5 the set-up came at the
 first solve, so session 4's ``sub_pc_type icc`` never reached the blocks, which
 ran block Jacobi's own default, ILU(0)).
+
+Why the Schur-complement solver on several ranks (2D): the redundant LU's
+triangular solve (27 ms at 205 761 unknowns, 73 % of a heat sweep) costs on
+two ranks what it costs on one, and so does every exact parallel solver here
+(reference BLAS).  :class:`~femnpde.fem.schur_dd.SchurDD` splits the
+substitutions: each rank runs one triangular pair of its own half, plus
+products with the sparse coupling and one allgather of the ``n_S`` separator
+values (``n_S`` = 1 053 on the 321 x 641 rectangle on 2 ranks).  It is
+exact (a direct solver), so losses and gradients agree with LU and across
+rank counts to round-off.  It needs a symmetric positive definite matrix
+that stays the same over many solves (its set-up, one forward substitution
+per separator column and a dense ``n_S^3/3`` Cholesky, costs about three
+factorisations), hence *symmetric and constant*: heat, the IMEX step, any
+linear symmetric step; for a changing or possibly indefinite Newton matrix
+the redundant LU stays the default (``constant = False``).  Above
+:data:`~femnpde.fem.schur_dd.MAX_SEPARATOR` separator unknowns (many
+ranks, long cuts) the dense Schur complement would dominate and the solver
+falls back, inside the preconditioner, to the redundant LU
+(``-{prefix}schur_dd_max_separator`` moves the bound).
 
 Every choice is a default only: ``{prefix}forward_*`` / ``{prefix}adjoint_*``
 command-line options and ``[solver] petsc_options`` override it.
@@ -97,6 +123,7 @@ __all__ = [
     "DIRECT_2D_MAX",
     "DIRECT_3D_MAX",
     "NO_TRANSPOSE",
+    "SCHUR_DD",
     "default_linear_solver_options",
     "is_symmetric",
     "check_adjoint_capable",
@@ -113,6 +140,9 @@ DIRECT_SERIAL_SMALL_3D = 5_000
 DIRECT_2D_MAX = 1_000_000
 #: 3D systems up to this size use MUMPS; larger ones a Krylov method.
 DIRECT_3D_MAX = 50_000
+#: The exact Schur-complement solver (femnpde/fem/schur_dd.py): 2D, several ranks,
+#: symmetric constant matrices up to PETSC_LU_2D_MAX unknowns.
+SCHUR_DD = {"ksp_type": "preonly", "pc_type": "python", "pc_python_type": "femnpde.fem.schur_dd.SchurDD"}
 #: Preconditioners whose transpose application is missing or ineffective:
 #: BoomerAMG's transposed cycle (HYPRE_BoomerAMGSolveT) took 107-124 GMRES
 #: iterations per adjoint step where the forward took 6-7 (a 2D Burgers step,
@@ -121,7 +151,7 @@ NO_TRANSPOSE = frozenset({"hypre"})
 
 
 def default_linear_solver_options(
-    comm_size: int = 1, n_dofs: int = 0, gdim: int = 2, symmetric: bool = True
+    comm_size: int = 1, n_dofs: int = 0, gdim: int = 2, symmetric: bool = True, constant: bool = False
 ) -> dict[str, str]:
     """The default step solver (see the module docstring for the table).
 
@@ -130,14 +160,21 @@ def default_linear_solver_options(
         n_dofs: Global number of unknowns.
         gdim: Geometric dimension of the mesh.
         symmetric: Whether the step Jacobian is symmetric.
+        constant: Whether the matrix is the same for every solve of the
+            sweep (heat, IMEX; a nonlinear step's constant linear part) and
+            positive definite when symmetric: then a Cholesky factorisation
+            (1 rank) or the Schur-complement solver (several ranks, 2D).
 
     Returns:
         PETSc options without prefix.
     """
     if n_dofs <= (PETSC_LU_2D_MAX if gdim <= 2 else DIRECT_SERIAL_SMALL_3D):
         lu = {"pc_type": "lu", "pc_factor_mat_solver_type": "petsc", "pc_factor_mat_ordering_type": "nd"}
+        spd = symmetric and constant
         if comm_size == 1:
-            return {"ksp_type": "preonly", **lu}
+            return {"ksp_type": "preonly", **lu, **({"pc_type": "cholesky"} if spd else {})}
+        if spd and gdim <= 2:
+            return dict(SCHUR_DD)
         # On several ranks each rank factorises and solves the whole system (measured on 2
         # ranks against MUMPS, paper rectangle, 64 steps: heat loss+grad 8.9x faster at 861
         # dofs, 1.7x at 13 041; Allen-Cahn 2.7x and 1.6x; per solve 27 ms against 52 ms at
@@ -190,10 +227,21 @@ def is_symmetric(A: PETSc.Mat, rtol: float = 1e-12) -> bool:
 def check_adjoint_capable(ksp: PETSc.KSP, symmetric: bool) -> None:
     """Raise before the run if the adjoint would need a transpose the preconditioner lacks.
 
+    Also refuses the Schur-complement solver (:data:`SCHUR_DD`) for a step
+    Jacobian that is not symmetric: it is a Cholesky-based solver.
+
     Raises:
         ValueError: naming the options prefix, the preconditioner and the
             choices that work.
     """
+    pc = ksp.getPC()
+    if not symmetric and pc.getType() == "python" and type(pc.getPythonContext()).__name__ == "SchurDD":
+        prefix = ksp.getOptionsPrefix()
+        raise ValueError(
+            f"the step Jacobian is not symmetric, but the solver under options prefix '{prefix}' is "
+            f"femnpde.fem.schur_dd.SchurDD, which needs a symmetric positive definite matrix; use an LU, "
+            f"e.g. -{prefix}pc_type lu -{prefix}pc_factor_mat_solver_type mumps, or -{prefix}pc_type redundant"
+        )
     if symmetric:
         return
     pc_type = ksp.getPC().getType()

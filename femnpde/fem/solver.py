@@ -136,7 +136,8 @@ class ThetaSolver:
         #: with the untransposed operator (any preconditioner works).
         self.symmetric = probe_symmetry(problem)
         options = (
-            default_linear_solver_options(comm.size, imap.size_global, problem.mesh.geometry.dim, self.symmetric)
+            default_linear_solver_options(comm.size, imap.size_global, problem.mesh.geometry.dim, self.symmetric,
+                                          constant=forms.jacobian_constant)
             if petsc_options is None
             else dict(petsc_options)
         )
