@@ -42,12 +42,22 @@ class SolverError(RuntimeError):
     """A forward or adjoint solve failed (Newton or linear solver divergence)."""
 
 
-def _make_ksp(comm, prefix: str, options: dict[str, str], A: PETSc.Mat) -> PETSc.KSP:
-    """A KSP with ``prefix`` for the assembled ``A``, set up (its preconditioner and the sub-solvers'
-    ``sub_*`` options read now); ``options`` are defaults that command-line options override."""
+def _make_ksp(comm, prefix: str, options: dict[str, str], A: PETSc.Mat, symmetric: bool) -> PETSc.KSP:
+    """A KSP with ``prefix`` for the assembled ``A``, checked for the adjoint and set up (its
+    preconditioner and the sub-solvers' ``sub_*`` options read now); ``options`` are defaults that
+    command-line options override."""
     ksp = PETSc.KSP().create(comm)
     ksp.setOperators(A)
-    options_with_defaults(ksp, prefix, options, setup=True)
+
+    def setup(k: PETSc.KSP) -> None:
+        check_adjoint_capable(k, symmetric)
+        k.setUp()
+
+    try:
+        options_with_defaults(ksp, prefix, options, setup=setup)
+    except BaseException:
+        ksp.destroy()
+        raise
     return ksp
 
 
@@ -156,7 +166,7 @@ class ThetaSolver:
             self._A.setOptionsPrefix(f"{self.prefix}forward_")
             self._assemble_A(self._A)  # constant: the preconditioner (factorisation) is set up once, here
             self._A_current = True
-            self._ksp = _make_ksp(comm, f"{self.prefix}forward_", options, self._A)
+            self._ksp = _make_ksp(comm, f"{self.prefix}forward_", options, self._A, self.symmetric)
             self._ksp_adj = self._ksp
         else:
             self._make_step = lambda: NonlinearStep(
