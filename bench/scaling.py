@@ -65,6 +65,35 @@ SOLVERS = {
                    "pc_hypre_boomeramg_interp_type": "ext+i", "pc_hypre_boomeramg_P_max": "4"},
     "cg-jacobi": {"ksp_type": "cg", "pc_type": "jacobi", "ksp_rtol": "1e-10"},
     "superlu-dist": {"ksp_type": "preonly", "pc_type": "lu", "pc_factor_mat_solver_type": "superlu_dist"},
+    # what session 4's 3D default ran (its sub_pc_type icc was lost: the sub-solvers were set up after the
+    # defaults had left the options database, so block Jacobi's own default ILU(0) ran); with --guess previous
+    "s4-default": {"ksp_type": "cg", "pc_type": "bjacobi", "sub_pc_type": "ilu", "ksp_rtol": "1e-10"},
+    # 3D candidates (session 5): fill levels, sub-block ordering, overlap, norm type, inner-product-free
+    "cg-bjacobi-icc1": {"ksp_type": "cg", "pc_type": "bjacobi", "sub_pc_type": "icc", "sub_pc_factor_levels": "1",
+                        "ksp_rtol": "1e-10"},
+    "cg-bjacobi-icc2": {"ksp_type": "cg", "pc_type": "bjacobi", "sub_pc_type": "icc", "sub_pc_factor_levels": "2",
+                        "ksp_rtol": "1e-10"},
+    "cg-bjacobi-rcm": {"ksp_type": "cg", "pc_type": "bjacobi", "sub_pc_type": "icc",
+                       "sub_pc_factor_mat_ordering_type": "rcm", "ksp_rtol": "1e-10"},
+    "cg-bjacobi-unp": {"ksp_type": "cg", "pc_type": "bjacobi", "sub_pc_type": "icc",
+                       "ksp_norm_type": "unpreconditioned", "ksp_rtol": "1e-10"},
+    "cg-asm-icc": {"ksp_type": "cg", "pc_type": "asm", "pc_asm_overlap": "1", "sub_pc_type": "icc",
+                   "ksp_rtol": "1e-10"},
+    "cg-asm-ilu": {"ksp_type": "cg", "pc_type": "asm", "pc_asm_overlap": "1", "sub_pc_type": "ilu",
+                   "ksp_rtol": "1e-10"},
+    "cg-asm-icc1": {"ksp_type": "cg", "pc_type": "asm", "pc_asm_overlap": "1", "sub_pc_type": "icc",
+                    "sub_pc_factor_levels": "1", "ksp_rtol": "1e-10"},
+    "cg-asm2-icc1": {"ksp_type": "cg", "pc_type": "asm", "pc_asm_overlap": "2", "sub_pc_type": "icc",
+                     "sub_pc_factor_levels": "1", "ksp_rtol": "1e-10"},
+    "cg-asmb-icc1": {"ksp_type": "cg", "pc_type": "asm", "pc_asm_type": "basic", "pc_asm_overlap": "1",
+                     "sub_pc_type": "icc", "sub_pc_factor_levels": "1", "ksp_rtol": "1e-10"},
+    # the 3D default with two ASM blocks on one rank: the block split's iterations without a second rank
+    "cg-asmb2-icc1": {"ksp_type": "cg", "pc_type": "asm", "pc_asm_type": "basic", "pc_asm_overlap": "1",
+                      "pc_asm_blocks": "2", "sub_pc_type": "icc", "sub_pc_factor_levels": "1",
+                      "ksp_norm_type": "unpreconditioned", "ksp_rtol": "1e-10"},
+    "cg-sor": {"ksp_type": "cg", "pc_type": "sor", "pc_sor_symmetric": "1", "ksp_rtol": "1e-10"},
+    "cheby-jacobi": {"ksp_type": "chebyshev", "pc_type": "jacobi", "ksp_norm_type": "unpreconditioned",
+                     "ksp_chebyshev_esteig": "0,0.1,0,1.1", "ksp_rtol": "1e-10"},
     "cholesky": {"ksp_type": "preonly", "pc_type": "cholesky", "pc_factor_mat_solver_type": "petsc",
                  "pc_factor_mat_ordering_type": "nd"},
     "dd": {"ksp_type": "preonly", "pc_type": "python", "pc_python_type": "femnpde.fem.schur_dd.SchurDD"},
@@ -145,7 +174,8 @@ def run(args, comm) -> dict:
     # numpy's allocations (the states, the adjoint's dJ/dg, temporaries) are traced from here
     # to the end of the first loss + gradient; PETSc's (matrices, factorisations) are not.
     tracemalloc.start()
-    solver = ThetaSolver(problem, "scal_", options, state_storage=storage, nonlinear_method=args.method)
+    solver = ThetaSolver(problem, "scal_", options, state_storage=storage, krylov_guess=args.guess,
+                         nonlinear_method=args.method)
     chosen = options or default_linear_solver_options(comm.size, n_dofs, problem.mesh.geometry.dim, solver.symmetric,
                                                       constant=problem.forms.jacobian_constant)
     g2 = 0.9 * g
@@ -173,6 +203,10 @@ def run(args, comm) -> dict:
     solver.reset_statistics()
     t_lg, c_lg = median_times(loss_grad, args.repeats, comm)
     its = np.array(log, dtype=float)
+    split_its = {}
+    if its.size == args.repeats * 2 * args.steps:  # one forward and one adjoint solve per step
+        per = its.reshape(args.repeats, 2, args.steps)
+        split_its = dict(fwd_its_per_solve=float(per[:, 0].mean()), adj_its_per_solve=float(per[:, 1].mean()))
     stats = solver.statistics  # the nonlinear path (SNES; its solves do not go through solver._solve)
     if stats:
         per = args.repeats * args.steps
@@ -200,7 +234,7 @@ def run(args, comm) -> dict:
     row = dict(
         case=args.case, nonlinear=args.nonlinear, solver=args.solver, method=solver.nonlinear_method, options=chosen, storage=args.storage, ranks=comm.size, dofs=n_dofs,
         steps=args.steps, loss=t_loss, loss_grad=t_lg, ratio=t_lg / t_loss, loss_cpu=c_loss, loss_grad_cpu=c_lg,
-        ratio_cpu=c_lg / c_loss, loss_value=J, grad_norm=grad_norm, **newton_stats,
+        ratio_cpu=c_lg / c_loss, loss_value=J, grad_norm=grad_norm, **newton_stats, **split_its, guess=args.guess,
         its_per_solve=float(its.mean()) if its.size else 0.0, solves_per_sweep=n_fwd,
         peak_rss_mb=rss, storage_predicted_mb=plan.predicted_peak_bytes / 1e6, storage_measured_mb=store_peak / 1e6,
         storage_all_levels_mb=plan.memory_bytes / 1e6, traced_peak_mb=traced_peak / 1e6, recomputation_factor=plan.recomputation_factor,
@@ -333,6 +367,8 @@ def main() -> None:
                         help="nonlinear steps: chord (lagged factorised Newton matrix) or krylov (MINRES/GMRES "
                              "preconditioned by the linear part, factorised once); auto: by size (ThetaSolver)")
     parser.add_argument("--storage", default="memory", help="'memory' or K (snapshots in memory)")
+    parser.add_argument("--guess", default="projection", choices=["previous", "extrapolate", "projection"],
+                        help="Krylov initial guess of the forward and adjoint solves (ThetaSolver.krylov_guess)")
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -359,8 +395,8 @@ def main() -> None:
         rows.append(row)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(rows, indent=1))
-        print(json.dumps({k: row[k] for k in ("case", "nonlinear", "solver", "method", "storage", "ranks", "dofs", "loss", "loss_grad",
-                                              "ratio", "loss_cpu", "loss_grad_cpu", "ratio_cpu", "its_per_solve", "peak_rss_mb", "storage_predicted_mb",
+        print(json.dumps({k: row.get(k) for k in ("case", "nonlinear", "solver", "method", "storage", "ranks", "dofs", "loss", "loss_grad",
+                                              "ratio", "loss_cpu", "loss_grad_cpu", "ratio_cpu", "its_per_solve", "fwd_its_per_solve", "adj_its_per_solve", "guess", "peak_rss_mb", "storage_predicted_mb",
                                               "storage_measured_mb", "traced_peak_mb", "recomputation_factor",
                                               "load_average")}))
         if row["method"] is not None and comm.rank == 0:

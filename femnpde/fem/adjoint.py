@@ -77,8 +77,12 @@ def adjoint_sweep(
         solver.adjoints.store(0, np.zeros(solver._n_local))
     rhs, c, r = solver._rhs, solver._c, solver._r
     lam_vec = p.lam.x.petsc_vec
-    if solver._adjoint_warm:
+    # Krylov adjoints of constant Jacobians start from λ^{n+1}, 2 λ^{n+1} − λ^{n+2} or a projection
+    # onto the sweep's earlier adjoints (ThetaSolver's krylov_guess).
+    guesses = solver._guesses
+    if guesses is not None:
         lam_vec.zeroEntries()  # the warm start must not depend on the previous sweep
+        guesses.adjoint_start()
     step = solver._step
     # The split's couplings (constant blocks + assembled remainder): nonlinear and IMEX steps.
     split = step if step is not None else solver._imex
@@ -106,7 +110,11 @@ def adjoint_sweep(
         rhs_arr *= -1.0
         rhs_arr[solver._bc_owned] = 0.0
         if step is None:
+            if guesses is not None:
+                guesses.adjoint(n, N, rhs, lam_vec)
             solver._solve(solver._ksp_adj, rhs, lam_vec, n, transpose=not solver.symmetric)
+            if guesses is not None:
+                guesses.adjoint_solved(lam_vec)
         else:
             step.adjoint_solve(rhs, lam_vec, n, solver._times[n])
         p.lam.x.scatter_forward()

@@ -20,10 +20,12 @@ the same sizes on several ranks, otherwise  the same LU on every rank (``pc_type
                                             factorisation reused by every step when the
                                             Jacobian is constant
 3D > 50 000, 2D > 1 000 000                 Krylov: CG (symmetric) or GMRES, ``ksp_rtol =
-                                            1e-10``; 3D: block Jacobi with ICC(0) (symmetric)
-                                            or ILU(0) blocks; 2D: BoomerAMG (symmetric, if
-                                            PETSc has hypre) else GAMG; a preconditioner is
-                                            set up once as long as the operator is
+                                            1e-10``; 3D symmetric: additive Schwarz (``basic``,
+                                            overlap 1) with ICC(1) blocks, unpreconditioned
+                                            norm; 3D otherwise block Jacobi with ILU(0) blocks;
+                                            2D: BoomerAMG (symmetric, if PETSc has hypre) else
+                                            GAMG; a preconditioner is set up once (when the
+                                            solver is built) as long as the operator is
 ==========================================  =================================================
 
 Why (measured at 205 761 unknowns in 2D and 249 000 in 3D, the heat step
@@ -35,13 +37,26 @@ scale here), SuperLU_dist's 160 ms, PETSc's own sparse LU (no BLAS) 27 ms
 (factorisation 1.6 s against MUMPS' 2.6 s).  On several ranks each rank
 factorises and solves the whole system (``pc_type redundant``), which costs
 what one rank costs and beats MUMPS' distributed solve.  In 3D the step
-matrix is mass-dominated (``dt γ / h^2`` is small on a refined mesh), so a
-cheap local preconditioner wins: CG + block-Jacobi/ICC(0) needed 24
-iterations and 0.39 s per solve, GAMG 12 iterations and 0.58 s, BoomerAMG
-6 iterations and 2.0 s (0.83 s with 3D-tuned HMIS coarsening), MUMPS 0.46 s
-per solve after a 436 s factorisation.  For diffusion-dominated steps (large
-``dt``, coarse meshes) AMG's mesh-independent iteration count wins; pass
-``pc_type hypre`` / ``gamg`` then.
+matrix ``M + dt γ K`` has ``dt γ / h^2`` of order 1 on the refined box, so a
+cheap local preconditioner wins: per solve on one rank (a random right-hand
+side, ``bench/scaling.py --case heat3d --solvers ...``, session 5) CG +
+ICC(0) needed 24 iterations and 0.40 s, ICC(1) 12 and 0.35 s, ICC(2) 8 and
+0.44 s, SSOR 27 and 0.39 s, Jacobi 68 and 0.46 s, GAMG 12 and 0.63 s
+(session 4: BoomerAMG 6 iterations and 2.0 s, 0.83 s with 3D-tuned HMIS
+coarsening; MUMPS 0.46 s per solve after a 436 s factorisation).  On two
+ranks one ICC block per rank needs 33 (ICC(0)) and 29 (ICC(1)) iterations, the
+interface being where the blocks miss the coupling; additive Schwarz with
+overlap 1 needs 25 and 13, i.e. what one block needs: hence ASM(1)/ICC(1),
+whose iterations do not grow with the rank count (the symmetric ``basic``
+variant: CG needs a symmetric preconditioner; PETSc's default ``restrict``
+is not).  For diffusion-dominated steps (large ``dt``, coarse meshes) AMG's
+mesh-independent iteration count wins; pass ``pc_type hypre`` / ``gamg`` then.
+
+The KSP is set up when the solver is built, while these defaults are in the
+options database: block Jacobi and ASM create their sub-solvers in the set-up
+and read ``sub_*`` options only then (before session 5 the set-up came at the
+first solve, so session 4's ``sub_pc_type icc`` never reached the blocks, which
+ran block Jacobi's own default, ILU(0)).
 
 Why the Schur-complement solver on several ranks (2D): the redundant LU's
 triangular solve (27 ms at 205 761 unknowns, 73 % of a heat sweep) costs on
@@ -74,7 +89,15 @@ the transpose of the preconditioner, which some lack or apply poorly
 
 **Krylov tolerance and the gradient.** With an iterative solver each forward
 step leaves a residual ``‖r^n‖ <= rtol ‖b^n‖`` and each adjoint step
-``‖s^n‖ <= rtol ‖rhs^n‖``.  The computed gradient is then the exact gradient
+``‖s^n‖ <= rtol ‖rhs^n‖`` (in the norm of ``ksp_norm_type``: the 3D default's
+is the 2-norm of the true residual).  Here ``b^n = F(u^{n-1})`` is the
+residual of the step at the previous state (the forward solves for the
+correction ``u^{n-1} − u^n``) and ``rhs^n`` the adjoint's right-hand side,
+whatever the initial guess (``ThetaSolver(krylov_guess=...)``: a projection
+onto the sweep's earlier solutions by default, :mod:`femnpde.fem.krylov_guess`):
+PETSc's test with a nonzero initial guess is relative to ``‖b‖``, not to the
+initial residual, so a better guess saves iterations and leaves the bound as it
+is.  The computed gradient is then the exact gradient
 of the discrete loss up to terms linear in these residuals: the state error
 is ``δu^n = A^{-1} r^n`` (amplified at most by the step's condition number
 κ, and damped by the stable time stepping), and the gradient error is
@@ -193,8 +216,15 @@ def default_linear_solver_options(
 def _krylov(symmetric: bool, gdim: int) -> dict[str, str]:
     opts = {"ksp_type": "cg" if symmetric else "gmres", "ksp_rtol": "1e-10", "ksp_atol": "1e-50",
             "ksp_max_it": "1000"}
-    if gdim == 3:
-        opts.update({"pc_type": "bjacobi", "sub_pc_type": "icc" if symmetric else "ilu"})
+    if gdim == 3 and symmetric:
+        # Additive Schwarz, overlap 1, symmetric ("basic": CG needs a symmetric preconditioner), ICC(1)
+        # blocks; on one rank a single ICC(1) factor.  The unpreconditioned norm makes the stopping test
+        # ‖b − A x‖₂ <= rtol ‖b‖₂ (and saves the preconditioner application that the preconditioned norm
+        # of b costs with a nonzero initial guess).
+        opts.update({"pc_type": "asm", "pc_asm_type": "basic", "pc_asm_overlap": "1", "sub_pc_type": "icc",
+                     "sub_pc_factor_levels": "1", "ksp_norm_type": "unpreconditioned"})
+    elif gdim == 3:
+        opts.update({"pc_type": "bjacobi", "sub_pc_type": "ilu"})
     elif symmetric and PETSc.Sys.hasExternalPackage("hypre"):
         opts.update({"pc_type": "hypre", "pc_hypre_type": "boomeramg"})
     else:

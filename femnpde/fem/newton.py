@@ -123,8 +123,13 @@ def ksp_reason(reason: int) -> str:
     return _KSP_REASONS.get(int(reason), str(int(reason)))
 
 
-def options_with_defaults(obj, prefix: str, options: dict[str, str]) -> None:
-    """``obj.setFromOptions()`` under ``prefix`` with ``options`` as defaults the command line overrides."""
+def options_with_defaults(obj, prefix: str, options: dict[str, str], setup=None) -> None:
+    """``obj.setFromOptions()`` under ``prefix`` with ``options`` as defaults the command line overrides.
+
+    ``setup``: called as ``setup(obj)`` after ``setFromOptions`` while the defaults are still in the
+    database (e.g. checks, then ``obj.setUp()``, so that solvers created during the set-up -- block
+    Jacobi / ASM sub-solvers, ``sub_*`` -- read them too).
+    """
     obj.setOptionsPrefix(prefix)
     opts = PETSc.Options()
     added = []
@@ -133,9 +138,13 @@ def options_with_defaults(obj, prefix: str, options: dict[str, str]) -> None:
         if not opts.hasName(name):
             opts[name] = val
             added.append(name)
-    obj.setFromOptions()
-    for name in added:
-        opts.delValue(name)
+    try:
+        obj.setFromOptions()
+        if setup is not None:
+            setup(obj)
+    finally:
+        for name in added:
+            opts.delValue(name)
 
 
 class StepStatistics:

@@ -29,22 +29,35 @@ from femnpde.fem.linear_defaults import (
     uses_krylov,
 )
 from femnpde.fem.adjoint import adjoint_sweep, probe_symmetry
+from femnpde.fem.krylov_guess import KRYLOV_GUESSES, KrylovGuesses
 from femnpde.fem.newton import METHODS, NonlinearStep, default_nonlinear_method, ksp_reason, options_with_defaults
 from femnpde.fem.problem import ParabolicProblem
 from femnpde.fem.split_assembly import SplitAssembly
 from femnpde.fem.storage import MemoryStorage, StateStorage, make_state_storage
 
-__all__ = ["ThetaSolver", "SolverError", "default_linear_solver_options"]
+__all__ = ["ThetaSolver", "SolverError", "default_linear_solver_options", "KRYLOV_GUESSES"]
 
 
 class SolverError(RuntimeError):
     """A forward or adjoint solve failed (Newton or linear solver divergence)."""
 
 
-def _make_ksp(comm, prefix: str, options: dict[str, str]) -> PETSc.KSP:
-    """A KSP with ``prefix``; ``options`` are defaults that command-line options override."""
+def _make_ksp(comm, prefix: str, options: dict[str, str], A: PETSc.Mat, symmetric: bool) -> PETSc.KSP:
+    """A KSP with ``prefix`` for the assembled ``A``, checked for the adjoint and set up (its
+    preconditioner and the sub-solvers' ``sub_*`` options read now); ``options`` are defaults that
+    command-line options override."""
     ksp = PETSc.KSP().create(comm)
-    options_with_defaults(ksp, prefix, options)
+    ksp.setOperators(A)
+
+    def setup(k: PETSc.KSP) -> None:
+        check_adjoint_capable(k, symmetric)
+        k.setUp()
+
+    try:
+        options_with_defaults(ksp, prefix, options, setup=setup)
+    except BaseException:
+        ksp.destroy()
+        raise
     return ksp
 
 
@@ -97,6 +110,15 @@ class ThetaSolver:
             optional ``"disk_snapshots"`` (see
             :func:`femnpde.fem.storage_plan.validate_state_storage`); the
             chosen plan is :attr:`storage_plan`.
+        krylov_guess: Initial guess of the Krylov solves of a constant step
+            Jacobian (the stopping test stays ``rtol · ‖b‖``): ``"previous"``
+            (the forward from ``u^{n-1}``, the adjoint from ``λ^{n+1}``),
+            ``"extrapolate"`` (``2 u^{n-1} − u^{n-2}``, ``2 λ^{n+1} − λ^{n+2}``) or
+            ``"projection"`` (symmetric Jacobians: the energy-norm projection onto
+            the sweep's last solutions, :class:`~femnpde.fem.krylov_guess.ProjectedGuess`;
+            otherwise "extrapolate").  With a checkpointing storage the forward
+            solves start from ``u^{n-1}``, so that recomputed states are bitwise the
+            stored ones.
         nonlinear_method: Nonlinear problems: how the Newton and adjoint
             systems are solved (:data:`femnpde.fem.newton.METHODS`):
             ``"chord"`` (a lagged Newton matrix, factorised when the residual
@@ -119,6 +141,7 @@ class ThetaSolver:
         fast_affine: bool = True,
         jacobian_refresh_ratio: float = 0.03,
         state_storage: str | dict = "memory",
+        krylov_guess: str = "projection",
         nonlinear_method: str = D.NONLINEAR_METHOD,
     ) -> None:
         if not isinstance(petsc_options_prefix, str) or not petsc_options_prefix:
@@ -154,7 +177,9 @@ class ThetaSolver:
             # The adjoint reuses the forward matrix and its factorisation.
             self._A = dolfinx.fem.petsc.create_matrix(forms.jacobian)
             self._A.setOptionsPrefix(f"{self.prefix}forward_")
-            self._ksp = _make_ksp(comm, f"{self.prefix}forward_", options)
+            self._assemble_A(self._A)  # constant: the preconditioner (factorisation) is set up once, here
+            self._A_current = True
+            self._ksp = _make_ksp(comm, f"{self.prefix}forward_", options, self._A, self.symmetric)
             self._ksp_adj = self._ksp
         else:
             method = nonlinear_method
@@ -185,6 +210,8 @@ class ThetaSolver:
         # Krylov adjoints of constant Jacobians start from λ^{n+1} (zero at the start of each sweep).
         self._adjoint_warm = self._step is None and uses_krylov(self._ksp_adj)
         self._ksp_adj.setInitialGuessNonzero(self._adjoint_warm)
+        self._guesses: KrylovGuesses | None = None
+        self.krylov_guess = krylov_guess
         self._rhs = dolfinx.fem.petsc.create_vector(problem.V)
         self._c = dolfinx.fem.petsc.create_vector(problem.V)
         self._r = dolfinx.fem.petsc.create_vector(problem.G)
@@ -342,6 +369,9 @@ class ThetaSolver:
         else:
             objs += [self._A, self._ksp]
         objs += list(self._blocks.values())
+        if self._guesses is not None:
+            self._guesses.destroy()
+            self._guesses = None
         self._blocks = {}
         if self._lin is not None:
             objs += [self._lin["u"], self._f0]
@@ -449,13 +479,32 @@ class ThetaSolver:
             self._assemble_A(self._A)
             self._ksp.setOperators(self._A)
             self._A_current = True
-        if self._adjoint_warm:
-            self._du.zeroEntries()  # the KSP is the adjoint's too, with a nonzero initial guess
+        # A bounded storage recomputes states from snapshots, which only the guess u^{n-1} (du = 0)
+        # reproduces bitwise.
+        reproducible = not self.states.keeps_all_levels
+        if self._guesses is not None:  # the KSP has a nonzero initial guess (the adjoint's warm start)
+            self._guesses.forward(n, self._b, self._du, reproducible)
         self._solve(self._ksp, self._b, self._du, n, transpose=False)
+        if self._guesses is not None:
+            self._guesses.forward_solved(n, self._du, reproducible)
         # One Newton step solves an affine residual exactly.
         p.u.x.petsc_vec.axpy(-1.0, self._du)
         p.u.x.scatter_forward()
         return 1
+
+    @property
+    def krylov_guess(self) -> str:
+        """The initial guess of the Krylov solves (see the constructor); settable."""
+        return self._kind
+
+    @krylov_guess.setter
+    def krylov_guess(self, kind: str) -> None:
+        if kind not in KRYLOV_GUESSES:
+            raise ValueError(f"ThetaSolver: krylov_guess = {kind!r}; valid: {', '.join(KRYLOV_GUESSES)}")
+        if self._guesses is not None:
+            self._guesses.destroy()
+        self._kind = kind
+        self._guesses = KrylovGuesses(kind, self._A, self.symmetric) if self._adjoint_warm else None
 
     def forward_step(self, n: int, source: np.ndarray, u_prev: np.ndarray | None = None) -> int:
         """Solve time level ``n`` from ``u^{n-1}``; ``problem.u`` then holds ``u^n``.

@@ -1,0 +1,207 @@
+"""The 3D iterative default on a small 3D mesh: agreement with LU, 1 vs 2 ranks, Taylor test, initial guesses.
+
+The default for large 3D systems (fem/linear_defaults.py) is forced here on the box with a cavity
+(686 dofs), where the size-based default is LU: the documented tolerance of the
+iterative defaults is a relative gradient error <= 1e-8 (ksp_rtol = 1e-10).
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+from petsc4py import PETSc
+
+from femnpde.fem.krylov_guess import ProjectedGuess
+from femnpde.fem.linear_defaults import default_linear_solver_options
+from femnpde.fem.problem import Dirichlet, ParabolicProblem, TimeGrid, heat
+from femnpde.fem.solver import ThetaSolver
+from femnpde.io.meshes import read_mesh
+from femnpde.model.network import ShallowNetwork
+from femnpde.model.reduced import FunctionSource, NetworkSource, ReducedFunctional
+from femnpde.model.verification import taylor_test
+from femnpde.obs.misfit import L2Misfit
+
+MESH = Path(__file__).resolve().parent.parent / "meshes" / "box_cavity.xdmf"
+#: Relative gradient tolerance of the iterative defaults (ksp_rtol = 1e-10), see fem/linear_defaults.py.
+KRYLOV_GRADIENT_RTOL = 1e-8
+N_STEPS = 16
+
+
+def _iterative_3d(comm):
+    """The default for a large symmetric 3D system on ``comm``'s rank count."""
+    return default_linear_solver_options(comm.size, 300_000, 3, symmetric=True)
+
+
+def _problem(comm):
+    # The file's mesh unrefined (686 dofs): uniform refinement in 3D splits each octahedron along a
+    # diagonal chosen from the partition's vertex numbering, so refined meshes differ between rank counts.
+    data = read_mesh(MESH, comm, gdim=3)
+    mesh, facets = data.mesh, data.facet_tags
+    return ParabolicProblem(
+        mesh, heat(0.01), time=TimeGrid(1.0, N_STEPS),
+        initial_condition=lambda x: 0.2 * np.sin(np.pi * x[0]) * np.sin(np.pi * x[1]) * np.sin(np.pi * x[2]),
+        dirichlet=[Dirichlet((facets, 1), 0.0)],
+    )
+
+
+def _rf(options, prefix, comm=MPI.COMM_WORLD, storage="memory", guess=None):
+    problem = _problem(comm)
+    ref = ThetaSolver(problem, prefix + "data_")
+    target = FunctionSource(problem, lambda t, x: 2.0 * np.exp(-10 * ((x[0] - t) ** 2 + (x[1] - 0.5) ** 2)))
+    data = ref.forward(target.values()).array[:, : problem.n_owned].copy()
+    ref.destroy()
+    solver = ThetaSolver(problem, prefix, options, state_storage=storage)
+    if guess is not None:
+        solver.krylov_guess = guess
+    net = ShallowNetwork(6, 3, seed=5)
+    return ReducedFunctional(solver, NetworkSource(problem, net), L2Misfit(problem, data)), net.params.copy()
+
+
+def _iterations(solver):
+    """Record the Krylov iterations of each linear solve of ``solver``."""
+    log = []
+    orig = solver._solve
+
+    def solve(ksp, b, x, n, transpose):
+        orig(ksp, b, x, n, transpose)
+        log.append(ksp.getIterationNumber())
+
+    solver._solve = solve
+    return log
+
+
+def _rel(a, b):
+    return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+
+def test_3d_default_matches_lu_and_other_rank_counts():
+    comm = MPI.COMM_WORLD
+    rf_lu, theta = _rf(None, "k3_lu_")
+    assert rf_lu.solver.ksp.getType() == PETSc.KSP.Type.PREONLY  # 686 dofs: the size-based default is LU
+    J_lu, dJ_lu = rf_lu.value_and_gradient(theta)
+    rf_k, _ = _rf(_iterative_3d(comm), "k3_it_")
+    assert rf_k.solver.ksp.getType() == PETSc.KSP.Type.CG
+    J_k, dJ_k = rf_k.value_and_gradient(theta)
+    assert abs(J_k - J_lu) <= KRYLOV_GRADIENT_RTOL * abs(J_lu)
+    assert _rel(dJ_k, dJ_lu) <= KRYLOV_GRADIENT_RTOL, _rel(dJ_k, dJ_lu)
+    # The serial run of the same default (one block): agreement to the tolerance, not round-off.
+    rf_self, _ = _rf(_iterative_3d(MPI.COMM_SELF), "k3_self_", comm=MPI.COMM_SELF)
+    J_s, dJ_s = rf_self.value_and_gradient(theta)
+    assert abs(J_k - J_s) <= KRYLOV_GRADIENT_RTOL * abs(J_s)
+    assert _rel(dJ_k, dJ_s) <= KRYLOV_GRADIENT_RTOL, _rel(dJ_k, dJ_s)
+    for rf in (rf_lu, rf_k, rf_self):
+        rf.solver.destroy()
+
+
+def test_3d_default_taylor_and_finite_differences():
+    rf, theta = _rf(_iterative_3d(MPI.COMM_WORLD), "k3_tay_")
+    dtheta = np.random.default_rng(0).standard_normal(theta.size)
+    result = taylor_test(rf, theta, dtheta, n_steps=4)
+    assert np.all(result.rates > 1.9) and np.all(result.rates < 2.1), result.rates
+    _, dJ = rf.value_and_gradient(theta)
+    h = 1e-4
+    fd = (rf(theta + h * dtheta) - rf(theta - h * dtheta)) / (2 * h)
+    assert fd == pytest.approx(float(dJ @ dtheta), rel=1e-5)
+    rf.solver.destroy()
+
+
+def test_projected_guess_saves_iterations_at_the_same_accuracy():
+    """The projection onto previous solutions cuts the Krylov iterations; every guess keeps the gradient
+    error <= 1e-8."""
+    comm = MPI.COMM_WORLD
+    rf_lu, theta = _rf(None, "k3_glu_")
+    _, dJ_lu = rf_lu.value_and_gradient(theta)
+    its, grads = {}, {}
+    for guess in ("previous", "extrapolate", "projection"):
+        rf, _ = _rf(_iterative_3d(comm), f"k3_g{guess[0]}_", guess=guess)
+        log = _iterations(rf.solver)
+        _, grads[guess] = rf.value_and_gradient(theta)
+        its[guess] = np.array(log).reshape(2, N_STEPS)  # forward solves, then adjoint solves
+        rf.solver.destroy()
+    for guess, dJ in grads.items():  # every guess keeps the tolerance (the stopping test is relative to ‖b‖)
+        assert _rel(dJ, dJ_lu) <= KRYLOV_GRADIENT_RTOL, (guess, _rel(dJ, dJ_lu))
+    # Forward and adjoint each need fewer iterations in total.
+    assert its["projection"][0].sum() < its["previous"][0].sum(), its
+    assert its["projection"][1].sum() < its["previous"][1].sum(), its
+    rf_lu.solver.destroy()
+
+
+def test_projected_guess_reproduces_a_solution_in_its_span():
+    """x_0 = X Xᵀ b is A⁻¹ b when A⁻¹ b lies in the span of the basis; nothing otherwise (collective)."""
+    comm = MPI.COMM_WORLD
+    n_local = 50
+    A = PETSc.Mat().createAIJ(((n_local, None), (n_local, None)), nnz=(3, 1), comm=comm)
+    lo, hi = A.getOwnershipRange()
+    n = A.getSize()[0]
+    for i in range(lo, hi):
+        A.setValue(i, i, 4.0 + i / n)
+        if i > 0:
+            A.setValue(i, i - 1, -1.0)
+        if i < n - 1:
+            A.setValue(i, i + 1, -1.0)
+    A.assemble()
+    xs = [A.createVecRight() for _ in range(3)]
+    for k, x in enumerate(xs):
+        x.setArray(np.sin((k + 1) * np.arange(lo, hi)) + k)
+    guess = ProjectedGuess(A, max_vectors=3)
+    for x in xs[:2]:
+        guess.add(x)
+    b, x0, y = A.createVecLeft(), A.createVecRight(), A.createVecRight()
+    # In the span: 2 x_1 - 3 x_2.
+    y.set(0.0)
+    y.axpy(2.0, xs[0])
+    y.axpy(-3.0, xs[1])
+    A.mult(y, b)
+    guess.guess(b, x0)
+    x0.axpy(-1.0, y)
+    assert x0.norm() <= 1e-12 * y.norm()
+    # Not in the span: the energy-norm error of the guess is no larger than that of zero, and smaller.
+    A.mult(xs[2], b)
+    guess.guess(b, x0)
+    e = xs[2].copy()
+    e.axpy(-1.0, x0)
+    Ae = A.createVecLeft()
+    A.mult(e, Ae)
+    assert e.dot(Ae) < xs[2].dot(b)
+    # A full basis restarts from the latest solution; reset forgets everything.
+    guess.add(xs[2])
+    guess.add(xs[0])
+    A.mult(xs[0], b)
+    guess.guess(b, x0)
+    x0.axpy(-1.0, xs[0])
+    assert x0.norm() <= 1e-12 * xs[0].norm()
+    guess.reset()
+    guess.guess(b, x0)
+    assert x0.norm() == 0.0
+    guess.destroy()
+    for obj in (A, b, x0, y, e, Ae, *xs):
+        obj.destroy()
+
+
+@pytest.mark.parametrize("pc", ["bjacobi", "asm"])
+def test_sub_solver_options_are_read(pc):
+    """Block Jacobi / ASM create their sub-solvers at set-up: the ``sub_*`` defaults and options reach them.
+
+    (Before session 5 the KSP was set up at the first solve, after the defaults had left the options
+    database, so ``sub_pc_type icc`` was silently ILU(0) and a configuration's ``sub_*`` key was
+    rejected as read by no solver.)
+    """
+    from femnpde.app.petsc_options import RunOptions
+    from femnpde.app.scenarios import paper_problem
+
+    problem = paper_problem("heat", nx=8, ny=16, n_steps=2)
+    opts = {"ksp_type": "cg", "pc_type": pc, "sub_pc_type": "icc", "sub_pc_factor_levels": "1"}
+    nnz = {}
+    for levels in ("0", "1"):
+        s = ThetaSolver(problem, f"k3_sub_{pc}_{levels}_", {**opts, "sub_pc_factor_levels": levels})
+        s.ksp.setUpOnBlocks()  # the sub-solvers' factorisations
+        pcobj = s.ksp.getPC()
+        sub = (pcobj.getBJacobiSubKSP() if pc == "bjacobi" else pcobj.getASMSubKSP())[0].getPC()
+        assert sub.getType() == "icc"
+        nnz[levels] = sub.getFactorMatrix().getInfo()["nz_used"]
+        s.destroy()
+    assert nnz["1"] > nnz["0"]  # the fill level was read
+    with RunOptions("k3_run_", opts):  # a configuration's [solver] petsc_options: each read, none rejected
+        s = ThetaSolver(problem, "k3_run_", {})
+    s.destroy()
