@@ -121,6 +121,14 @@ def target(problem: ParabolicProblem) -> np.ndarray:
     return FunctionSource(problem, lambda t, x: 2.0 * np.exp(-10 * ((x[0] - t) ** 2 + (x[1] - 0.5) ** 2))).values()
 
 
+def _row_key(r: dict) -> tuple:
+    """What identifies a row (rows written before a key existed: implicit; Allen-Cahn implicit ran the chord)."""
+    old = {"nonlinear": "implicit",
+           "method": "chord" if r["case"].startswith("ac") and r.get("nonlinear", "implicit") == "implicit" else None}
+    return tuple(r.get(k, old.get(k)) for k in ("case", "nonlinear", "solver", "method", "storage", "ranks", "dofs",
+                                                 "steps"))
+
+
 def median_times(fn, repeats: int, comm: MPI.Comm) -> tuple[float, float]:
     """Medians of the wall-clock time and of the CPU time (``time.process_time``, largest rank) of ``fn()``."""
     wall, cpu = [], []
@@ -152,7 +160,7 @@ def run(args, comm) -> dict:
     n_dofs = problem.V.dofmap.index_map.size_global
     options = None if args.solver == "default" else dict(SOLVERS[args.solver])
     g = target(problem)
-    data_solver = ThetaSolver(problem, "scal_data_", options)
+    data_solver = ThetaSolver(problem, "scal_data_", options, nonlinear_method=args.method)
     data = np.empty((args.steps + 1, problem.n_owned))
     data[0] = problem.u0.x.array[: problem.n_owned]
 
@@ -166,7 +174,8 @@ def run(args, comm) -> dict:
     # numpy's allocations (the states, the adjoint's dJ/dg, temporaries) are traced from here
     # to the end of the first loss + gradient; PETSc's (matrices, factorisations) are not.
     tracemalloc.start()
-    solver = ThetaSolver(problem, "scal_", options, state_storage=storage, krylov_guess=args.guess)
+    solver = ThetaSolver(problem, "scal_", options, state_storage=storage, krylov_guess=args.guess,
+                         nonlinear_method=args.method)
     chosen = options or default_linear_solver_options(comm.size, n_dofs, problem.mesh.geometry.dim, solver.symmetric,
                                                       constant=problem.forms.jacobian_constant)
     g2 = 0.9 * g
@@ -204,7 +213,11 @@ def run(args, comm) -> dict:
         newton_stats = dict(newton_per_step=stats["newton_iterations"] / per,
                          fwd_krylov_per_step=stats["forward_krylov_iterations"] / per,
                          adj_krylov_per_step=stats["adjoint_krylov_iterations"] / per,
-                         factorisations_per_loss_grad=stats["factorisations"] / args.repeats)
+                         factorisations_per_loss_grad=stats["factorisations"] / args.repeats,
+                         fwd_krylov_per_newton_system=stats["forward_krylov_iterations"]
+                         / max(1, stats["forward_linear_solves"]),
+                         adj_krylov_per_solve=stats["adjoint_krylov_iterations"] / max(1, stats["adjoint_steps"]),
+                         jacobian_assemblies_per_loss_grad=stats["jacobian_assemblies"] / args.repeats)
         its = np.array([(stats["forward_krylov_iterations"] + stats["adjoint_krylov_iterations"])
                         / max(1, stats["newton_iterations"] + stats["adjoint_steps"])])
     else:
@@ -219,7 +232,7 @@ def run(args, comm) -> dict:
     rss = comm.gather(rss_kb / 1024.0, root=0)
     store_peak = comm.allreduce(int(measured), op=MPI.MAX)
     row = dict(
-        case=args.case, nonlinear=args.nonlinear, solver=args.solver, options=chosen, storage=args.storage, ranks=comm.size, dofs=n_dofs,
+        case=args.case, nonlinear=args.nonlinear, solver=args.solver, method=solver.nonlinear_method, options=chosen, storage=args.storage, ranks=comm.size, dofs=n_dofs,
         steps=args.steps, loss=t_loss, loss_grad=t_lg, ratio=t_lg / t_loss, loss_cpu=c_loss, loss_grad_cpu=c_lg,
         ratio_cpu=c_lg / c_loss, loss_value=J, grad_norm=grad_norm, **newton_stats, **split_its, guess=args.guess,
         its_per_solve=float(its.mean()) if its.size else 0.0, solves_per_sweep=n_fwd,
@@ -325,10 +338,13 @@ def report(path: Path) -> None:
     for r in rows:
         if r["ranks"] == 1:
             best1[case(r)] = min(best1.get(case(r), np.inf), r["loss_grad"])
-    for r in sorted(rows, key=lambda r: (case(r), r["solver"], str(r["storage"]), r["ranks"])):
+    def solver_label(r):  # the nonlinear step's method, when it is not the chord of rows written before it
+        return r["solver"] + ("+krylov" if r.get("method") == "krylov" else "")
+
+    for r in sorted(rows, key=lambda r: (case(r), solver_label(r), str(r["storage"]), r["ranks"])):
         sp = best1.get(case(r), np.nan) / r["loss_grad"]
         rss = "/".join(f"{x:.0f}" for x in r["peak_rss_mb"])
-        print(f"{case(r):<7} {r['solver']:<10} {str(r['storage']):>7} {r['ranks']:>5} {r['dofs']:>7} "
+        print(f"{case(r):<7} {solver_label(r):<10} {str(r['storage']):>7} {r['ranks']:>5} {r['dofs']:>7} "
               f"{r['loss']:9.2f} {r['loss_grad']:8.2f} {r['ratio']:5.2f} {r.get('loss_cpu', np.nan):8.2f} "
               f"{r.get('loss_grad_cpu', np.nan):8.2f} {r.get('ratio_cpu', np.nan):9.2f} {sp:8.2f} {r['its_per_solve']:5.1f} "
               f"{rss:>14} {r['storage_predicted_mb']:10.1f}/{r['storage_measured_mb']:<10.1f} "
@@ -347,6 +363,9 @@ def main() -> None:
     parser.add_argument("--solver", default="default", choices=["default", *SOLVERS])
     parser.add_argument("--nonlinear", default="implicit", choices=["implicit", "explicit"],
                         help="Allen-Cahn's cubic term: implicit (Newton) or explicit (IMEX, time.nonlinear)")
+    parser.add_argument("--method", default="auto", choices=["auto", "chord", "krylov"],
+                        help="nonlinear steps: chord (lagged factorised Newton matrix) or krylov (MINRES/GMRES "
+                             "preconditioned by the linear part, factorised once); auto: by size (ThetaSolver)")
     parser.add_argument("--storage", default="memory", help="'memory' or K (snapshots in memory)")
     parser.add_argument("--guess", default="projection", choices=["previous", "extrapolate", "projection"],
                         help="Krylov initial guess of the forward and adjoint solves (ThetaSolver.krylov_guess)")
@@ -372,15 +391,16 @@ def main() -> None:
     row = run(args, comm)
     if comm.rank == 0:
         rows = json.loads(args.out.read_text()) if args.out.exists() else []
-        key = ("case", "nonlinear", "solver", "storage", "ranks", "dofs", "steps")
-        rows = [r for r in rows if tuple(r.get(k, "implicit") for k in key) != tuple(row[k] for k in key)]
+        rows = [r for r in rows if _row_key(r) != _row_key(row)]
         rows.append(row)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(rows, indent=1))
-        print(json.dumps({k: row.get(k) for k in ("case", "nonlinear", "solver", "storage", "ranks", "dofs", "loss", "loss_grad",
+        print(json.dumps({k: row.get(k) for k in ("case", "nonlinear", "solver", "method", "storage", "ranks", "dofs", "loss", "loss_grad",
                                               "ratio", "loss_cpu", "loss_grad_cpu", "ratio_cpu", "its_per_solve", "fwd_its_per_solve", "adj_its_per_solve", "guess", "peak_rss_mb", "storage_predicted_mb",
                                               "storage_measured_mb", "traced_peak_mb", "recomputation_factor",
                                               "load_average")}))
+        if row["method"] is not None and comm.rank == 0:
+            print(json.dumps({k: v for k, v in row.items() if k.startswith(("newton", "fwd_", "adj_", "factor", "jacobian"))}))
 
 
 if __name__ == "__main__":

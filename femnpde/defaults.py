@@ -24,6 +24,8 @@ __all__ = [
     "NEWTON_RTOL",
     "NEWTON_ATOL",
     "NEWTON_MAX_IT",
+    "NONLINEAR_METHOD",
+    "NONLINEAR_METHOD_CHOICES",
 ]
 
 #: ``network.neurons``: the width of the shallow network.
@@ -57,3 +59,9 @@ NEWTON_RTOL: float = 1e-11
 NEWTON_ATOL: float = 1e-13
 #: ``solver.newton_max_it``: the iteration limit of the nonlinear solve.
 NEWTON_MAX_IT: int = 25
+#: ``solver.nonlinear_method``: how the linear systems of a nonlinear step are solved.
+NONLINEAR_METHOD: str = "auto"
+#: Its choices: ``"chord"`` (a lagged Newton matrix, factorised and refreshed when the residual falls
+#: slowly), ``"krylov"`` (Krylov solves preconditioned by the constant linear part, factorised once),
+#: ``"auto"`` (krylov for large problems: :func:`femnpde.fem.newton.default_nonlinear_method`).
+NONLINEAR_METHOD_CHOICES: tuple[str, ...] = ("auto", "chord", "krylov")

@@ -78,7 +78,7 @@ def test_constructor_defaults_agree_with_the_schema():
     assert net["activation"].default == default("network.activation")
     solver = pytest.importorskip("femnpde.fem.solver")
     params = inspect.signature(solver.ThetaSolver.__init__).parameters
-    for key in ("newton_rtol", "newton_atol", "newton_max_it"):
+    for key in ("newton_rtol", "newton_atol", "newton_max_it", "nonlinear_method"):
         assert params[key].default == default(f"solver.{key}"), key
 
 
@@ -94,7 +94,7 @@ def test_shared_defaults_have_one_home():
         "network.outputs": D.NETWORK_OUTPUTS, "network.init": D.MLP_INIT, "network.output_scale": D.MLP_OUTPUT_SCALE,
         "pde.degree": D.PDE_DEGREE, "pde.source": D.PDE_SOURCE, "time.theta": D.TIME_THETA,
         "solver.newton_rtol": D.NEWTON_RTOL, "solver.newton_atol": D.NEWTON_ATOL,
-        "solver.newton_max_it": D.NEWTON_MAX_IT,
+        "solver.newton_max_it": D.NEWTON_MAX_IT, "solver.nonlinear_method": D.NONLINEAR_METHOD,
     }
     assert set(schema.values()) <= {getattr(D, name) for name in D.__all__}
     for key, value in schema.items():

@@ -201,6 +201,7 @@ def _build(cfg: dict[str, Any], comm: MPI.Comm, petsc_options_prefix: str, agree
                 newton_rtol=scfg["newton_rtol"],
                 newton_atol=scfg["newton_atol"],
                 newton_max_it=scfg["newton_max_it"],
+                nonlinear_method=scfg["nonlinear_method"],
                 state_storage=cfg["run"]["state_storage"],
             )
     except PETSc.Error as err:

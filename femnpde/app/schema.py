@@ -151,7 +151,8 @@ DEFAULTS: dict[str, Any] = {
         "state_storage": "memory",
         "check_gradient": False,
     },
-    "solver": {"newton_rtol": D.NEWTON_RTOL, "newton_atol": D.NEWTON_ATOL, "newton_max_it": D.NEWTON_MAX_IT},
+    "solver": {"newton_rtol": D.NEWTON_RTOL, "newton_atol": D.NEWTON_ATOL, "newton_max_it": D.NEWTON_MAX_IT,
+               "nonlinear_method": D.NONLINEAR_METHOD},
 }
 
 #: Defaults of keys that exist only for some kinds (``None``: required or optional without default).
@@ -221,6 +222,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "pde.preset": ("heat", "allen-cahn"),
     "pde.source": ("lagrange", "quadrature"),
     "time.nonlinear": D.TIME_NONLINEAR_CHOICES,
+    "solver.nonlinear_method": D.NONLINEAR_METHOD_CHOICES,
     "initial_condition.kind": ("paper", "constant"),
     "boundary.time_function": ("constant", "linear", "sin"),
     "network.activation": ACTIVATIONS,
@@ -350,6 +352,10 @@ HELP: dict[str, str] = {
     "solver.newton_rtol": "Newton relative tolerance, >= 0",
     "solver.newton_atol": "Newton absolute tolerance, >= 0",
     "solver.newton_max_it": "Newton iterations, >= 1",
+    "solver.nonlinear_method": "linear systems of a nonlinear step: chord (a lagged Newton matrix, refactorised "
+    "when the residual falls slowly), krylov (GMRES preconditioned by the constant linear part, factorised "
+    "once; petsc_options then configure the Newton Krylov solve, its preconditioner under ksp_), auto (krylov from "
+    "100 000 unknowns without petsc_options)",
 }
 
 

@@ -194,6 +194,8 @@ def _validate_solver(user: Mapping[str, Any]) -> dict[str, Any]:
     out["newton_atol"] = _float("solver.newton_atol", _get(sec, "solver.newton_atol"), lambda f: f >= 0,
                                 "a number >= 0")
     out["newton_max_it"] = _int("solver.newton_max_it", _get(sec, "solver.newton_max_it"), 1)
+    out["nonlinear_method"] = _choice("solver.nonlinear_method", _get(sec, "solver.nonlinear_method"),
+                                      CHOICES["solver.nonlinear_method"])
     return out
 
 

@@ -22,6 +22,21 @@ stays exact.  The adjoint assembles the exact Jacobian at the stored state
 GMRES preconditioned by the same factorisation (``PCApplyTranspose``; plain
 solves when the Jacobian is symmetric, as for Allen–Cahn), under
 ``{prefix}adjoint_ksp_*``.
+
+With ``method="krylov"`` (:data:`METHODS`; the default of large problems,
+:func:`default_nonlinear_method`) nothing is factorised per step or per
+iteration: the constant linear part ``A_lin = A_u`` (Dirichlet rows identity)
+is the preconditioner, set up once from the default linear solver options
+(PETSc's ``PCKSP``, whose inner solver reads ``{prefix}forward_ksp_*``: the
+serial LU, the redundant LU on several ranks, or whatever the step solver
+default is; an iterative default contributes its preconditioner only), and
+both the Newton systems (exact Jacobian, assembled per iteration) and the
+adjoint systems are solved by GMRES (safe when the Jacobian or the linear
+part is indefinite; for a non-symmetric Jacobian the adjoint applies
+transposes).  The Newton systems are solved inexactly, each to
+the accuracy the next iterate needs (the residual test is exact, so the
+converged state is the same); the adjoint's Krylov tolerance bounds the
+gradient error (:mod:`femnpde.fem.linear_defaults`).
 """
 
 from __future__ import annotations
@@ -33,11 +48,66 @@ from dolfinx import cpp as _cpp
 from dolfinx.fem import pack_coefficients, pack_constants
 from petsc4py import PETSc
 
+from femnpde import defaults as D
 from femnpde.fem.chord import AcceleratedChord
 from femnpde.fem.csr_jacobian import make_csr_jacobian
 from femnpde.fem.split_assembly import SplitAssembly
 
-__all__ = ["NonlinearStep", "StepStatistics", "options_with_defaults", "snes_reason", "ksp_reason"]
+__all__ = [
+    "KRYLOV_MIN_DOFS",
+    "METHODS",
+    "NonlinearStep",
+    "StepStatistics",
+    "default_nonlinear_method",
+    "krylov_options",
+    "options_with_defaults",
+    "snes_reason",
+    "ksp_reason",
+]
+
+#: The linear systems of a nonlinear step: ``"chord"`` (a lagged Newton matrix, factorised and
+#: refreshed when the residual falls slowly) or ``"krylov"`` (Krylov solves preconditioned by the
+#: constant linear part, factorised once); ``"auto"`` picks by size (:func:`default_nonlinear_method`).
+METHODS = D.NONLINEAR_METHOD_CHOICES
+#: ``"auto"`` takes ``"krylov"`` from this many unknowns on (measured faster at 205 761, slower
+#: at 13 041 dofs: ``bench/nonlinear_cost.py``, ``bench/scaling.py --case ac2d``).
+KRYLOV_MIN_DOFS = 100_000
+
+
+def default_nonlinear_method(n_dofs: int, default_options: bool) -> str:
+    """The method ``"auto"`` stands for: Krylov from :data:`KRYLOV_MIN_DOFS` unknowns, with default options.
+
+    Args:
+        n_dofs: Global number of unknowns.
+        default_options: Whether the linear solver options are the defaults
+            (options given by the caller configure the chord's factorisation,
+            so they keep that path).
+    """
+    return "krylov" if default_options and n_dofs >= KRYLOV_MIN_DOFS else "chord"
+
+
+def krylov_options(linear_options: dict[str, str], symmetric: bool) -> dict[str, str]:
+    """Options (without prefix) of the Newton systems' Krylov solve, preconditioned by the linear part.
+
+    A direct (``preonly``) ``linear_options`` becomes the inner solver of a
+    ``PCKSP`` (keys prefixed ``ksp_``): any exact solver the defaults name
+    plugs in.  An iterative one contributes its preconditioner only (a
+    Krylov method inside the preconditioner would make it nonlinear).
+
+    Args:
+        linear_options: The linear step solver's options (e.g.
+            :func:`~femnpde.fem.linear_defaults.default_linear_solver_options`).
+        symmetric: Whether the step Jacobian is symmetric (kept for a choice by symmetry; GMRES for both).
+    """
+    # GMRES for symmetric Jacobians too: the linear part need not be definite (Allen–Cahn's holds
+    # -ε⁻² u v: A_lin is indefinite once dt > ε², where MINRES stopped with DIVERGED_INDEFINITE_PC),
+    # and it cost what MINRES cost (13 041 dofs: 17.2 iterations per step, the same CPU time).
+    # Right preconditioning: the tolerance is on ‖F + J d‖, what the Newton forcing term is about.
+    outer = {"ksp_type": "gmres", "ksp_gmres_restart": "100", "ksp_pc_side": "right", "ksp_rtol": "1e-14",
+             "ksp_atol": "1e-50", "ksp_max_it": "200"}
+    if linear_options.get("ksp_type", "preonly") == "preonly":
+        return {**outer, "pc_type": "ksp", **{f"ksp_{k}": v for k, v in linear_options.items()}}
+    return {**outer, **{k: v for k, v in linear_options.items() if not k.startswith("ksp_")}}
 
 _SNES_REASONS = {getattr(PETSc.SNES.ConvergedReason, k): k for k in dir(PETSc.SNES.ConvergedReason) if k.isupper()}
 _KSP_REASONS = {getattr(PETSc.KSP.ConvergedReason, k): k for k in dir(PETSc.KSP.ConvergedReason) if k.isupper()}
@@ -90,6 +160,8 @@ class StepStatistics:
         self.forward_krylov_iterations = 0
         self.residual_evaluations = 0
         self.factorisations = 0
+        self.forward_linear_solves = 0
+        self.jacobian_assemblies = 0
         self.adjoint_steps = 0
         self.adjoint_krylov_iterations = 0
 
@@ -127,6 +199,11 @@ class NonlinearStep:
         symmetric: Whether the step Jacobian is symmetric (the
             :class:`~femnpde.fem.solver.ThetaSolver` probes it once): the
             adjoint then solves with the untransposed operator.
+        method: ``"chord"`` or ``"krylov"`` (:data:`METHODS`; see the module
+            docstring): with ``"krylov"``, ``linear_options`` configure the
+            preconditioner (the constant linear part's solver).
+        adjoint_rtol: The adjoint's Krylov tolerance with ``"krylov"``
+            (``{prefix}adjoint_ksp_rtol`` overrides it).
     """
 
     def __init__(
@@ -142,7 +219,13 @@ class NonlinearStep:
         adjoint_refresh_its: int = 12,
         anderson_depth: int = 0,
         symmetric: bool = False,
+        method: str = "chord",
+        adjoint_rtol: float = 1e-12,
     ) -> None:
+        if method not in METHODS[1:]:
+            raise ValueError(f"NonlinearStep: method {method!r} is not one of {list(METHODS[1:])}")
+        self.method = method
+        self.krylov = method == "krylov"
         p = problem
         self.problem = p
         self.prefix = prefix
@@ -202,7 +285,9 @@ class NonlinearStep:
         self._d = dolfinx.fem.petsc.create_vector(p.V)
         snes = PETSc.SNES().create(comm)
         snes.setFunction(self._snes_function, self._b)
-        snes.setJacobian(self._snes_jacobian, self._P, self._P)
+        # The preconditioning matrix: the lagged Newton matrix, or (krylov) the constant linear part.
+        self._pmat = self._A_bc if self.krylov else self._P
+        snes.setJacobian(self._snes_jacobian, self._P, self._pmat)
         snes.setType(PETSc.SNES.Type.PYTHON)
         snes.setPythonContext(AcceleratedChord(self, anderson_depth))
         defaults = {
@@ -211,15 +296,25 @@ class NonlinearStep:
             "snes_atol": repr(float(atol)),
             "snes_stol": "0",
             "snes_max_it": str(int(max_it)),
-            **{k: v for k, v in linear_options.items()},
+            **(krylov_options(linear_options, symmetric) if self.krylov else linear_options),
         }
         options_with_defaults(snes, f"{prefix}forward_", defaults)
         self._snes = snes
         self._ksp = snes.getKSP()
-        # Adjoint: GMRES on the exact Jacobian with the forward's factorisation.
+        #: The smallest relative tolerance of a Newton system's Krylov solve (krylov; each
+        #: iteration asks for what its next iterate needs, never less than this).
+        self.newton_ksp_rtol_min = self._ksp.getTolerances()[0]
+        # Adjoint: GMRES on the exact Jacobian with the forward's factorisation (chord) or
+        # GMRES preconditioned by the linear part (krylov).
         ksp_adj = PETSc.KSP().create(comm)
-        adj_defaults = {"ksp_type": "gmres", "ksp_rtol": "1e-13", "ksp_atol": "1e-50", "ksp_max_it": "300",
-                        "ksp_gmres_restart": "60"}
+        if self.krylov:
+            adj_defaults = {k: v for k, v in krylov_options({}, symmetric).items() if not k.startswith("pc_")}
+            # Left preconditioning, its norm: ‖P⁻¹(b − J λ)‖ ≈ ‖λ_exact − λ‖ since P⁻¹J ≈ I.
+            del adj_defaults["ksp_pc_side"]
+            adj_defaults.update({"ksp_rtol": repr(float(adjoint_rtol)), "ksp_max_it": "300"})
+        else:
+            adj_defaults = {"ksp_type": "gmres", "ksp_rtol": "1e-13", "ksp_atol": "1e-50", "ksp_max_it": "300",
+                            "ksp_gmres_restart": "60"}
         options_with_defaults(ksp_adj, f"{prefix}adjoint_", adj_defaults)
         ksp_adj.setPC(self._ksp.getPC())
         self._ksp_adj = ksp_adj
@@ -267,6 +362,12 @@ class NonlinearStep:
         b.array_w[self._bc_owned] = 0.0
 
     def _snes_jacobian(self, snes, x: PETSc.Vec, J: PETSc.Mat, P: PETSc.Mat) -> None:
+        if self.krylov:  # the exact Jacobian at every iteration; the preconditioner is constant
+            self._load(x)
+            self._jacobian_into(self._P)
+            self.refreshed_now = True
+            self.stats.jacobian_assemblies += 1
+            return
         it = snes.getIterationNumber()
         norm = snes.getFunctionNorm()
         if it == 0:
@@ -344,12 +445,13 @@ class NonlinearStep:
         from femnpde.fem.solver import SolverError
 
         self._jacobian_into(self._J)
-        if not self._P_valid:
+        self.stats.jacobian_assemblies += 1
+        if not self.krylov and not self._P_valid:
             self._J.copy(self._P, structure=PETSc.Mat.Structure.SAME_NONZERO_PATTERN)
             self._P_valid = True
             self.stats.factorisations += 1
         ksp = self._ksp_adj
-        ksp.setOperators(self._J, self._P)
+        ksp.setOperators(self._J, self._pmat)
         if self.symmetric:
             ksp.solve(rhs, lam)
         else:
@@ -363,7 +465,7 @@ class NonlinearStep:
                 f"adjoint linear solve at time step {n} (t = {t:.6g}) failed: KSP converged reason {ksp_reason(reason)} "
                 f"({int(reason)}) after {its} iterations; check the options under '{self.prefix}adjoint_'"
             )
-        if its > self.adjoint_refresh_its:
+        if its > self.adjoint_refresh_its and not self.krylov:
             # Precondition the next (earlier) steps with this step's Jacobian.
             self._J.copy(self._P, structure=PETSc.Mat.Structure.SAME_NONZERO_PATTERN)
             self.stats.factorisations += 1
@@ -383,10 +485,14 @@ class NonlinearStep:
         sweep; restoring afterwards keeps the preconditioner the adjoint
         sees, hence the gradient, as without recomputation.
         """
+        if self.krylov:  # nothing lagged: the preconditioner is the constant linear part
+            return None
         return (self._P.copy(), self._P_valid, self._stale, self._last_norm)
 
     def restore_lag(self, saved: tuple) -> None:
         """Put back what :meth:`save_lag` returned (the factorisation follows the restored values)."""
+        if saved is None:
+            return
         P, self._P_valid, self._stale, self._last_norm = saved
         P.copy(self._P, structure=PETSc.Mat.Structure.SAME_NONZERO_PATTERN)
         P.destroy()

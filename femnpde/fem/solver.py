@@ -30,7 +30,7 @@ from femnpde.fem.linear_defaults import (
 )
 from femnpde.fem.adjoint import adjoint_sweep, probe_symmetry
 from femnpde.fem.krylov_guess import KRYLOV_GUESSES, KrylovGuesses
-from femnpde.fem.newton import NonlinearStep, ksp_reason, options_with_defaults
+from femnpde.fem.newton import METHODS, NonlinearStep, default_nonlinear_method, ksp_reason, options_with_defaults
 from femnpde.fem.problem import ParabolicProblem
 from femnpde.fem.split_assembly import SplitAssembly
 from femnpde.fem.storage import MemoryStorage, StateStorage, make_state_storage
@@ -119,6 +119,14 @@ class ThetaSolver:
             otherwise "extrapolate").  With a checkpointing storage the forward
             solves start from ``u^{n-1}``, so that recomputed states are bitwise the
             stored ones.
+        nonlinear_method: Nonlinear problems: how the Newton and adjoint
+            systems are solved (:data:`femnpde.fem.newton.METHODS`):
+            ``"chord"`` (a lagged Newton matrix, factorised when the residual
+            falls slowly), ``"krylov"`` (GMRES preconditioned by the
+            constant linear part, factorised once; ``petsc_options`` then
+            configure that preconditioner) or ``"auto"`` (``"krylov"`` from
+            :data:`femnpde.fem.newton.KRYLOV_MIN_DOFS` unknowns when
+            ``petsc_options`` is None; the chosen one is :attr:`nonlinear_method`).
     """
 
     def __init__(
@@ -134,9 +142,12 @@ class ThetaSolver:
         jacobian_refresh_ratio: float = 0.03,
         state_storage: str | dict = "memory",
         krylov_guess: str = "projection",
+        nonlinear_method: str = D.NONLINEAR_METHOD,
     ) -> None:
         if not isinstance(petsc_options_prefix, str) or not petsc_options_prefix:
             raise ValueError("ThetaSolver: petsc_options_prefix must be a non-empty string, e.g. 'femnpde_'")
+        if nonlinear_method not in METHODS:
+            raise ValueError(f"ThetaSolver: nonlinear_method {nonlinear_method!r} is not one of {list(METHODS)}")
         self.problem = problem
         self.prefix = petsc_options_prefix
         forms = problem.forms
@@ -160,6 +171,8 @@ class ThetaSolver:
         self._du = dolfinx.fem.petsc.create_vector(problem.V)
         self._A_current = False
         self._step: NonlinearStep | None = None
+        #: The nonlinear step's method (``"chord"`` / ``"krylov"``; None when the Jacobian is constant).
+        self.nonlinear_method: str | None = None
         if forms.jacobian_constant:
             # The adjoint reuses the forward matrix and its factorisation.
             self._A = dolfinx.fem.petsc.create_matrix(forms.jacobian)
@@ -169,6 +182,15 @@ class ThetaSolver:
             self._ksp = _make_ksp(comm, f"{self.prefix}forward_", options, self._A, self.symmetric)
             self._ksp_adj = self._ksp
         else:
+            method = nonlinear_method
+            if method == "auto":
+                method = default_nonlinear_method(imap.size_global, petsc_options is None)
+            self.nonlinear_method = method
+            if method == "krylov" and petsc_options is None:
+                # The preconditioner is the constant linear part: the constant matrices' default
+                # (Cholesky on one rank, the Schur-complement solver on several in 2D, when symmetric).
+                options = default_linear_solver_options(comm.size, imap.size_global, problem.mesh.geometry.dim,
+                                                        self.symmetric, constant=True)
             self._make_step = lambda: NonlinearStep(
                 problem,
                 self.prefix,
@@ -178,6 +200,7 @@ class ThetaSolver:
                 max_it=self.newton_max_it,
                 refresh_ratio=jacobian_refresh_ratio,
                 symmetric=self.symmetric,
+                method=method,
             )
             self._step = self._make_step()
             self._A = None
