@@ -121,24 +121,17 @@ def test_gradcheck_with_iterative_solver_and_rank_agreement(pde, options):
 
 
 def test_krylov_with_checkpointing_is_identical():
-    """Checkpointing recomputes states bitwise: its forward solves start from u^{n-1} (krylov_guess).
-
-    With the guess "previous" in both runs the gradients are identical; with the default guess the
-    all-in-memory forward starts from the projection onto earlier solutions, so the two agree to the
-    Krylov tolerance.
-    """
+    """Checkpointing recomputes states bitwise: the forward's Krylov solves start from u^{n-1} whatever
+    the adjoint's guess, so the gradient does not depend on the state storage."""
     rf_m, theta = _rf("heat", CG_AMG, prefix="kr_ck_m_", n_steps=16)
     rf_c, _ = _rf("heat", CG_AMG, prefix="kr_ck_c_", n_steps=16, storage={"snapshots": 3})
-    J_m, dJ_m = rf_m.value_and_gradient(theta)
-    J_c, dJ_c = rf_c.value_and_gradient(theta)
-    assert abs(J_m - J_c) <= KRYLOV_GRADIENT_RTOL * abs(J_m)
-    assert np.linalg.norm(dJ_m - dJ_c) <= KRYLOV_GRADIENT_RTOL * np.linalg.norm(dJ_m)
-    for rf in (rf_m, rf_c):
-        rf.solver.krylov_guess = "previous"
-    theta = 1.01 * theta  # (not the cached evaluation)
-    J_m, dJ_m = rf_m.value_and_gradient(theta)
-    J_c, dJ_c = rf_c.value_and_gradient(theta)
-    assert J_m == J_c and np.array_equal(dJ_m, dJ_c)
+    for guess in ("projection", "extrapolate", "previous"):
+        for rf in (rf_m, rf_c):
+            rf.solver.krylov_guess = guess
+        theta = 1.01 * theta  # (not the cached evaluation)
+        J_m, dJ_m = rf_m.value_and_gradient(theta)
+        J_c, dJ_c = rf_c.value_and_gradient(theta)
+        assert J_m == J_c and np.array_equal(dJ_m, dJ_c), guess
     rf_m.solver.destroy()
     rf_c.solver.destroy()
 

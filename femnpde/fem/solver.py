@@ -110,15 +110,14 @@ class ThetaSolver:
             optional ``"disk_snapshots"`` (see
             :func:`femnpde.fem.storage_plan.validate_state_storage`); the
             chosen plan is :attr:`storage_plan`.
-        krylov_guess: Initial guess of the Krylov solves of a constant step
-            Jacobian (the stopping test stays ``rtol · ‖b‖``): ``"previous"``
-            (the forward from ``u^{n-1}``, the adjoint from ``λ^{n+1}``),
-            ``"extrapolate"`` (``2 u^{n-1} − u^{n-2}``, ``2 λ^{n+1} − λ^{n+2}``) or
-            ``"projection"`` (symmetric Jacobians: the energy-norm projection onto
-            the sweep's last solutions, :class:`~femnpde.fem.krylov_guess.ProjectedGuess`;
-            otherwise "extrapolate").  With a checkpointing storage the forward
-            solves start from ``u^{n-1}``, so that recomputed states are bitwise the
-            stored ones.
+        krylov_guess: Initial guess of the adjoint's Krylov solves of a
+            constant step Jacobian (the stopping test stays ``rtol · ‖b‖``):
+            ``"previous"`` (``λ^{n+1}``), ``"extrapolate"`` (``2 λ^{n+1} − λ^{n+2}``)
+            or ``"projection"`` (symmetric Jacobians: the energy-norm projection
+            onto the sweep's last adjoints,
+            :class:`~femnpde.fem.krylov_guess.ProjectedGuess`; otherwise
+            "extrapolate").  The forward solves start from ``u^{n-1}`` whatever
+            the choice, so that any state storage gives the same states bitwise.
         nonlinear_method: Nonlinear problems: how the Newton and adjoint
             systems are solved (:data:`femnpde.fem.newton.METHODS`):
             ``"chord"`` (a lagged Newton matrix, factorised when the residual
@@ -479,14 +478,9 @@ class ThetaSolver:
             self._assemble_A(self._A)
             self._ksp.setOperators(self._A)
             self._A_current = True
-        # A bounded storage recomputes states from snapshots, which only the guess u^{n-1} (du = 0)
-        # reproduces bitwise.
-        reproducible = not self.states.keeps_all_levels
         if self._guesses is not None:  # the KSP has a nonzero initial guess (the adjoint's warm start)
-            self._guesses.forward(n, self._b, self._du, reproducible)
+            self._guesses.forward(self._du)  # u^{n-1}: reproduced bitwise by any state storage
         self._solve(self._ksp, self._b, self._du, n, transpose=False)
-        if self._guesses is not None:
-            self._guesses.forward_solved(n, self._du, reproducible)
         # One Newton step solves an affine residual exactly.
         p.u.x.petsc_vec.axpy(-1.0, self._du)
         p.u.x.scatter_forward()
