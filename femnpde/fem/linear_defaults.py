@@ -93,8 +93,9 @@ step leaves a residual ``‖r^n‖ <= rtol ‖b^n‖`` and each adjoint step
 is the 2-norm of the true residual).  Here ``b^n = F(u^{n-1})`` is the
 residual of the step at the previous state (the forward solves for the
 correction ``u^{n-1} − u^n``) and ``rhs^n`` the adjoint's right-hand side,
-whatever the initial guess (``ThetaSolver(krylov_guess=...)``: a projection
-onto the sweep's earlier solutions by default, :mod:`femnpde.fem.krylov_guess`):
+whatever the initial guess (the forward starts from ``u^{n-1}``; the adjoint,
+``ThetaSolver(krylov_guess=...)``, from a projection onto the sweep's earlier
+adjoints by default, :mod:`femnpde.fem.krylov_guess`):
 PETSc's test with a nonzero initial guess is relative to ``‖b‖``, not to the
 initial residual, so a better guess saves iterations and leaves the bound as it
 is.  The computed gradient is then the exact gradient
