@@ -1,0 +1,134 @@
+"""The Krylov path of a nonlinear theta step (``method="krylov"``, :class:`~femnpde.fem.newton.NonlinearStep`).
+
+With ``method="krylov"`` (:data:`METHODS`; the default of large problems,
+:func:`default_nonlinear_method`) nothing is factorised per step or per
+iteration: the constant linear part ``A_lin = A_u`` (Dirichlet rows identity)
+is the preconditioner, set up once from the default linear solver options
+(PETSc's ``PCKSP``, whose inner solver reads ``{prefix}forward_ksp_*``: the
+serial LU, the redundant LU on several ranks, or whatever the step solver
+default is; an iterative default contributes its preconditioner only), and
+both the Newton systems (exact Jacobian, assembled per iteration) and the
+adjoint systems are solved by GMRES (safe when the Jacobian or the linear
+part is indefinite; for a non-symmetric Jacobian the adjoint applies
+transposes).  The Newton systems are solved inexactly, each to
+the accuracy the next iterate needs (the residual test is exact, so the
+converged state is the same); the adjoint's Krylov tolerance bounds the
+gradient error (:mod:`femnpde.fem.linear_defaults`).
+
+This module holds the choice of the method (:func:`default_nonlinear_method`),
+the options of the Newton systems' and the adjoint's Krylov solves
+(:func:`krylov_options`, :func:`krylov_adjoint_options`) and the inexact
+Newton forcing term (:class:`EisenstatWalker`) that
+:class:`~femnpde.fem.chord.AcceleratedChord` applies to each Newton system.
+"""
+
+from __future__ import annotations
+
+from femnpde import defaults as D
+
+__all__ = [
+    "KRYLOV_MIN_DOFS",
+    "METHODS",
+    "EisenstatWalker",
+    "default_nonlinear_method",
+    "krylov_adjoint_options",
+    "krylov_options",
+]
+
+#: The linear systems of a nonlinear step: ``"chord"`` (a lagged Newton matrix, factorised and
+#: refreshed when the residual falls slowly) or ``"krylov"`` (Krylov solves preconditioned by the
+#: constant linear part, factorised once); ``"auto"`` picks by size (:func:`default_nonlinear_method`).
+METHODS = D.NONLINEAR_METHOD_CHOICES
+#: ``"auto"`` takes ``"krylov"`` from this many unknowns on (measured faster at 205 761, slower
+#: at 13 041 dofs: ``bench/nonlinear_cost.py``, ``bench/scaling.py --case ac2d``).
+KRYLOV_MIN_DOFS = 100_000
+
+
+def default_nonlinear_method(n_dofs: int, default_options: bool) -> str:
+    """The method ``"auto"`` stands for: Krylov from :data:`KRYLOV_MIN_DOFS` unknowns, with default options.
+
+    Args:
+        n_dofs: Global number of unknowns.
+        default_options: Whether the linear solver options are the defaults
+            (options given by the caller configure the chord's factorisation,
+            so they keep that path).
+    """
+    return "krylov" if default_options and n_dofs >= KRYLOV_MIN_DOFS else "chord"
+
+
+def krylov_options(linear_options: dict[str, str], symmetric: bool) -> dict[str, str]:
+    """Options (without prefix) of the Newton systems' Krylov solve, preconditioned by the linear part.
+
+    A direct (``preonly``) ``linear_options`` becomes the inner solver of a
+    ``PCKSP`` (keys prefixed ``ksp_``): any exact solver the defaults name
+    plugs in.  An iterative one contributes its preconditioner only (a
+    Krylov method inside the preconditioner would make it nonlinear).
+
+    Args:
+        linear_options: The linear step solver's options (e.g.
+            :func:`~femnpde.fem.linear_defaults.default_linear_solver_options`).
+        symmetric: Whether the step Jacobian is symmetric (kept for a choice by symmetry; GMRES for both).
+    """
+    # GMRES for symmetric Jacobians too: the linear part need not be definite (Allen–Cahn's holds
+    # -ε⁻² u v: A_lin is indefinite once dt > ε², where MINRES stopped with DIVERGED_INDEFINITE_PC),
+    # and it cost what MINRES cost (13 041 dofs: 17.2 iterations per step, the same CPU time).
+    # Right preconditioning: the tolerance is on ‖F + J d‖, what the Newton forcing term is about.
+    outer = {"ksp_type": "gmres", "ksp_gmres_restart": "100", "ksp_pc_side": "right", "ksp_rtol": "1e-14",
+             "ksp_atol": "1e-50", "ksp_max_it": "200"}
+    if linear_options.get("ksp_type", "preonly") == "preonly":
+        return {**outer, "pc_type": "ksp", **{f"ksp_{k}": v for k, v in linear_options.items()}}
+    return {**outer, **{k: v for k, v in linear_options.items() if not k.startswith("ksp_")}}
+
+
+def krylov_adjoint_options(symmetric: bool, adjoint_rtol: float) -> dict[str, str]:
+    """Options (without prefix) of the adjoint's Krylov solve, preconditioned by the linear part.
+
+    Args:
+        symmetric: Whether the step Jacobian is symmetric (see :func:`krylov_options`).
+        adjoint_rtol: The relative tolerance (it bounds the gradient error:
+            :mod:`femnpde.fem.linear_defaults`).
+    """
+    adj_defaults = {k: v for k, v in krylov_options({}, symmetric).items() if not k.startswith("pc_")}
+    # Left preconditioning, its norm: ‖P⁻¹(b − J λ)‖ ≈ ‖λ_exact − λ‖ since P⁻¹J ≈ I.
+    del adj_defaults["ksp_pc_side"]
+    adj_defaults.update({"ksp_rtol": repr(float(adjoint_rtol)), "ksp_max_it": "300"})
+    return adj_defaults
+
+
+class EisenstatWalker:
+    """The relative tolerances of a step's inexact Newton solves (Eisenstat–Walker, choice 2).
+
+    Args:
+        eta0: The relative tolerance of a step's first Krylov solve.
+    """
+
+    def __init__(self, eta0: float = 1e-3) -> None:
+        self.eta0 = float(eta0)
+        self.reset(0.0)
+
+    def reset(self, target: float) -> None:
+        """Start a step whose final residual norm is aimed at ``target`` (the polishing target)."""
+        self._target = target
+        self._fprev = None
+        self._eta = self.eta0
+
+    def __call__(self, fnorm: float, rtol_min: float) -> float:
+        """The relative tolerance of the Newton system at residual norm ``fnorm``.
+
+        ``η_k = 0.9 (‖F_k‖/‖F_{k-1}‖)²`` (the reduction the next exact-Newton step
+        would give; ``eta0`` at the first iteration of a step), safeguarded by
+        ``0.9 η_{k-1}²``, never below what reaches the polishing target from
+        here, within ``[rtol_min, 0.1]``.  Only norms of this step enter, so a
+        recomputed step repeats its iterates exactly.
+        """
+        if self._fprev is None:
+            eta = self.eta0
+        else:
+            eta = 0.9 * (fnorm / self._fprev) ** 2
+            if 0.9 * self._eta**2 > 0.1:
+                eta = max(eta, 0.9 * self._eta**2)
+        if fnorm > 0:
+            eta = max(eta, 0.5 * self._target / fnorm)
+        eta = min(0.1, max(rtol_min, eta))
+        self._fprev, self._eta = fnorm, eta
+        return eta
