@@ -43,7 +43,11 @@ class AcceleratedChord:
     falling): the final iterate is converged to about round-off, as an exact
     Newton's last (quadratic) step would leave it, so losses, gradients and
     finite differences do not depend on where the linear convergence happened
-    to cross the tolerance.
+    to cross the tolerance.  With the step's ``krylov`` method no polishing
+    iteration follows an inexact Newton step whose residual is already
+    round-off (:meth:`~femnpde.fem.newton_krylov.EisenstatWalker.limited_by_roundoff`:
+    far above what the step should have left), where it would only repeat
+    that floor.
 
     Args:
         step: The owner (its vectors, matrices and callbacks).
@@ -90,6 +94,7 @@ class AcceleratedChord:
         k = 0
         polished = 0
         last_ratio = 1.0
+        at_floor = False
         while True:
             reason = snes.getConvergedReason()
             if reason < 0:
@@ -97,7 +102,7 @@ class AcceleratedChord:
             if reason > 0:
                 # Converged: polish towards round-off (the discrete adjoint and
                 # finite differences see the final iterate) while it still pays.
-                if polished >= self.polish or last_ratio > 0.5 or fnorm <= target:
+                if polished >= self.polish or last_ratio > 0.5 or fnorm <= target or at_floor:
                     return
                 polished += 1
                 x_best = x.array_r.copy()
@@ -112,6 +117,8 @@ class AcceleratedChord:
                     snes.setConvergedReason(PETSc.SNES.ConvergedReason.DIVERGED_LINEAR_SOLVE)
                     return
             last_ratio = new_norm / fnorm if fnorm > 0 else 0.0
+            # Inexact Newton (krylov): a residual far above what the step should have left is round-off.
+            at_floor = st.krylov and not self._exact and self.forcing.limited_by_roundoff(new_norm)
             fnorm = new_norm
             k += 1
             self._report(snes, k, fnorm, ynorm, lin_its, x, test=reason == 0)
