@@ -136,6 +136,7 @@ def test_krylov_skips_roundoff_polishing_and_warm_starts_the_adjoint():
     s.destroy()
 
 
+@pytest.mark.serial
 def test_roundoff_model_of_the_forcing_term():
     """The round-off test on residual norms measured at 205 761 dofs (bench/scaling.py --case ac2d)."""
     ew = EisenstatWalker()
