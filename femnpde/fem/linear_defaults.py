@@ -209,15 +209,22 @@ def default_linear_solver_options(
         elif comm_size == 1:
             opts["pc_factor_mat_solver_type"] = "petsc"
         else:  # no parallel direct solver: fall through to Krylov
-            return _krylov(symmetric, gdim)
+            return _krylov(symmetric, gdim, comm_size)
         return opts
-    return _krylov(symmetric, gdim)
+    return _krylov(symmetric, gdim, comm_size)
 
 
-def _krylov(symmetric: bool, gdim: int) -> dict[str, str]:
+def _krylov(symmetric: bool, gdim: int, comm_size: int = 1) -> dict[str, str]:
     opts = {"ksp_type": "cg" if symmetric else "gmres", "ksp_rtol": "1e-10", "ksp_atol": "1e-50",
             "ksp_max_it": "1000"}
-    if gdim == 3 and symmetric:
+    if gdim == 3 and symmetric and comm_size > 1:
+        # Restricted additive Schwarz (overlap 1, ICC(1) blocks): its iterations do not grow with the
+        # subdomains on the sweep's smooth right-hand sides, where the symmetric "basic" variant's (which
+        # adds both corrections in the overlap) grow by 44 %; it is not symmetric, hence GMRES, right-
+        # preconditioned, so that the stopping test is ‖b − A x‖₂ <= rtol ‖b‖₂ as on one rank.
+        opts.update({"ksp_type": "gmres", "ksp_pc_side": "right", "pc_type": "asm", "pc_asm_type": "restrict",
+                     "pc_asm_overlap": "1", "sub_pc_type": "icc", "sub_pc_factor_levels": "1"})
+    elif gdim == 3 and symmetric:
         # Additive Schwarz, overlap 1, symmetric ("basic": CG needs a symmetric preconditioner), ICC(1)
         # blocks; on one rank a single ICC(1) factor.  The unpreconditioned norm makes the stopping test
         # ‖b − A x‖₂ <= rtol ‖b‖₂ (and saves the preconditioner application that the preconditioned norm
