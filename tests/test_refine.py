@@ -9,8 +9,10 @@ import pytest
 import ufl
 from mpi4py import MPI
 
+from femnpde.fem.problem import Dirichlet, ParabolicProblem, TimeGrid, heat
 from femnpde.io.meshes import read_mesh
 from femnpde.io.refine import refine_uniformly
+from conftest import network_fit
 
 MESHES = Path(__file__).resolve().parent.parent / "meshes"
 
@@ -55,24 +57,11 @@ def _h4(mesh):
 
 def _loss(mesh, facets, prefix):
     """The heat scenario's L2 loss of a 6-neuron network on ``mesh`` (4 backward-Euler steps, LU)."""
-    from femnpde.fem.problem import Dirichlet, ParabolicProblem, TimeGrid, heat
-    from femnpde.fem.solver import ThetaSolver
-    from femnpde.model.network import ShallowNetwork
-    from femnpde.model.reduced import FunctionSource, NetworkSource, ReducedFunctional
-    from femnpde.obs.misfit import L2Misfit
-
-    gdim = mesh.geometry.dim
     problem = ParabolicProblem(mesh, heat(0.01), time=TimeGrid(1.0, 4), initial_condition=lambda x: 0.0 * x[0],
                                dirichlet=[Dirichlet((facets, 1), 0.0)])
-    ref = ThetaSolver(problem, prefix + "data_")
-    target = FunctionSource(problem, lambda t, x: 2.0 * np.exp(-10 * ((x[0] - t) ** 2 + (x[1] - 0.5) ** 2)))
-    data = ref.forward(target.values()).array[:, : problem.n_owned].copy()
-    ref.destroy()
-    solver = ThetaSolver(problem, prefix)
-    net = ShallowNetwork(6, gdim, seed=5)
-    rf = ReducedFunctional(solver, NetworkSource(problem, net), L2Misfit(problem, data))
-    loss = rf(net.params.copy())
-    solver.destroy()
+    rf, theta = network_fit(problem, lambda t, x: 2.0 * np.exp(-10 * ((x[0] - t) ** 2 + (x[1] - 0.5) ** 2)), prefix)
+    loss = rf(theta)
+    rf.solver.destroy()
     return loss
 
 
