@@ -5,7 +5,9 @@ communication kernel that ``scipy.optimize.minimize(method="L-BFGS-B")``
 loops over) itself, so the whole optimizer state (the correction pairs and
 the routine's saved scalars) is a :meth:`LBFGSB.state_dict` that a checkpoint
 can hold: a run resumed from it follows the uninterrupted run's trajectory
-bitwise.  The iterates are those of ``scipy.optimize.minimize``.
+bitwise.  The iterates are those of ``scipy.optimize.minimize``.  The
+kernel is ``scipy.optimize._lbfgsb.setulb`` with the arguments of scipy's
+C implementation of L-BFGS-B (scipy >= 1.15; the environment has 1.17).
 """
 
 from __future__ import annotations
