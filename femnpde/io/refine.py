@@ -54,24 +54,29 @@ def _exact_fine_geometry(coarse, x_coarse: np.ndarray, fine, parent_cell: np.nda
     # The coarse cells' vertices and edge midpoints as DOLFINx computed them (perturbed) and exact.
     pert = np.concatenate([xp[cdofs], 0.5 * (xp[cdofs[:, i]] + xp[cdofs[:, j]])], axis=1)
     exact = np.concatenate([x_coarse[cdofs], (x_coarse[cdofs[:, i]] + x_coarse[cdofs[:, j]]) / 2], axis=1)
-    fdofs = fine.geometry.dofmaps[0][: rows.size]
+    fdofs = fine.geometry.dofmaps[0][: rows.size].ravel()
     xf = fine.geometry.x
-    new = np.empty((rows.size, tdim + 1, 3))
-    for k in range(tdim + 1):  # nearest of the parent's points, one fine vertex at a time (O(local) memory)
-        y = xf[fdofs[:, k]]
-        best = np.full(rows.size, np.inf)
-        for c in range(pert.shape[1]):
-            d = np.sum((y - pert[parent_of, c]) ** 2, axis=1)
-            closer = d < best
-            best[closer] = d[closer]
-            new[closer, k] = exact[parent_of[closer], c]
-        unmatched = int(np.count_nonzero(best > 0))  # DOLFINx's midpoints are (a + b) / 2: exact matches
-        if fine.comm.allreduce(unmatched):
-            raise RuntimeError("refine_uniformly: refined vertices that are no coarse vertex or edge midpoint")
+    # One owned cell of each node in owned cells (any: all give the same point), then the nearest of
+    # that cell's parent's points (O(local) memory and work).
+    entry = np.full(xf.shape[0], -1, dtype=np.int64)
+    entry[fdofs] = np.arange(fdofs.size)
+    nodes = np.flatnonzero(entry >= 0)
+    parent = parent_of[entry[nodes] // (tdim + 1)]
+    y = xf[nodes]
+    best = np.full(nodes.size, np.inf)
+    new = np.empty((nodes.size, 3))
+    for c in range(pert.shape[1]):
+        d = np.sum((y - pert[parent, c]) ** 2, axis=1)
+        closer = d < best
+        best[closer] = d[closer]
+        new[closer] = exact[parent[closer], c]
+    unmatched = int(np.count_nonzero(best > 0))  # DOLFINx's midpoints are (a + b) / 2: exact matches
+    if fine.comm.allreduce(unmatched):
+        raise RuntimeError("refine_uniformly: refined vertices that are no coarse vertex or edge midpoint")
     imap = fine.geometry.index_map()
     vec = dolfinx.la.vector(imap, bs=3)
     vec.array[:] = np.nan
-    vec.array.reshape(-1, 3)[fdofs.ravel()] = new.reshape(-1, 3)
+    vec.array.reshape(-1, 3)[nodes] = new
     vec.scatter_forward()
     missing = fine.comm.allreduce(int(np.isnan(vec.array).any()))
     if missing:
