@@ -1,0 +1,124 @@
+"""Which code produced a width-study run? (issue 17: two runs of one configuration that differ)
+
+Serial; the first ``--epochs`` epochs of one study configuration, trained by the
+code of each given commit and by this checkout, compared with given run
+directories' histories:
+
+    scripts/env-run python3 bench/width_reproducibility.py --scenario allen-cahn-imex --N 100 --seed 42 \\
+        --epochs 200 --commits 474338a,32af882,3b25798 \\
+        --against ../width-runs/allen-cahn-imex-rectangle/N100-seed42 \\
+        --against ../width-runs/allen-cahn-imex-rectangle-long/N100-seed42
+
+A run is deterministic for one code version (the same history bitwise when
+repeated), but a change that reorders floating-point sums (e.g. the network's
+VJP) changes the history at round-off, and Adam on a non-convex loss amplifies
+round-off: two sweeps of the same configuration run by two code versions agree
+to 1e-16 at first and drift apart later.  Each commit's ``femnpde`` and
+``bench`` are extracted with ``git archive`` into ``--work`` (gitignored
+scratch) and run in a subprocess with that tree first on ``PYTHONPATH``.  Per
+(code, run directory): the first epoch whose loss or gradient norm differs (None:
+bitwise equal over the compared epochs) and the largest difference in relative
+RMSE.  Writes ``bench/results/width/reproducibility.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "width"
+COLUMNS = ("loss", "relative_rmse", "gradient_norm")
+
+
+def read_history(run_dir: pathlib.Path) -> dict[str, np.ndarray]:
+    """The numeric columns of ``run_dir/history.csv`` (comment lines skipped)."""
+    lines = [ln for ln in (run_dir / "history.csv").read_text().splitlines() if ln and not ln.startswith("#")]
+    names = lines[0].split(",")
+    values = np.array([[float(x) for x in ln.split(",")] for ln in lines[1:]])
+    return {n: values[:, i] for i, n in enumerate(names)}
+
+
+def compare(a: dict[str, np.ndarray], b: dict[str, np.ndarray], epochs: int) -> dict:
+    """First epoch where loss or gradient norm differ (None: bitwise equal), largest relative-RMSE difference."""
+    n = min(epochs, a["loss"].size, b["loss"].size)
+    differs = (a["loss"][:n] != b["loss"][:n]) | (a["gradient_norm"][:n] != b["gradient_norm"][:n])
+    first = np.flatnonzero(differs)
+    return {"epochs": int(n), "first_differing_epoch": int(first[0]) if first.size else None,
+            "max_abs_rmse_difference": float(np.max(np.abs(a["relative_rmse"][:n] - b["relative_rmse"][:n])))}
+
+
+def extract(commit: str, work: pathlib.Path) -> pathlib.Path:
+    """``femnpde``, ``bench``, ``demos`` and ``meshes`` of ``commit`` under ``work/code-<commit>`` (once)."""
+    tree = work / f"code-{commit}"
+    if not (tree / "femnpde").is_dir():
+        tree.mkdir(parents=True, exist_ok=True)
+        blob = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "femnpde", "bench", "demos", "meshes"],
+                              check=True, capture_output=True).stdout
+        with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
+            tar.extractall(tree, filter="data")
+    return tree
+
+
+def train(tree: pathlib.Path, label: str, args, work: pathlib.Path) -> pathlib.Path:
+    """The configuration's first ``args.epochs`` epochs by the code in ``tree``; returns the run directory."""
+    runs = work / f"runs-{label}"
+    cmd = [sys.executable, str(tree / "bench" / "reproduce_paper.py"), "run", "--scenario", args.scenario,
+           "--mesh", args.mesh, "--N", str(args.N), "--seeds", str(args.seed), "--epochs", str(args.epochs),
+           "--runs", str(runs), "--results", str(work / f"results-{label}"), "--readme", str(work / "README.md")]
+    (work / "README.md").write_text("<!-- width-study:begin -->\n<!-- width-study:end -->\n")
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    subprocess.run(cmd, check=True, env=env, capture_output=True, text=True)
+    return runs / f"{args.scenario}-{args.mesh}" / f"N{args.N}-seed{args.seed}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenario", choices=["heat", "allen-cahn", "allen-cahn-imex"], default="allen-cahn-imex")
+    parser.add_argument("--mesh", choices=["rectangle", "annulus", "box"], default="rectangle")
+    parser.add_argument("--N", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--epochs", type=int, default=200)
+    parser.add_argument("--commits", default="", help="comma-separated commits whose code to run beside this checkout")
+    parser.add_argument("--against", action="append", default=[], help="a run directory to compare with (repeatable)")
+    parser.add_argument("--work", default=str(ROOT / ".scratch" / "width_reproducibility"))
+    args = parser.parse_args()
+    work = pathlib.Path(args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    against = {}
+    for p in map(pathlib.Path, args.against):  # named <sweep>/<run>, with the run's length from its result.json
+        result = p / "result.json"
+        epochs = json.loads(result.read_text())["epochs"] if result.is_file() else None
+        against[f"{p.parent.name}/{p.name}" + (f" ({epochs} epochs)" if epochs else "")] = read_history(p)
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], check=True, capture_output=True,
+                          text=True).stdout.strip()
+    codes = [(c, extract(c, work)) for c in args.commits.split(",") if c] + [(f"{head} (this checkout)", ROOT)]
+    rows = []
+    for label, tree in codes:
+        key = label.split()[0]
+        mine = read_history(train(tree, key, args, work))
+        what = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--date=iso", "--format=%ad %s", key],
+                              check=True, capture_output=True, text=True).stdout.strip()
+        row = {"code": label, "commit": what[:160],
+               "against": {p: compare(mine, h, args.epochs) for p, h in against.items()}}
+        if tree == ROOT:  # this checkout twice: is one code version deterministic?
+            row["repeat"] = compare(mine, read_history(train(tree, key + "-again", args, work)), args.epochs)
+        rows.append(row)
+        print(f"{label}: repeated run {row.get('repeat')}; "
+              + "; ".join(f"{p}: {c}" for p, c in row["against"].items()), flush=True)
+    out = RESULTS / "reproducibility.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"scenario": args.scenario, "mesh": args.mesh, "N": args.N, "seed": args.seed,
+                               "epochs": args.epochs, "rows": rows}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
