@@ -440,20 +440,35 @@ def _why_findings(results: dict[tuple[str, str], dict], extras: dict) -> list[st
         out.append(text + ".")
     for name in sorted(k for k in extras if k.startswith("network_fit-")):
         fit = extras[name]
-        if fit.get("mesh", "rectangle") == "rectangle":
+        if fit.get("mesh", "rectangle") == "rectangle" and fit["scenario"] in ("heat", "allen-cahn"):
             continue  # rendered with the rectangle's figures above
         study = results.get((fit["scenario"], fit["mesh"]), {}).get("summary", {})
         cells = []
         for row in fit["rows"]:
             at = study.get(str(row["N"]), {}).get("at", {}).get("1000")
             cells.append(f"N = {row['N']}: {row['relative_rmse_at_fit']:.4f} after {row['iterations']} iterations "
-                         f"(g* to {row['relative_l2_error_of_g']:.3f} relative l2; "
+                         f"(g* to {row['relative_l2_error_of_g']:.3f} relative l2, so the PDE error is "
+                         f"{row['relative_rmse_at_fit'] / row['relative_l2_error_of_g']:.2g}× the source's; "
                          f"start {row['relative_rmse_at_start']:.4f}"
+                         + (f"; max|h| {row['max_abs_h']:.3g}" if "max_abs_h" in row else "")
                          + (f"; Adam at 1000 epochs {at['median']:.4f}" if at else "") + ")")
         out.append(f"{fit['scenario']}, {fit['mesh']}, expressiveness (`bench/width_network_fit.py --mesh "
                    f"{fit['mesh']}`): g_θ fitted directly to the target source (L-BFGS, seed {fit['seed']}'s start) "
                    "gives the PDE relative RMSE " + "; ".join(cells)
                    + ": a width N allows at least these values, so they bound its floor from above.")
+    for name in sorted(k for k in extras if k.startswith("first_step-")):
+        fs = extras[name]
+        cells = []
+        for w in fs["widths"]:
+            steps = ", ".join(f"lr ×{st['factor']:g}: source change max {st['max_abs_source_change']:.3g} (relative "
+                              f"l2 {st['relative_source_change']:.3g}), relative RMSE {st['relative_rmse']:.4f}, max "
+                              f"error {st['relative_max_error']:.2f}" for st in w["steps"])
+            cells.append(f"N = {w['N']} (start {w['start']['relative_rmse']:.4f}, max error "
+                         f"{w['start']['relative_max_error']:.2f}; gradient norm {w['gradient_norm']:.3g}): {steps}")
+        out.append(f"{fs['scenario']}, {fs['mesh']}, seed {fs['seed']}, Adam's first step "
+                   "(`bench/width_first_step.py`; every parameter moves by about lr; max|g*| "
+                   f"{fs['widths'][0]['max_abs_target_source']:.3g}, max|h| {fs['widths'][0]['max_abs_h']:.3g}; "
+                   "max error = max|u − h|/max|h|): " + "; ".join(cells) + ".")
     rep = extras.get("reproducibility")
     if rep:
         parts = []
@@ -473,6 +488,12 @@ def _why_findings(results: dict[tuple[str, str], dict], extras: dict) -> list[st
             rr = repeat[0]["repeat"]
             text += ("; this checkout run twice: " + ("bitwise equal" if rr["first_differing_epoch"] is None
                                                       else f"differs from epoch {rr['first_differing_epoch']}"))
+        for pair in rep.get("pairs", []):
+            text += (f"; over their {pair['epochs']} common epochs {pair['runs'][0]} and {pair['runs'][1]} differ in "
+                     "relative RMSE by more than " + ", ".join(
+                         f"{lvl} from epoch {e}" if e is not None else f"{lvl} never"
+                         for lvl, e in pair["first_epoch_above"].items())
+                     + f" (largest {pair['max_relative_difference']:.2g}, relative)")
         out.append(text + ".")
     return out
 
@@ -632,7 +653,7 @@ def report(runs: pathlib.Path, results_dir: pathlib.Path = RESULTS, readme: path
     _, tail = rest.split(END, 1)
     extras = {p.stem: json.loads(p.read_text()) for pattern in ("discretisation.json", "initial_draws-*.json",
                                                                   "network_fit-*.json", "learning_rate-*.json",
-                                                                  "reproducibility.json")
+                                                                  "first_step-*.json", "reproducibility.json")
               for p in sorted(results_dir.glob(pattern))}
     readme.write_text(head + _block(results, extras) + tail)
 

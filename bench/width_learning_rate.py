@@ -37,9 +37,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "width"
 
 
-def _study():
-    """bench/reproduce_paper.py (the scenarios' configurations and overrides)."""
-    spec = importlib.util.spec_from_file_location("reproduce_paper", ROOT / "bench" / "reproduce_paper.py")
+def _bench(name: str):
+    """A module of bench/ (reproduce_paper: the scenarios' configurations; width_reproducibility: divergence)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -61,17 +61,6 @@ def history_summary(rmse: np.ndarray, lr: np.ndarray, marks: list[int], grad: np
     }
 
 
-def divergence(a: np.ndarray, b: np.ndarray, levels=(1e-12, 1e-6, 1e-2)) -> dict:
-    """First epoch at which two histories of one configuration differ by more than each relative level."""
-    n = min(a.size, b.size)
-    rel = np.abs(np.asarray(a[:n]) - np.asarray(b[:n])) / np.abs(np.asarray(b[:n]))
-    out = {}
-    for level in levels:
-        hit = np.flatnonzero(rel > level)
-        out[f"{level:g}"] = int(hit[0]) if hit.size else None
-    return {"epochs": int(n), "first_epoch_above": out, "max_relative_difference": float(rel.max())}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenario", choices=["heat", "allen-cahn", "allen-cahn-imex"], default="allen-cahn-imex")
@@ -91,7 +80,7 @@ def main() -> None:
     from femnpde.app.sweep import sweep
     from femnpde.io.history import History
 
-    study = _study()
+    study = _bench("reproduce_paper")
     config, overrides = study.config_of(args.scenario, args.mesh)
     base_lr = float(load_config(config, overrides)["optimizer"]["lr"])
     marks = [int(m) for m in args.marks.split(",")]
@@ -99,12 +88,13 @@ def main() -> None:
     before = {r["factor"]: r for r in json.loads(out.read_text())["rows"]} if out.is_file() else {}
     rows = []
     for factor in (float(f) for f in args.factors.split(",")):
-        out = pathlib.Path(args.runs) / f"{args.scenario}-{args.mesh}-lr{factor:g}"
+        runs = pathlib.Path(args.runs) / f"{args.scenario}-{args.mesh}-lr{factor:g}"
         cpu0 = time.process_time()
-        (done,) = sweep(config, [args.N], out=out, seeds=[args.seed], quiet=True, comm=MPI.COMM_SELF, write_outputs=False,
-              overrides=[*overrides, f"optimizer.lr={base_lr * factor!r}", f"run.iterations={args.epochs}",
-                         f"run.checkpoint_every={min(100, args.epochs)}"])
-        hist = History.read(out / f"N{args.N}-seed{args.seed}" / "history.csv")
+        (done,) = sweep(config, [args.N], out=runs, seeds=[args.seed], quiet=True, comm=MPI.COMM_SELF,
+                        write_outputs=False,
+                        overrides=[*overrides, f"optimizer.lr={base_lr * factor!r}", f"run.iterations={args.epochs}",
+                                   f"run.checkpoint_every={min(100, args.epochs)}"])
+        hist = History.read(runs / f"N{args.N}-seed{args.seed}" / "history.csv")
         row = {"factor": factor, "lr": base_lr * factor * args.N ** (1.0 / 3.0),
                **history_summary(hist["relative_rmse"], hist["learning_rate"], marks, hist["gradient_norm"]),
                "wall_time_s": done["wall_time"], "s_per_epoch": done["s_per_epoch"], "status": done["status"],
@@ -114,8 +104,8 @@ def main() -> None:
         if args.against and factor == 1.0:
             there = pathlib.Path(args.against)
             study_rmse = np.asarray(History.read(there / "history.csv")["relative_rmse"], float)
-            row["against_study_run"] = {"run": f"{there.parent.name}/{there.name}",
-                                        **divergence(np.asarray(hist["relative_rmse"], float), study_rmse)}
+            drift = _bench("width_reproducibility").divergence(np.asarray(hist["relative_rmse"], float), study_rmse)
+            row["against_study_run"] = {"run": f"{there.parent.name}/{there.name}", **drift}
         rows.append(row)
         print(f"{args.scenario} {args.mesh} N={args.N} lr x{factor:g} ({row['lr']:.4g}): best {row['best']:.4f} "
               f"(epoch {row['best_epoch']}), final {row['final']:.4f}, {row['rises_over_10_percent']} rises > 10 %, "

@@ -76,18 +76,18 @@ def main() -> None:
     parser.add_argument("--N", default="10,100,500")
     parser.add_argument("--iterations", type=int, default=3000)
     args = parser.parse_args()
+    stem = f"network_fit-{args.scenario}" + ("" if args.mesh == "rectangle" else f"-{args.mesh}")
+    out = ROOT / "bench" / "results" / "width" / f"{stem}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for N in (int(n) for n in args.N.split(",")):
         row = fit(args.scenario, N, args.iterations, args.mesh)
         rows.append(row)
+        out.write_text(json.dumps({"scenario": args.scenario, "mesh": args.mesh, "seed": 42,  # after each width
+                                   "max_iterations": args.iterations, "rows": rows}, indent=1) + "\n")
         print(f"{args.scenario} N={N}: g fit {row['relative_l2_error_of_g']:.4g} (relative l2) after {row['iterations']} "
               f"L-BFGS iterations ({row['fit_wall_time_s']:.0f} s); PDE relative RMSE at the fit "
               f"{row['relative_rmse_at_fit']:.4g} (start {row['relative_rmse_at_start']:.4g})", flush=True)
-    stem = f"network_fit-{args.scenario}" + ("" if args.mesh == "rectangle" else f"-{args.mesh}")
-    out = ROOT / "bench" / "results" / "width" / f"{stem}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"scenario": args.scenario, "mesh": args.mesh, "seed": 42,
-                               "max_iterations": args.iterations, "rows": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

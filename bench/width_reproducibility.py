@@ -2,9 +2,10 @@
 
 Serial; the first ``--epochs`` epochs of one study configuration, trained by the
 code of each given commit and by this checkout, compared with given run
-directories' histories:
+directories' histories.  Run it with the host's python (it needs ``git`` and
+numpy; each training runs through ``scripts/env-run``):
 
-    scripts/env-run python3 bench/width_reproducibility.py --scenario allen-cahn-imex --N 100 --seed 42 \\
+    nice -n 10 python3 bench/width_reproducibility.py --scenario allen-cahn-imex --N 100 --seed 42 \\
         --epochs 200 --commits 474338a,32af882,3b25798 \\
         --against ../width-runs/allen-cahn-imex-rectangle/N100-seed42 \\
         --against ../width-runs/allen-cahn-imex-rectangle-long/N100-seed42
@@ -26,17 +27,14 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import pathlib
 import subprocess
-import sys
 import tarfile
 
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "width"
-COLUMNS = ("loss", "relative_rmse", "gradient_norm")
 
 
 def read_history(run_dir: pathlib.Path) -> dict[str, np.ndarray]:
@@ -56,6 +54,17 @@ def compare(a: dict[str, np.ndarray], b: dict[str, np.ndarray], epochs: int) -> 
             "max_abs_rmse_difference": float(np.max(np.abs(a["relative_rmse"][:n] - b["relative_rmse"][:n])))}
 
 
+def divergence(a: np.ndarray, b: np.ndarray, levels=(1e-12, 1e-6, 1e-2)) -> dict:
+    """First epoch at which two histories of one configuration differ by more than each relative level."""
+    n = min(a.size, b.size)
+    rel = np.abs(np.asarray(a[:n]) - np.asarray(b[:n])) / np.abs(np.asarray(b[:n]))
+    out = {}
+    for level in levels:
+        hit = np.flatnonzero(rel > level)
+        out[f"{level:g}"] = int(hit[0]) if hit.size else None
+    return {"epochs": int(n), "first_epoch_above": out, "max_relative_difference": float(rel.max())}
+
+
 def extract(commit: str, work: pathlib.Path) -> pathlib.Path:
     """``femnpde``, ``bench``, ``demos`` and ``meshes`` of ``commit`` under ``work/code-<commit>`` (once)."""
     tree = work / f"code-{commit}"
@@ -71,12 +80,12 @@ def extract(commit: str, work: pathlib.Path) -> pathlib.Path:
 def train(tree: pathlib.Path, label: str, args, work: pathlib.Path) -> pathlib.Path:
     """The configuration's first ``args.epochs`` epochs by the code in ``tree``; returns the run directory."""
     runs = work / f"runs-{label}"
-    cmd = [sys.executable, str(tree / "bench" / "reproduce_paper.py"), "run", "--scenario", args.scenario,
+    cmd = [str(ROOT / "scripts" / "env-run"), "env", f"PYTHONPATH={tree}", "python3",
+           str(tree / "bench" / "reproduce_paper.py"), "run", "--scenario", args.scenario,
            "--mesh", args.mesh, "--N", str(args.N), "--seeds", str(args.seed), "--epochs", str(args.epochs),
            "--runs", str(runs), "--results", str(work / f"results-{label}"), "--readme", str(work / "README.md")]
     (work / "README.md").write_text("<!-- width-study:begin -->\n<!-- width-study:end -->\n")
-    env = {**os.environ, "PYTHONPATH": str(tree)}
-    subprocess.run(cmd, check=True, env=env, capture_output=True, text=True)
+    subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
     return runs / f"{args.scenario}-{args.mesh}" / f"N{args.N}-seed{args.seed}"
 
 
@@ -114,10 +123,15 @@ def main() -> None:
         rows.append(row)
         print(f"{label}: repeated run {row.get('repeat')}; "
               + "; ".join(f"{p}: {c}" for p, c in row["against"].items()), flush=True)
+    names = list(against)
+    pairs = [{"runs": [a, b], **divergence(against[a]["relative_rmse"], against[b]["relative_rmse"])}
+             for i, a in enumerate(names) for b in names[i + 1:]]
+    for pair in pairs:
+        print(f"{pair['runs'][0]} vs {pair['runs'][1]}: {pair}", flush=True)
     out = RESULTS / "reproducibility.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"scenario": args.scenario, "mesh": args.mesh, "N": args.N, "seed": args.seed,
-                               "epochs": args.epochs, "rows": rows}, indent=1) + "\n")
+                               "epochs": args.epochs, "rows": rows, "pairs": pairs}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -115,10 +115,10 @@ def test_history_measures_of_the_why_scripts():
     assert s["best"] == 0.2 and s["best_epoch"] == 3 and s["final"] == 0.21
     assert s["best_at"] == {"2": 0.3, "4": 0.2} and s["rises_over_10_percent"] == 2  # 0.3 -> 0.4, 0.2 -> 0.25
     assert s["max_after_start"] == 0.4 and s["first_gradient_norms"][0] == 0.0
-    other = rmse * np.array([1, 1, 1 + 1e-9, 1 + 1e-3, 1.1, 1.1])
-    d = lr.divergence(rmse, other)
-    assert d["first_epoch_above"] == {"1e-12": 2, "1e-06": 3, "0.01": 4}
     rep = _bench("width_reproducibility")
+    other = rmse * np.array([1, 1, 1 + 1e-9, 1 + 1e-3, 1.1, 1.1])
+    d = rep.divergence(rmse, other)
+    assert d["first_epoch_above"] == {"1e-12": 2, "1e-06": 3, "0.01": 4}
     a = {"loss": rmse**2, "gradient_norm": np.ones(6), "relative_rmse": rmse}
     b = {**a, "gradient_norm": np.array([1, 1, 1, 1 + 2e-16, 1, 1])}  # one ulp above 1 at epoch 3
     assert rep.compare(a, a, 6)["first_differing_epoch"] is None
@@ -140,7 +140,7 @@ def test_report_renders_the_measured_explanations(study, tmp_path):
         rows.append({"factor": factor, "lr": 0.0464 * factor,
                      **lr.history_summary(np.array(curve), np.full(4, 0.0464 * factor), [3], np.array([2.5, 1, 1, 1]))})
     rows[0]["against_study_run"] = {"run": "allen-cahn-imex-annulus/N100-seed42",
-                                    **lr.divergence(np.array([1.0, 0.3, 0.5, 0.2]), np.array([1.0, 0.3, 0.6, 0.3]))}
+                                    **rep.divergence(np.array([1.0, 0.3, 0.5, 0.2]), np.array([1.0, 0.3, 0.6, 0.3]))}
     (res / "learning_rate-allen-cahn-imex-annulus-N100.json").write_text(json.dumps(
         {"scenario": "allen-cahn-imex", "mesh": "annulus", "N": 100, "seed": 42, "epochs": 3, "rows": rows}))
     h = {"loss": np.ones(4), "gradient_norm": np.ones(4), "relative_rmse": np.ones(4)}
@@ -150,7 +150,9 @@ def test_report_renders_the_measured_explanations(study, tmp_path):
             {"code": "aaaaaaa", "commit": "2026-12-02 old",
              "against": {"s/N100-seed42 (1000 epochs)": rep.compare(h, h, 4)}},
             {"code": "bbbbbbb (this checkout)", "commit": "2026-12-02 new",
-             "against": {"s/N100-seed42 (1000 epochs)": rep.compare(h2, h, 4)}, "repeat": rep.compare(h, h, 4)}]}))
+             "against": {"s/N100-seed42 (1000 epochs)": rep.compare(h2, h, 4)}, "repeat": rep.compare(h, h, 4)}],
+        "pairs": [{"runs": ["s/N100-seed42 (1000 epochs)", "t/N100-seed42 (5000 epochs)"],
+                   **rep.divergence(np.array([1, 1, 1.5, 2.0]), np.array([1, 1, 1.0, 1.0]))}]}))
     (res / "network_fit-allen-cahn-imex-annulus.json").write_text(json.dumps({
         "scenario": "allen-cahn-imex", "mesh": "annulus", "seed": 42, "rows": [
             {"N": 10, "iterations": 7, "relative_l2_error_of_g": 0.5, "relative_rmse_at_start": 0.95,
@@ -168,5 +170,36 @@ def test_report_renders_the_measured_explanations(study, tmp_path):
     assert "differs from ×1 by more than 1e-12 (relative) from epoch 2" in text
     assert "s/N100-seed42 (1000 epochs) is reproduced bitwise by aaaaaaa; it differs from bbbbbbb from epoch 1" in text
     assert "this checkout run twice: bitwise equal" in text
+    assert ("over their 4 common epochs s/N100-seed42 (1000 epochs) and t/N100-seed42 (5000 epochs) differ in "
+            "relative RMSE by more than "
+            "1e-12 from epoch 2, 1e-06 from epoch 2, 0.01 from epoch 2 (largest 1, relative)") in text
     assert "allen-cahn-imex, annulus, expressiveness (`bench/width_network_fit.py --mesh annulus`)" in text
-    assert "N = 10: 0.0777 after 7 iterations" in text and "Adam at 1000 epochs" not in text  # no 1000-epoch run
+    assert "N = 10: 0.0777 after 7 iterations (g* to 0.500 relative l2, so the PDE error is 0.16× the source's" in text
+    assert "max|h| 1.2" in text and "Adam at 1000 epochs" not in text  # no 1000-epoch run
+
+
+def test_first_step_is_adams_and_is_rendered(study, tmp_path):
+    """width_first_step's update equals femnpde's Adam's first step; its JSON becomes a 'Measured' bullet."""
+    from femnpde.optim.adam import Adam
+
+    fs = _bench("width_first_step")
+    rng = np.random.default_rng(0)
+    theta, grad = rng.standard_normal(50), rng.standard_normal(50) * np.logspace(-6, 2, 50)
+    stepped = theta.copy()
+    Adam(lr=0.079).step(stepped, grad)
+    assert np.allclose(fs.adam_first_step(theta, grad, 0.079), stepped, rtol=1e-14, atol=1e-15)
+    res = tmp_path / "res"
+    res.mkdir()
+    (res / "first_step-allen-cahn-imex-box.json").write_text(json.dumps({
+        "scenario": "allen-cahn-imex", "mesh": "box", "seed": 42, "widths": [
+            {"N": 500, "lr": 0.079, "gradient_norm": 0.0861, "max_abs_target_source": 5.0, "max_abs_h": 1.1,
+             "start": {"relative_rmse": 0.0969, "relative_max_error": 0.957},
+             "steps": [{"factor": 1.0, "lr": 0.079, "max_abs_source_change": 3.21, "relative_source_change": 0.7,
+                        "relative_rmse": 0.5512, "relative_max_error": 2.01}]}]}))
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- width-study:begin -->\n<!-- width-study:end -->\n")
+    study.report(tmp_path / "no-runs", results_dir=res, readme=readme)
+    text = readme.read_text()
+    assert "allen-cahn-imex, box, seed 42, Adam's first step (`bench/width_first_step.py`" in text
+    assert ("N = 500 (start 0.0969, max error 0.96; gradient norm 0.0861): lr ×1: source change max 3.21 (relative l2 "
+            "0.7), relative RMSE 0.5512, max error 2.01") in text
