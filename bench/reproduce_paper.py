@@ -460,15 +460,21 @@ def _why_findings(results: dict[tuple[str, str], dict], extras: dict) -> list[st
         fs = extras[name]
         cells = []
         for w in fs["widths"]:
-            steps = ", ".join(f"lr ×{st['factor']:g}: source change max {st['max_abs_source_change']:.3g} (relative "
-                              f"l2 {st['relative_source_change']:.3g}), relative RMSE {st['relative_rmse']:.4f}, max "
-                              f"error {st['relative_max_error']:.2f}" for st in w["steps"])
-            cells.append(f"N = {w['N']} (start {w['start']['relative_rmse']:.4f}, max error "
-                         f"{w['start']['relative_max_error']:.2f}; gradient norm {w['gradient_norm']:.3g}): {steps}")
+            one, st0 = w["steps"][0], w["start"]
+            lower = [st for st in w["steps"] if st["relative_rmse"] < st0["relative_rmse"]]
+            cells.append(f"N = {w['N']}: lr ×{one['factor']:g} changes the source by "
+                         f"{one['relative_source_change']:.3g} of ‖g*‖ (max {one['max_abs_source_change']:.3g}), "
+                         f"relative RMSE {st0['relative_rmse']:.4f} → "
+                         f"{one['relative_rmse']:.4f}, max error {st0['relative_max_error']:.2f} → "
+                         f"{one['relative_max_error']:.2f}; "
+                         + (f"the largest step that lowers the RMSE: ×{lower[0]['factor']:g} (→ "
+                            f"{lower[0]['relative_rmse']:.4f})" if lower else
+                            f"no step down to ×{w['steps'][-1]['factor']:g} lowers it"))
         out.append(f"{fs['scenario']}, {fs['mesh']}, seed {fs['seed']}, Adam's first step "
-                   "(`bench/width_first_step.py`; every parameter moves by about lr; max|g*| "
+                   f"(`bench/width_first_step.py`; every parameter moves by about lr; max|g*| "
                    f"{fs['widths'][0]['max_abs_target_source']:.3g}, max|h| {fs['widths'][0]['max_abs_h']:.3g}; "
-                   "max error = max|u − h|/max|h|): " + "; ".join(cells) + ".")
+                   "max error = max|u − h|/max|h|, 2 where u ≈ −h): "
+                   + "; ".join(cells) + ".")
     rep = extras.get("reproducibility")
     if rep:
         parts = []
@@ -488,6 +494,12 @@ def _why_findings(results: dict[tuple[str, str], dict], extras: dict) -> list[st
             rr = repeat[0]["repeat"]
             text += ("; this checkout run twice: " + ("bitwise equal" if rr["first_differing_epoch"] is None
                                                       else f"differs from epoch {rr['first_differing_epoch']}"))
+        probes = [(r["code"].split()[0], r["probe_vs_previous"]) for r in rep["rows"] if r.get("probe_vs_previous")]
+        if probes:
+            text += ("; at the initial θ, largest relative difference to the previous code (0: bitwise equal) of the "
+                     "loss / the source's grid values / the network's VJP of a fixed cotangent / the gradient: "
+                     + ", ".join(f"{c} {d['loss']:.2g} / {d['source_grid_values']:.2g} / {d['network_vjp']:.2g} / "
+                                 f"{d['gradient']:.2g}" for c, d in probes))
         for pair in rep.get("pairs", []):
             text += (f"; over their {pair['epochs']} common epochs {pair['runs'][0]} and {pair['runs'][1]} differ in "
                      "relative RMSE by more than " + ", ".join(

@@ -19,12 +19,16 @@ to 1e-16 at first and drift apart later.  Each commit's ``femnpde`` and
 scratch) and run in a subprocess with that tree first on ``PYTHONPATH``.  Per
 (code, run directory): the first epoch whose loss or gradient norm differs (None:
 bitwise equal over the compared epochs) and the largest difference in relative
-RMSE.  Writes ``bench/results/width/reproducibility.json``.
+RMSE; and at the initial θ, against the previous code, the largest relative
+difference of the loss, of the source's grid values, of the network's VJP of a
+fixed cotangent and of the gradient (which part of loss + gradient changed).
+Writes ``bench/results/width/reproducibility.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import json
 import pathlib
@@ -89,6 +93,35 @@ def train(tree: pathlib.Path, label: str, args, work: pathlib.Path) -> pathlib.P
     return runs / f"{args.scenario}-{args.mesh}" / f"N{args.N}-seed{args.seed}"
 
 
+def probe(args) -> None:
+    """Inside the environment, with ``args.tree``'s femnpde first on the path: J, g_θ, a fixed VJP and ∇J at θ0."""
+    from mpi4py import MPI
+
+    from femnpde.app.build import build_run
+    from femnpde.app.loading import load_config
+
+    tree = pathlib.Path(args.tree)
+    spec = importlib.util.spec_from_file_location("reproduce_paper", tree / "bench" / "reproduce_paper.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    config, overrides = study.config_of(args.scenario, args.mesh)
+    cfg = load_config(config, [*overrides, f"network.neurons={args.N}", f"network.seed={args.seed}"])
+    with build_run(cfg, MPI.COMM_SELF) as run:
+        theta = run.rf.initial_theta()
+        J, grad = run.rf.value_and_gradient(theta)
+        source = run.rf.source
+        G = source.values(theta)
+        vjp = source.vjp(np.sin(np.arange(G.size, dtype=float)).reshape(G.shape))  # a fixed cotangent
+    np.savez(args.probe_out, J=J, G=G, vjp=vjp, grad=grad)
+
+
+def _probe_differences(a: pathlib.Path, b: pathlib.Path) -> dict:
+    """Largest relative difference of each probed quantity between two codes (0: bitwise equal)."""
+    x, y = np.load(a), np.load(b)
+    names = {"J": "loss", "G": "source_grid_values", "vjp": "network_vjp", "grad": "gradient"}
+    return {v: float(np.max(np.abs(x[k] - y[k])) / np.max(np.abs(x[k]))) for k, v in names.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenario", choices=["heat", "allen-cahn", "allen-cahn-imex"], default="allen-cahn-imex")
@@ -99,7 +132,12 @@ def main() -> None:
     parser.add_argument("--commits", default="", help="comma-separated commits whose code to run beside this checkout")
     parser.add_argument("--against", action="append", default=[], help="a run directory to compare with (repeatable)")
     parser.add_argument("--work", default=str(ROOT / ".scratch" / "width_reproducibility"))
+    parser.add_argument("--tree", help=argparse.SUPPRESS)  # internal: the probe's code tree
+    parser.add_argument("--probe-out", help=argparse.SUPPRESS)  # internal: run the probe, write this .npz
     args = parser.parse_args()
+    if args.probe_out:
+        probe(args)
+        return
     work = pathlib.Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     against = {}
@@ -118,6 +156,12 @@ def main() -> None:
                               check=True, capture_output=True, text=True).stdout.strip()
         row = {"code": label, "commit": what[:160],
                "against": {p: compare(mine, h, args.epochs) for p, h in against.items()}}
+        probed = work / f"probe-{key}.npz"
+        subprocess.run([str(ROOT / "scripts" / "env-run"), "env", f"PYTHONPATH={tree}", "python3", str(pathlib.Path(
+            __file__).resolve()), "--scenario", args.scenario, "--mesh", args.mesh, "--N", str(args.N), "--seed",
+            str(args.seed), "--tree", str(tree), "--probe-out", str(probed)], check=True, capture_output=True, cwd=ROOT)
+        if rows:  # at θ0, against the previous code: which part of the loss + gradient changed?
+            row["probe_vs_previous"] = _probe_differences(work / f"probe-{rows[-1]['code'].split()[0]}.npz", probed)
         if tree == ROOT:  # this checkout twice: is one code version deterministic?
             row["repeat"] = compare(mine, read_history(train(tree, key + "-again", args, work)), args.epochs)
         rows.append(row)

@@ -126,6 +126,17 @@ def test_history_measures_of_the_why_scripts():
     assert rep.compare(a, b, 3)["first_differing_epoch"] is None
 
 
+def test_probe_differences(tmp_path):
+    """width_reproducibility's probe comparison: 0 where bitwise equal, the largest relative difference elsewhere."""
+    rep = _bench("width_reproducibility")
+    one = {"J": np.array(2.0), "G": np.ones(3), "vjp": np.array([1.0, -4.0]), "grad": np.array([1.0, 2.0])}
+    np.savez(tmp_path / "a.npz", **one)
+    np.savez(tmp_path / "b.npz", **{**one, "vjp": np.array([1.0, -4.0 + 4e-14])})
+    d = rep._probe_differences(tmp_path / "a.npz", tmp_path / "b.npz")
+    assert d["loss"] == 0.0 and d["source_grid_values"] == 0.0 and d["gradient"] == 0.0
+    assert d["network_vjp"] == pytest.approx(1e-14, rel=0.1)
+
+
 def test_report_renders_the_measured_explanations(study, tmp_path):
     """The learning-rate, reproducibility and off-rectangle network-fit JSON become 'Measured' bullets."""
     lr, rep = _bench("width_learning_rate"), _bench("width_reproducibility")
@@ -150,7 +161,8 @@ def test_report_renders_the_measured_explanations(study, tmp_path):
             {"code": "aaaaaaa", "commit": "2026-12-02 old",
              "against": {"s/N100-seed42 (1000 epochs)": rep.compare(h, h, 4)}},
             {"code": "bbbbbbb (this checkout)", "commit": "2026-12-02 new",
-             "against": {"s/N100-seed42 (1000 epochs)": rep.compare(h2, h, 4)}, "repeat": rep.compare(h, h, 4)}],
+             "against": {"s/N100-seed42 (1000 epochs)": rep.compare(h2, h, 4)}, "repeat": rep.compare(h, h, 4),
+             "probe_vs_previous": {"loss": 0.0, "source_grid_values": 0.0, "network_vjp": 2.9e-14, "gradient": 3e-15}}],
         "pairs": [{"runs": ["s/N100-seed42 (1000 epochs)", "t/N100-seed42 (5000 epochs)"],
                    **rep.divergence(np.array([1, 1, 1.5, 2.0]), np.array([1, 1, 1.0, 1.0]))}]}))
     (res / "network_fit-allen-cahn-imex-annulus.json").write_text(json.dumps({
@@ -170,6 +182,8 @@ def test_report_renders_the_measured_explanations(study, tmp_path):
     assert "differs from ×1 by more than 1e-12 (relative) from epoch 2" in text
     assert "s/N100-seed42 (1000 epochs) is reproduced bitwise by aaaaaaa; it differs from bbbbbbb from epoch 1" in text
     assert "this checkout run twice: bitwise equal" in text
+    assert "of the loss / the source's grid values / the network's VJP of a fixed cotangent / the gradient: bbbbbbb " \
+           "0 / 0 / 2.9e-14 / 3e-15" in text
     assert ("over their 4 common epochs s/N100-seed42 (1000 epochs) and t/N100-seed42 (5000 epochs) differ in "
             "relative RMSE by more than "
             "1e-12 from epoch 2, 1e-06 from epoch 2, 0.01 from epoch 2 (largest 1, relative)") in text
@@ -195,11 +209,13 @@ def test_first_step_is_adams_and_is_rendered(study, tmp_path):
             {"N": 500, "lr": 0.079, "gradient_norm": 0.0861, "max_abs_target_source": 5.0, "max_abs_h": 1.1,
              "start": {"relative_rmse": 0.0969, "relative_max_error": 0.957},
              "steps": [{"factor": 1.0, "lr": 0.079, "max_abs_source_change": 3.21, "relative_source_change": 0.7,
-                        "relative_rmse": 0.5512, "relative_max_error": 2.01}]}]}))
+                        "relative_rmse": 0.5512, "relative_max_error": 2.01},
+                       {"factor": 0.0039, "lr": 0.0003, "max_abs_source_change": 0.01,
+                        "relative_source_change": 0.002, "relative_rmse": 0.0950, "relative_max_error": 0.95}]}]}))
     readme = tmp_path / "README.md"
     readme.write_text("<!-- width-study:begin -->\n<!-- width-study:end -->\n")
     study.report(tmp_path / "no-runs", results_dir=res, readme=readme)
     text = readme.read_text()
     assert "allen-cahn-imex, box, seed 42, Adam's first step (`bench/width_first_step.py`" in text
-    assert ("N = 500 (start 0.0969, max error 0.96; gradient norm 0.0861): lr ×1: source change max 3.21 (relative l2 "
-            "0.7), relative RMSE 0.5512, max error 2.01") in text
+    assert ("N = 500: lr ×1 changes the source by 0.7 of ‖g*‖ (max 3.21), relative RMSE 0.0969 → 0.5512, max "
+            "error 0.96 → 2.01; the largest step that lowers the RMSE: ×0.0039 (→ 0.0950)") in text
