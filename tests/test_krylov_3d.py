@@ -17,10 +17,8 @@ from femnpde.fem.linear_defaults import default_linear_solver_options
 from femnpde.fem.problem import Dirichlet, ParabolicProblem, TimeGrid, heat
 from femnpde.fem.solver import ThetaSolver
 from femnpde.io.meshes import read_mesh
-from femnpde.model.network import ShallowNetwork
-from femnpde.model.reduced import FunctionSource, NetworkSource, ReducedFunctional
 from femnpde.model.verification import taylor_test
-from femnpde.obs.misfit import L2Misfit
+from conftest import network_fit
 
 MESH = Path(__file__).resolve().parent.parent / "meshes" / "box_cavity.xdmf"
 #: Relative gradient tolerance of the iterative defaults (ksp_rtol = 1e-10), see fem/linear_defaults.py.
@@ -45,17 +43,16 @@ def _problem(comm):
     )
 
 
+def _target(t, x):
+    return 2.0 * np.exp(-10 * ((x[0] - t) ** 2 + (x[1] - 0.5) ** 2))
+
+
 def _rf(options, prefix, comm=MPI.COMM_WORLD, storage="memory", guess=None):
     problem = _problem(comm)
-    ref = ThetaSolver(problem, prefix + "data_")
-    target = FunctionSource(problem, lambda t, x: 2.0 * np.exp(-10 * ((x[0] - t) ** 2 + (x[1] - 0.5) ** 2)))
-    data = ref.forward(target.values()).array[:, : problem.n_owned].copy()
-    ref.destroy()
-    solver = ThetaSolver(problem, prefix, options, state_storage=storage)
+    rf, theta = network_fit(problem, _target, prefix, options, state_storage=storage)
     if guess is not None:
-        solver.krylov_guess = guess
-    net = ShallowNetwork(6, 3, seed=5)
-    return ReducedFunctional(solver, NetworkSource(problem, net), L2Misfit(problem, data)), net.params.copy()
+        rf.solver.krylov_guess = guess
+    return rf, theta
 
 
 def _iterations(solver):

@@ -9,10 +9,8 @@ from femnpde.app.scenarios import paper_mesh, paper_problem, target_source
 from femnpde.fem.linear_defaults import default_linear_solver_options
 from femnpde.fem.problem import Dirichlet, ParabolicProblem, TimeGrid
 from femnpde.fem.solver import ThetaSolver
-from femnpde.model.network import ShallowNetwork
-from femnpde.model.reduced import FunctionSource, NetworkSource, ReducedFunctional
 from femnpde.model.verification import taylor_test
-from femnpde.obs.misfit import L2Misfit
+from conftest import network_fit
 
 CG_AMG = {"ksp_type": "cg", "pc_type": "hypre", "pc_hypre_type": "boomeramg", "ksp_rtol": "1e-10"}
 CG_GAMG = {"ksp_type": "cg", "pc_type": "gamg", "ksp_rtol": "1e-10"}
@@ -50,12 +48,7 @@ def test_nonsymmetric_with_hypre_is_refused_before_running():
 def _rf(pde, options, comm=MPI.COMM_WORLD, prefix="kr_", nx=8, n_steps=16, storage="memory"):
     # 16 steps: Allen–Cahn's step Jacobian is then positive definite (1/dt > 1/ε²), as CG needs.
     problem = paper_problem(pde, comm=comm, nx=nx, ny=2 * nx, n_steps=n_steps)
-    ref = ThetaSolver(problem, prefix + "data_")
-    data = ref.forward(FunctionSource(problem, target_source("difficult")).values()).array[:, : problem.n_owned].copy()
-    ref.destroy()
-    solver = ThetaSolver(problem, prefix, options, state_storage=storage)
-    net = ShallowNetwork(6, 2, seed=5)
-    return ReducedFunctional(solver, NetworkSource(problem, net), L2Misfit(problem, data)), net.params.copy()
+    return network_fit(problem, target_source("difficult"), prefix, options, state_storage=storage)
 
 
 def _solves(solver):
