@@ -103,6 +103,17 @@ ranks, long cuts) the dense Schur complement would dominate and the solver
 falls back, inside the preconditioner, to the redundant LU
 (``-{prefix}schur_dd_max_separator`` moves the bound).
 
+What keeps the 2D DD below half of the serial step (session 6, under load, CPU
+time; ``bench/dd_profile.py``): PETSc's separate forward and backward
+Cholesky substitutions cost ~1.8 ms per half-size solve more than its fused
+solve (13.0–13.7 against 11.2–11.7 ms at 102 831 unknowns), and applying
+the nested-dissection ordering to the matrix once so that the natural-ordering
+kernels run does not change that (13.6–14.3 / 11.4–11.8 ms), so the factor keeps its own
+ordering; the rest is the separator work (two ``V_r`` products, the dense
+``n_s x n_S`` product, one allgather) and the parallel matrix-vector products
+of the residual, the adjoint couplings and the misfit, each with a ghost
+update.
+
 Every choice is a default only: ``{prefix}forward_*`` / ``{prefix}adjoint_*``
 command-line options and ``[solver] petsc_options`` override it.
 
