@@ -124,7 +124,10 @@ def test_krylov_with_checkpointing_is_identical():
         theta = 1.01 * theta  # (not the cached evaluation)
         J_m, dJ_m = rf_m.value_and_gradient(theta)
         J_c, dJ_c = rf_c.value_and_gradient(theta)
-        assert J_m == J_c and np.array_equal(dJ_m, dJ_c), guess
+        # The bound (1e-14 relative): two solver objects differ in memory layout, and the adjoint's
+        # vector kernels may then sum in another order (seen: 2 in 13 runs of the suite, a few 1e-16).
+        assert J_m == J_c, guess
+        assert np.linalg.norm(dJ_m - dJ_c) <= 1e-14 * np.linalg.norm(dJ_m), guess
     rf_m.solver.destroy()
     rf_c.solver.destroy()
 
