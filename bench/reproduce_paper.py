@@ -400,6 +400,113 @@ def _findings(results: dict[tuple[str, str], dict], extras: dict) -> list[str]:
         out.append(f"{scenario}, expressiveness (`bench/width_network_fit.py`): g_θ fitted directly to g* (L-BFGS, seed "
                    f"{fit['seed']}'s start) gives the PDE relative RMSE " + "; ".join(cells)
                    + ": a width N allows at least these values, so they bound its floor from above.")
+    return out + _why_findings(results, extras)
+
+
+def _why_findings(results: dict[tuple[str, str], dict], extras: dict) -> list[str]:
+    """Bullets of bench/width_learning_rate.py's and bench/width_reproducibility.py's JSON (issue 17's 'why')."""
+    out = []
+    for name in sorted(k for k in extras if k.startswith("learning_rate-")):
+        lr = extras[name]
+        mark = str(lr["epochs"])
+        study = results.get((lr["scenario"], lr["mesh"]), {}).get("summary", {})
+        cells = [f"×{r['factor']:g} (lr {r['lr']:.3g}): best {r['best']:.4f} at epoch {r['best_epoch']}, final "
+                 f"{r['final']:.4f}, {r['rises_over_10_percent']} rises > 10 %, last lr {r['final_learning_rate']:.3g}"
+                 for r in lr["rows"]]
+        text = (f"{lr['scenario']}, {lr['mesh']}, N = {lr['N']}, seed {lr['seed']}, the learning rate "
+                f"(`bench/width_learning_rate.py`, {lr['epochs']} epochs each, the study's lr = 0.01·N^(1/3) times a "
+                "factor): " + "; ".join(cells))
+        best = min(lr["rows"], key=lambda r: r["best"])
+        one = next((r for r in lr["rows"] if r["factor"] == 1.0), None)
+        if one is not None:
+            text += (f". Lowest with ×{best['factor']:g}, {100 * (1 - best['best'] / one['best']):.0f} % below ×1"
+                     if best is not one else ". The study's lr (×1) is the best of these")
+            text += (f"; starts at {one['start']:.4f}, first epochs at ×1 "
+                     + ", ".join(f"{v:.4f}" for v in one["first_epochs"][1:]))
+            if one.get("first_gradient_norms"):
+                text += f" (gradient norm at the start {one['first_gradient_norms'][0]:.3g})"
+        others = [(int(N), row["at"][mark]["median"]) for N, row in study.items()
+                  if mark in row["at"] and int(N) != lr["N"]]
+        if others:
+            text += (f"; the study's other widths at {mark} epochs (lr ×1): "
+                     + ", ".join(f"N = {N}: {v:.4f}" for N, v in sorted(others)))
+        drift = one.get("against_study_run") if one is not None else None
+        if drift:
+            first = drift["first_epoch_above"]
+            text += (f"; the study's run of this configuration ({drift['run']}, another code version: round-off apart) "
+                     "differs from ×1 by more than " + ", ".join(
+                         f"{lvl} (relative) from epoch {e}" if e is not None else f"{lvl}: never"
+                         for lvl, e in first.items()) + f" (largest {drift['max_relative_difference']:.2g})")
+        out.append(text + ".")
+    for name in sorted(k for k in extras if k.startswith("network_fit-")):
+        fit = extras[name]
+        if fit.get("mesh", "rectangle") == "rectangle" and fit["scenario"] in ("heat", "allen-cahn"):
+            continue  # rendered with the rectangle's figures above
+        study = results.get((fit["scenario"], fit["mesh"]), {}).get("summary", {})
+        cells = []
+        for row in fit["rows"]:
+            at = study.get(str(row["N"]), {}).get("at", {}).get("1000")
+            cells.append(f"N = {row['N']}: {row['relative_rmse_at_fit']:.4f} after {row['iterations']} iterations "
+                         f"(g* to {row['relative_l2_error_of_g']:.3f} relative l2, so the PDE error is "
+                         f"{row['relative_rmse_at_fit'] / row['relative_l2_error_of_g']:.2g}× the source's; "
+                         f"start {row['relative_rmse_at_start']:.4f}"
+                         + (f"; max|h| {row['max_abs_h']:.3g}" if "max_abs_h" in row else "")
+                         + (f"; Adam at 1000 epochs {at['median']:.4f}" if at else "") + ")")
+        out.append(f"{fit['scenario']}, {fit['mesh']}, expressiveness (`bench/width_network_fit.py --mesh "
+                   f"{fit['mesh']}`): g_θ fitted directly to the target source (L-BFGS, seed {fit['seed']}'s start) "
+                   "gives the PDE relative RMSE " + "; ".join(cells)
+                   + ": a width N allows at least these values, so they bound its floor from above.")
+    for name in sorted(k for k in extras if k.startswith("first_step-")):
+        fs = extras[name]
+        cells = []
+        for w in fs["widths"]:
+            one, st0 = w["steps"][0], w["start"]
+            lower = [st for st in w["steps"] if st["relative_rmse"] < st0["relative_rmse"]]
+            cells.append(f"N = {w['N']}: lr ×{one['factor']:g} changes the source by "
+                         f"{one['relative_source_change']:.3g} of ‖g*‖ (max {one['max_abs_source_change']:.3g}), "
+                         f"relative RMSE {st0['relative_rmse']:.4f} → "
+                         f"{one['relative_rmse']:.4f}, max error {st0['relative_max_error']:.2f} → "
+                         f"{one['relative_max_error']:.2f}; "
+                         + (f"the largest step that lowers the RMSE: ×{lower[0]['factor']:g} (→ "
+                            f"{lower[0]['relative_rmse']:.4f})" if lower else
+                            f"no step down to ×{w['steps'][-1]['factor']:g} lowers it"))
+        out.append(f"{fs['scenario']}, {fs['mesh']}, seed {fs['seed']}, Adam's first step "
+                   f"(`bench/width_first_step.py`; every parameter moves by about lr; max|g*| "
+                   f"{fs['widths'][0]['max_abs_target_source']:.3g}, max|h| {fs['widths'][0]['max_abs_h']:.3g}; "
+                   "max error = max|u − h|/max|h|, 2 where u ≈ −h): "
+                   + "; ".join(cells) + ".")
+    rep = extras.get("reproducibility")
+    if rep:
+        parts = []
+        runs = sorted({p for r in rep["rows"] for p in r["against"]})
+        for run in runs:
+            same = [r["code"].split()[0] for r in rep["rows"] if r["against"][run]["first_differing_epoch"] is None]
+            diff = [f"{r['code'].split()[0]} from epoch {r['against'][run]['first_differing_epoch']} (at most "
+                    f"{r['against'][run]['max_abs_rmse_difference']:.1e})"
+                    for r in rep["rows"] if r["against"][run]["first_differing_epoch"] is not None]
+            parts.append(f"{run} is reproduced bitwise by " + (", ".join(same) if same else "none of them")
+                         + ("; it differs from " + ", ".join(diff) if diff else ""))
+        repeat = [r for r in rep["rows"] if r.get("repeat")]
+        text = (f"{rep['scenario']}, {rep['mesh']}, N = {rep['N']}, seed {rep['seed']}, which code produced each run "
+                f"(`bench/width_reproducibility.py`, its first {rep['epochs']} epochs retrained by the code of "
+                + ", ".join(f"{r['code']} [{r['commit'][:25]}]" for r in rep["rows"]) + "): " + "; ".join(parts))
+        if repeat:
+            rr = repeat[0]["repeat"]
+            text += ("; this checkout run twice: " + ("bitwise equal" if rr["first_differing_epoch"] is None
+                                                      else f"differs from epoch {rr['first_differing_epoch']}"))
+        probes = [(r["code"].split()[0], r["probe_vs_previous"]) for r in rep["rows"] if r.get("probe_vs_previous")]
+        if probes:
+            text += ("; at the initial θ, largest relative difference to the previous code (0: bitwise equal) of the "
+                     "loss / the source's grid values / the network's VJP of a fixed cotangent / the gradient: "
+                     + ", ".join(f"{c} {d['loss']:.2g} / {d['source_grid_values']:.2g} / {d['network_vjp']:.2g} / "
+                                 f"{d['gradient']:.2g}" for c, d in probes))
+        for pair in rep.get("pairs", []):
+            text += (f"; over their {pair['epochs']} common epochs {pair['runs'][0]} and {pair['runs'][1]} differ in "
+                     "relative RMSE by more than " + ", ".join(
+                         f"{lvl} from epoch {e}" if e is not None else f"{lvl} never"
+                         for lvl, e in pair["first_epoch_above"].items())
+                     + f" (largest {pair['max_relative_difference']:.2g}, relative)")
+        out.append(text + ".")
     return out
 
 
@@ -557,7 +664,8 @@ def report(runs: pathlib.Path, results_dir: pathlib.Path = RESULTS, readme: path
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
     extras = {p.stem: json.loads(p.read_text()) for pattern in ("discretisation.json", "initial_draws-*.json",
-                                                                  "network_fit-*.json")
+                                                                  "network_fit-*.json", "learning_rate-*.json",
+                                                                  "first_step-*.json", "reproducibility.json")
               for p in sorted(results_dir.glob(pattern))}
     readme.write_text(head + _block(results, extras) + tail)
 

@@ -91,6 +91,38 @@ SOLVERS = {
     "cg-asmb2-icc1": {"ksp_type": "cg", "pc_type": "asm", "pc_asm_type": "basic", "pc_asm_overlap": "1",
                       "pc_asm_blocks": "2", "sub_pc_type": "icc", "sub_pc_factor_levels": "1",
                       "ksp_norm_type": "unpreconditioned", "ksp_rtol": "1e-10"},
+    # session 6: the 3D default itself, with overlap 2, with single-reduction CG; two-level: GAMG with two levels and
+    # ICC(1) smoothing (a coarse space built once)
+    "asm3d": {"ksp_type": "cg", "pc_type": "asm", "pc_asm_type": "basic", "pc_asm_overlap": "1", "sub_pc_type": "icc",
+              "sub_pc_factor_levels": "1", "ksp_norm_type": "unpreconditioned", "ksp_rtol": "1e-10"},
+    "asm3d-o2": {"ksp_type": "cg", "pc_type": "asm", "pc_asm_type": "basic", "pc_asm_overlap": "2",
+                 "sub_pc_type": "icc", "sub_pc_factor_levels": "1", "ksp_norm_type": "unpreconditioned",
+                 "ksp_rtol": "1e-10"},
+    "asm3d-sr": {"ksp_type": "cg", "ksp_cg_single_reduction": "1", "pc_type": "asm", "pc_asm_type": "basic",
+                 "pc_asm_overlap": "1", "sub_pc_type": "icc", "sub_pc_factor_levels": "1",
+                 "ksp_norm_type": "unpreconditioned", "ksp_rtol": "1e-10"},
+    "asm3d-pnorm": {"ksp_type": "cg", "pc_type": "asm", "pc_asm_type": "basic", "pc_asm_overlap": "1",
+                    "sub_pc_type": "icc", "sub_pc_factor_levels": "1", "ksp_rtol": "1e-10"},
+    **{f"asm3d-b2-o{k}": {"ksp_type": "cg", "pc_type": "asm", "pc_asm_type": "basic", "pc_asm_overlap": str(k),
+                          "pc_asm_blocks": "2", "sub_pc_type": "icc", "sub_pc_factor_levels": "1",
+                          "ksp_norm_type": "unpreconditioned", "ksp_rtol": "1e-10"} for k in (2, 3, 4)},
+    # restricted additive Schwarz (PETSc's default ASM type; not symmetric, hence GMRES / FGMRES-free: right-preconditioned)
+    **{f"gmres-ras{'-b2' if b2 else ''}": {
+        "ksp_type": "gmres", "ksp_pc_side": "right", "ksp_rtol": "1e-10", "pc_type": "asm", "pc_asm_type": "restrict",
+        "pc_asm_overlap": "1", "sub_pc_type": "icc", "sub_pc_factor_levels": "1", **({"pc_asm_blocks": "2"} if b2 else {})}
+       for b2 in (False, True)},
+    # two-level: the ASM(1)/ICC(1) smoother plus a coarse correction on GAMG's aggregates (set up once)
+    **{f"tl-{mg}-{agg}{'-b2' if b2 else ''}": {
+        "ksp_type": "cg", "ksp_norm_type": "unpreconditioned", "ksp_rtol": "1e-10",
+        "pc_type": "gamg", "pc_gamg_coarse_eq_limit": "20000", "pc_mg_type": mg, "pc_gamg_agg_nsmooths": "1" if "sm" in agg else "0",
+        "pc_gamg_aggressive_coarsening": "1" if "agg" in agg else "0",
+        "mg_levels_ksp_type": "preonly" if mg == "additive" else "richardson",
+        "mg_levels_ksp_max_it": "1", "mg_levels_ksp_norm_type": "none",
+        "mg_levels_pc_type": "asm", "mg_levels_pc_asm_type": "basic", "mg_levels_pc_asm_overlap": "1",
+        "mg_levels_sub_pc_type": "icc", "mg_levels_sub_pc_factor_levels": "1",
+        **({"mg_levels_pc_asm_blocks": "2"} if b2 else {}),
+        "mg_coarse_ksp_type": "preonly", "mg_coarse_pc_type": "redundant", "mg_coarse_redundant_pc_type": "cholesky",
+    } for mg in ("additive", "multiplicative") for agg in ("pc", "sm", "pc-agg", "sm-agg") for b2 in (False, True)},
     "cg-sor": {"ksp_type": "cg", "pc_type": "sor", "pc_sor_symmetric": "1", "ksp_rtol": "1e-10"},
     "cheby-jacobi": {"ksp_type": "chebyshev", "pc_type": "jacobi", "ksp_norm_type": "unpreconditioned",
                      "ksp_chebyshev_esteig": "0,0.1,0,1.1", "ksp_rtol": "1e-10"},
@@ -272,12 +304,61 @@ def accuracy(args, comm) -> None:
             s.destroy()
 
 
+def sweep_systems(problem: ParabolicProblem, steps: int, every: int) -> tuple[ThetaSolver, list[tuple]]:
+    """The sweep's own linear systems: ``(kind, n, b, x0, its)`` of every ``every``-th forward and adjoint solve.
+
+    One loss + gradient of :func:`run`'s sweep with the default solver; ``b`` is the right-hand side,
+    ``x0`` the initial guess the solver started from (forward: zero, the state ``u^{n-1}``; adjoint:
+    the projection onto the sweep's earlier adjoints), ``its`` the default's iterations.
+    """
+    g = target(problem)
+    s = ThetaSolver(problem, "sol_step_")
+    data = s.forward(g).array[:, : problem.n_owned].copy()
+    misfit = L2Misfit(problem, data)
+    systems: list[tuple] = []
+    orig = s._solve
+    phase = {"kind": "forward"}
+
+    def solve(ksp, b, x, n, transpose):
+        keep = n % every == 0 or n == 1
+        x0 = x.copy() if keep else None
+        orig(ksp, b, x, n, transpose)
+        if keep:
+            systems.append((phase["kind"], n, b.copy(), x0, ksp.getIterationNumber()))
+
+    s._solve = solve
+    s.forward(0.9 * g)
+    phase["kind"] = "adjoint"
+    s.adjoint(0.9 * g, misfit.add_gradient)
+    misfit.destroy()
+    return s, systems
+
+
 def solvers(args, comm) -> None:
-    """Set-up and per-solve cost of several linear solvers on the case's step matrix."""
+    """Set-up and per-solve cost of several linear solvers on the case's step matrix.
+
+    ``--rhs random``: a random right-hand side from a zero guess, 16 solves; ``--rhs sweep``: the
+    sweep's own systems (:func:`sweep_systems`, every 8th step's forward and adjoint solve, from the
+    guesses the sweep used), the iterations per kind and the relative initial residual.
+    """
     problem = build(args.case, comm, args.steps, args.small)
-    s = ThetaSolver(problem, "sol_step_", {"ksp_type": "preonly", "pc_type": "jacobi"})
-    s.forward(np.zeros((args.steps + 1, problem.n_owned_source)))  # assembles the step matrix
+    if args.rhs == "sweep":
+        s, systems = sweep_systems(problem, args.steps, 8)
+    else:
+        s = ThetaSolver(problem, "sol_step_", {"ksp_type": "preonly", "pc_type": "jacobi"})
+        s.forward(np.zeros((args.steps + 1, problem.n_owned_source)))  # assembles the step matrix
+        systems = []
     A = s.A
+    if systems and comm.rank == 0:
+        print("# the sweep's systems with the default solver: kind n its ||b - A x0|| / ||b||")
+    for kind, n, b, x0, its in systems:
+        r = b.duplicate()
+        A.mult(x0, r)
+        r.aypx(-1.0, b)
+        rel = r.norm() / b.norm()
+        r.destroy()
+        if comm.rank == 0:
+            print(f"#   {kind:<8} {n:3d} {its:4d} {rel:10.3e}", flush=True)
     if comm.rank == 0:
         print(f"# {args.case}: {problem.V.dofmap.index_map.size_global} dofs, {comm.size} rank(s), "
               f"load {os.getloadavg()[0]:.1f}; per solve: median of 16, CPU time of the largest rank")
@@ -304,15 +385,28 @@ def solvers(args, comm) -> None:
         comm.Barrier()
         setup = time.perf_counter() - t0
         its = []
+        if systems:
+            ksp.setInitialGuessNonzero(True)
+            by_kind: dict[str, list[int]] = {"forward": [], "adjoint": []}
+            times = []
+            for kind, _, bb, x0, _ in systems:
+                x0.copy(x)
+                times.append(median_times(lambda: ksp.solve(bb, x), 1, comm))
+                by_kind[kind].append(ksp.getIterationNumber())
+            wall, cpu = zip(*times)
+            if comm.rank == 0:
+                print(f"{name:<12} {setup:10.2f} {1e3 * np.median(wall):10.1f} {1e3 * np.median(cpu):9.1f} "
+                      f"{np.mean(by_kind['forward']):5.1f} fwd / {np.mean(by_kind['adjoint']):4.1f} adj "
+                      f"{by_kind['forward']} {by_kind['adjoint']}", flush=True)
+        else:
+            def once():
+                ksp.solve(b, x)
+                its.append(ksp.getIterationNumber())
 
-        def once():
-            ksp.solve(b, x)
-            its.append(ksp.getIterationNumber())
-
-        wall, cpu = zip(*(median_times(once, 1, comm) for _ in range(16)))
-        if comm.rank == 0:
-            print(f"{name:<12} {setup:10.2f} {1e3 * np.median(wall):10.1f} {1e3 * np.median(cpu):9.1f} "
-                  f"{np.mean(its):5.1f}", flush=True)
+            wall, cpu = zip(*(median_times(once, 1, comm) for _ in range(16)))
+            if comm.rank == 0:
+                print(f"{name:<12} {setup:10.2f} {1e3 * np.median(wall):10.1f} {1e3 * np.median(cpu):9.1f} "
+                      f"{np.mean(its):5.1f}", flush=True)
         if name == "dd":  # the Schur-complement solver's split (femnpde/fem/schur_dd.py)
             ctx = ksp.getPC().getPythonContext()
             nnz = comm.gather(ctx.nnz_v, root=0)
@@ -322,6 +416,9 @@ def solvers(args, comm) -> None:
             opts.delValue(prefix + k)
         for obj in (ksp, b, x):
             obj.destroy()
+    for _, _, b, x0, _ in systems:
+        b.destroy()
+        x0.destroy()
     s.destroy()
 
 
@@ -376,6 +473,8 @@ def main() -> None:
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--accuracy", action="store_true")
     parser.add_argument("--solvers", nargs="+", choices=list(SOLVERS), help="per-solve cost of these solvers")
+    parser.add_argument("--rhs", default="random", choices=["random", "sweep"],
+                        help="--solvers: a random right-hand side, or the sweep's own systems and guesses")
     args = parser.parse_args()
     comm = MPI.COMM_WORLD
     if args.report:

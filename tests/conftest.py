@@ -13,7 +13,8 @@ Helpers shared by several test modules (``from conftest import ...``):
 :func:`refactorise_every_step` (a solver that forgets its factorisation at
 each step, for checks that count factorisations) and
 :func:`numeric_factorisations` (PETSc's count of numeric LU and Cholesky
-factorisations so far).
+factorisations so far) and :func:`network_fit` (the loss of a shallow network fitted to a
+forward solve's states, the set-up of the solver tests).
 """
 
 import gc
@@ -130,3 +131,26 @@ def numeric_factorisations() -> int:
     from petsc4py import PETSc
 
     return sum(int(PETSc.Log.Event(name).getPerfInfo()["count"]) for name in ("MatLUFactorNum", "MatCholFctrNum"))
+
+
+def network_fit(problem, target, prefix: str, options=None, neurons: int = 6, seed: int = 5, **solver_kwargs):
+    """The L2 loss of a shallow network fitted to the states that the source ``target(t, x)`` drives.
+
+    The data come from a forward solve with the default solver (prefix ``prefix + "data_"``); the
+    loss solves with ``options`` and ``solver_kwargs`` (e.g. ``state_storage``) under ``prefix``.
+
+    Returns:
+        ``(rf, theta)``: the :class:`~femnpde.model.reduced.ReducedFunctional` and the network's
+        initial parameters.  Destroy ``rf.solver`` after use.
+    """
+    from femnpde.fem.solver import ThetaSolver
+    from femnpde.model.network import ShallowNetwork
+    from femnpde.model.reduced import FunctionSource, NetworkSource, ReducedFunctional
+    from femnpde.obs.misfit import L2Misfit
+
+    ref = ThetaSolver(problem, prefix + "data_")
+    data = ref.forward(FunctionSource(problem, target).values()).array[:, : problem.n_owned].copy()
+    ref.destroy()
+    solver = ThetaSolver(problem, prefix, options, **solver_kwargs)
+    net = ShallowNetwork(neurons, problem.mesh.geometry.dim, seed=seed)
+    return ReducedFunctional(solver, NetworkSource(problem, net), L2Misfit(problem, data)), net.params.copy()

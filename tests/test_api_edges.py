@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-import femnpde.app.trainer as trainer
+from femnpde.optim import LBFGSB
 from femnpde.app.training import train
 from conftest import history_columns, write_on_root
 
@@ -27,16 +27,16 @@ def test_lbfgs_history_rows_describe_the_accepted_iterate(shared_tmp_path, monke
     """An evaluation after the accepted iterate (a line-search trial) must not leak into its history row."""
     cfg = write_on_root(shared_tmp_path / "lbfgs.toml", LBFGS)
     train(cfg, out=shared_tmp_path / "plain", quiet=True, write_outputs=False)
-    real = trainer.minimize_lbfgs
+    real = LBFGSB.minimize
 
-    def with_trial(fun_and_grad, x0, max_iterations, callback=None, **kwargs):
+    def with_trial(self, fun_and_grad, x0, max_iterations, callback=None, **kwargs):
         def cb(k, params, J, grad):
             fun_and_grad(params + 0.05)  # another trial point evaluated before the row is written
             return callback(k, params, J, grad)
 
-        return real(fun_and_grad, x0, max_iterations, callback=cb, **kwargs)
+        return real(self, fun_and_grad, x0, max_iterations, callback=cb, **kwargs)
 
-    monkeypatch.setattr(trainer, "minimize_lbfgs", with_trial)
+    monkeypatch.setattr(LBFGSB, "minimize", with_trial)
     train(cfg, out=shared_tmp_path / "trial", quiet=True, write_outputs=False)
     plain = history_columns(shared_tmp_path / "plain" / "history.csv")
     trial = history_columns(shared_tmp_path / "trial" / "history.csv")

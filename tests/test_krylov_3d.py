@@ -17,10 +17,8 @@ from femnpde.fem.linear_defaults import default_linear_solver_options
 from femnpde.fem.problem import Dirichlet, ParabolicProblem, TimeGrid, heat
 from femnpde.fem.solver import ThetaSolver
 from femnpde.io.meshes import read_mesh
-from femnpde.model.network import ShallowNetwork
-from femnpde.model.reduced import FunctionSource, NetworkSource, ReducedFunctional
 from femnpde.model.verification import taylor_test
-from femnpde.obs.misfit import L2Misfit
+from conftest import network_fit
 
 MESH = Path(__file__).resolve().parent.parent / "meshes" / "box_cavity.xdmf"
 #: Relative gradient tolerance of the iterative defaults (ksp_rtol = 1e-10), see fem/linear_defaults.py.
@@ -45,17 +43,16 @@ def _problem(comm):
     )
 
 
+def _target(t, x):
+    return 2.0 * np.exp(-10 * ((x[0] - t) ** 2 + (x[1] - 0.5) ** 2))
+
+
 def _rf(options, prefix, comm=MPI.COMM_WORLD, storage="memory", guess=None):
     problem = _problem(comm)
-    ref = ThetaSolver(problem, prefix + "data_")
-    target = FunctionSource(problem, lambda t, x: 2.0 * np.exp(-10 * ((x[0] - t) ** 2 + (x[1] - 0.5) ** 2)))
-    data = ref.forward(target.values()).array[:, : problem.n_owned].copy()
-    ref.destroy()
-    solver = ThetaSolver(problem, prefix, options, state_storage=storage)
+    rf, theta = network_fit(problem, _target, prefix, options, state_storage=storage)
     if guess is not None:
-        solver.krylov_guess = guess
-    net = ShallowNetwork(6, 3, seed=5)
-    return ReducedFunctional(solver, NetworkSource(problem, net), L2Misfit(problem, data)), net.params.copy()
+        rf.solver.krylov_guess = guess
+    return rf, theta
 
 
 def _iterations(solver):
@@ -81,7 +78,7 @@ def test_3d_default_matches_lu_and_other_rank_counts():
     assert rf_lu.solver.ksp.getType() == PETSc.KSP.Type.PREONLY  # 686 dofs: the size-based default is LU
     J_lu, dJ_lu = rf_lu.value_and_gradient(theta)
     rf_k, _ = _rf(_iterative_3d(comm), "k3_it_")
-    assert rf_k.solver.ksp.getType() == PETSc.KSP.Type.CG
+    assert rf_k.solver.ksp.getType() == (PETSc.KSP.Type.CG if comm.size == 1 else PETSc.KSP.Type.GMRES)
     J_k, dJ_k = rf_k.value_and_gradient(theta)
     assert abs(J_k - J_lu) <= KRYLOV_GRADIENT_RTOL * abs(J_lu)
     assert _rel(dJ_k, dJ_lu) <= KRYLOV_GRADIENT_RTOL, _rel(dJ_k, dJ_lu)
@@ -125,6 +122,47 @@ def test_projected_guess_saves_iterations_at_the_same_accuracy():
     assert its["projection"][1].sum() < its["previous"][1].sum(), its
     assert np.array_equal(its["projection"][0], its["previous"][0]), its
     rf_lu.solver.destroy()
+
+
+@pytest.mark.skipif(MPI.COMM_WORLD.size == 1, reason="compares the rank count's default with one rank's")
+def test_3d_default_iterations_do_not_grow_with_the_subdomains():
+    """On the sweep's own systems (smooth right-hand sides, the forward from u^{n-1}) the several-rank default
+    needs about the iterations of the one-rank default on the same mesh (the file's, partition-independent).
+
+    Session 5's several-rank default, CG + symmetric ("basic") ASM(1)/ICC(1), needed 44 % more iterations
+    per forward solve with two subdomains on the refined box (11.6 -> 16.9) although a random right-hand side
+    needed 12 and 13; restricted ASM + GMRES does not grow (bench/scaling.py --solvers ... --rhs sweep).
+    """
+    its = {}
+    for name, comm in (("self", MPI.COMM_SELF), ("world", MPI.COMM_WORLD)):
+        rf, theta = _rf(_iterative_3d(comm), f"k3_grow_{name}_", comm=comm)
+        log = _iterations(rf.solver)
+        rf.value_and_gradient(theta)
+        its[name] = np.array(log).reshape(2, N_STEPS)  # forward solves, then adjoint solves
+        rf.solver.destroy()
+    fwd_self, fwd_world = its["self"][0].mean(), its["world"][0].mean()
+    adj_self, adj_world = its["self"][1].mean(), its["world"][1].mean()
+    assert fwd_world <= 1.15 * fwd_self, its
+    assert adj_world <= 1.15 * adj_self, its
+
+
+def test_3d_default_with_checkpointing_is_identical():
+    """The 3D default (CG + ASM on one rank, GMRES + restricted ASM on several) with 3 snapshots for 16 steps:
+    the loss bitwise the all-in-memory one, the gradient to round-off (the forward starts from u^{n-1}).
+
+    (Not bitwise: two solver objects of the session-5 one-rank default, unchanged here, gave gradients equal
+    bitwise in some processes and 5e-16 to 2.6e-15 apart in others, depending on the options prefixes, i.e.
+    on the objects' memory layout; not investigated further, session 6.)
+    """
+    comm = MPI.COMM_WORLD
+    rf_m, theta = _rf(_iterative_3d(comm), "k3_ck_m_")
+    rf_c, _ = _rf(_iterative_3d(comm), "k3_ck_c_", storage={"snapshots": 3})
+    J_m, dJ_m = rf_m.value_and_gradient(theta)
+    J_c, dJ_c = rf_c.value_and_gradient(theta)
+    assert J_m == J_c
+    assert _rel(dJ_c, dJ_m) <= 1e-14, _rel(dJ_c, dJ_m)  # issue 13's bound
+    for rf in (rf_m, rf_c):
+        rf.solver.destroy()
 
 
 def test_projected_guess_reproduces_a_solution_in_its_span():

@@ -9,10 +9,8 @@ from femnpde.app.scenarios import paper_mesh, paper_problem, target_source
 from femnpde.fem.linear_defaults import default_linear_solver_options
 from femnpde.fem.problem import Dirichlet, ParabolicProblem, TimeGrid
 from femnpde.fem.solver import ThetaSolver
-from femnpde.model.network import ShallowNetwork
-from femnpde.model.reduced import FunctionSource, NetworkSource, ReducedFunctional
 from femnpde.model.verification import taylor_test
-from femnpde.obs.misfit import L2Misfit
+from conftest import network_fit
 
 CG_AMG = {"ksp_type": "cg", "pc_type": "hypre", "pc_hypre_type": "boomeramg", "ksp_rtol": "1e-10"}
 CG_GAMG = {"ksp_type": "cg", "pc_type": "gamg", "ksp_rtol": "1e-10"}
@@ -50,12 +48,7 @@ def test_nonsymmetric_with_hypre_is_refused_before_running():
 def _rf(pde, options, comm=MPI.COMM_WORLD, prefix="kr_", nx=8, n_steps=16, storage="memory"):
     # 16 steps: Allen–Cahn's step Jacobian is then positive definite (1/dt > 1/ε²), as CG needs.
     problem = paper_problem(pde, comm=comm, nx=nx, ny=2 * nx, n_steps=n_steps)
-    ref = ThetaSolver(problem, prefix + "data_")
-    data = ref.forward(FunctionSource(problem, target_source("difficult")).values()).array[:, : problem.n_owned].copy()
-    ref.destroy()
-    solver = ThetaSolver(problem, prefix, options, state_storage=storage)
-    net = ShallowNetwork(6, 2, seed=5)
-    return ReducedFunctional(solver, NetworkSource(problem, net), L2Misfit(problem, data)), net.params.copy()
+    return network_fit(problem, target_source("difficult"), prefix, options, state_storage=storage)
 
 
 def _solves(solver):
@@ -131,7 +124,10 @@ def test_krylov_with_checkpointing_is_identical():
         theta = 1.01 * theta  # (not the cached evaluation)
         J_m, dJ_m = rf_m.value_and_gradient(theta)
         J_c, dJ_c = rf_c.value_and_gradient(theta)
-        assert J_m == J_c and np.array_equal(dJ_m, dJ_c), guess
+        # The bound (1e-14 relative): two solver objects differ in memory layout, and the adjoint's
+        # vector kernels may then sum in another order (seen: 2 in 13 runs of the suite, a few 1e-16).
+        assert J_m == J_c, guess
+        assert np.linalg.norm(dJ_m - dJ_c) <= 1e-14 * np.linalg.norm(dJ_m), guess
     rf_m.solver.destroy()
     rf_c.solver.destroy()
 
@@ -149,8 +145,12 @@ def test_defaults_table():
     assert default_linear_solver_options(1, 2_000_000, 2, symmetric=False)["pc_type"] == "gamg"
     # 3D beyond 50 000: CG + symmetric additive Schwarz (overlap 1, ICC(1) blocks); GMRES + block
     # Jacobi/ILU(0) when not symmetric.
-    big3d = default_linear_solver_options(2, 300_000, 3, symmetric=True)
+    big3d = default_linear_solver_options(1, 300_000, 3, symmetric=True)
     assert big3d["ksp_type"] == "cg" and big3d["pc_type"] == "asm" and big3d["pc_asm_type"] == "basic"
     assert big3d["pc_asm_overlap"] == "1" and big3d["sub_pc_type"] == "icc" and big3d["sub_pc_factor_levels"] == "1"
+    # ... on several ranks restricted ASM (iterations flat in the subdomains), hence GMRES, right-preconditioned
+    par3d = default_linear_solver_options(2, 300_000, 3, symmetric=True)
+    assert par3d["ksp_type"] == "gmres" and par3d["ksp_pc_side"] == "right" and par3d["pc_asm_type"] == "restrict"
+    assert par3d["pc_asm_overlap"] == "1" and par3d["sub_pc_type"] == "icc" and par3d["sub_pc_factor_levels"] == "1"
     nonsym3d = default_linear_solver_options(1, 300_000, 3, symmetric=False)
     assert nonsym3d["ksp_type"] == "gmres" and nonsym3d["sub_pc_type"] == "ilu"

@@ -78,3 +78,42 @@ def test_lbfgs_failure_reports_its_epoch_and_keeps_the_checkpoint(shared_tmp_pat
     assert "last good checkpoint" in str(info.value)
     ck = load_checkpoint(shared_tmp_path / "run" / "checkpoint.npz", MPI.COMM_WORLD)
     assert ck["epoch"] == 2 * (epoch // 2)
+
+
+def test_lbfgs_resume_follows_the_uninterrupted_trajectory(shared_tmp_path):
+    """3 epochs, then resumed to 6: the losses and parameters of 6 uninterrupted epochs, bitwise."""
+    cfg = _config(shared_tmp_path / "c.toml", iterations=6)
+    whole, parts = shared_tmp_path / "whole", shared_tmp_path / "parts"
+    train(cfg, out=whole, quiet=True, write_outputs=False)
+    train(cfg, out=parts, overrides=["run.iterations=3"], quiet=True, write_outputs=False)
+    train(cfg, resume=parts, quiet=True, write_outputs=False)
+    a, b = History.read(whole / "history.csv"), History.read(parts / "history.csv")
+    np.testing.assert_array_equal(b["epoch"], np.arange(6))
+    np.testing.assert_array_equal(b["loss"], a["loss"])
+    np.testing.assert_array_equal(b["gradient_norm"], a["gradient_norm"])
+    ck_a = load_checkpoint(whole / "checkpoint.npz", MPI.COMM_WORLD)
+    ck_b = load_checkpoint(parts / "checkpoint.npz", MPI.COMM_WORLD)
+    assert ck_a["epoch"] == ck_b["epoch"] == 6
+    np.testing.assert_array_equal(ck_b["params"], ck_a["params"])
+    for key in ("x", "g", "wa", "isave", "dsave"):  # the whole L-BFGS state, too
+        np.testing.assert_array_equal(ck_b["optimizer_state"][key], ck_a["optimizer_state"][key])
+
+
+def test_lbfgs_resume_from_a_checkpoint_without_memory_says_it_restarts(shared_tmp_path, capsys):
+    """A checkpoint of femnpde before session 6 (``{"kind": "lbfgs"}`` only): the memory restarts, said on rank 0."""
+    from femnpde.io.checkpoint import save_checkpoint
+
+    cfg = _config(shared_tmp_path / "c.toml", iterations=3)
+    out = shared_tmp_path / "run"
+    train(cfg, out=out, quiet=True, write_outputs=False)
+    ck = load_checkpoint(out / "checkpoint.npz", MPI.COMM_WORLD)
+    save_checkpoint(out / "checkpoint.npz", MPI.COMM_WORLD, epoch=ck["epoch"], params=ck["params"],
+                    optimizer_state={"kind": "lbfgs"}, schedule_state=None, extra=ck.get("extra"))
+    capsys.readouterr()
+    res = train(cfg, resume=out, overrides=["run.iterations=5"], quiet=True, write_outputs=False)
+    assert res["epochs"] == 5
+    out_text = capsys.readouterr().out
+    if MPI.COMM_WORLD.rank == 0:
+        assert "L-BFGS" in out_text and "memory restarts at epoch 3" in out_text, out_text
+    else:
+        assert out_text == ""

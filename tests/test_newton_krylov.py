@@ -17,12 +17,12 @@ from nonlinear_cases import build_problem
 from femnpde.app.scenarios import paper_problem, target_source
 from femnpde.fem.newton import KRYLOV_MIN_DOFS, default_nonlinear_method, krylov_options
 from femnpde.fem.newton_krylov import EisenstatWalker
-from femnpde.fem.solver import SolverError, ThetaSolver
+from femnpde.fem.solver import ThetaSolver
 from femnpde.model.network import ShallowNetwork
 from femnpde.model.reduced import FunctionSource, NetworkSource, ReducedFunctional
 from femnpde.model.verification import taylor_test
 from femnpde.obs.misfit import L2Misfit
-from conftest import before_evaluation, write_on_root
+from conftest import write_on_root
 
 #: The relative gradient difference allowed against the chord path (adjoint ksp_rtol 1e-12: measured
 #: 3e-13 .. 1.2e-12 relative at 861 and 13 041 dofs, see fem/linear_defaults.py).
@@ -194,43 +194,3 @@ def test_nonlinear_method_config_error_exits_2(shared_tmp_path, capsys):
     if MPI.COMM_WORLD.rank == 0:
         err = capsys.readouterr().err
         assert "solver.nonlinear_method" in err and "krylv" in err and "krylov" in err, err
-
-
-def test_failing_newton_krylov_solve_names_the_reason():
-    problem = paper_problem("allen-cahn", nx=4, ny=8, n_steps=4)
-    o = PETSc.Options()
-    o["nk_fail_forward_ksp_max_it"] = 1
-    solver = ThetaSolver(problem, "nk_fail_", nonlinear_method="krylov")
-    o.delValue("nk_fail_forward_ksp_max_it")
-    g = FunctionSource(problem, target_source("difficult")).values()
-    with pytest.raises(SolverError, match=r"time step 1 \(t = 0.25\).*DIVERGED_LINEAR_SOLVE.*DIVERGED_(MAX_IT|ITS)"):
-        solver.forward(g)
-    solver.destroy()
-
-
-def test_failing_adjoint_krylov_solve_exits_3_and_keeps_checkpoint(shared_tmp_path, monkeypatch, capsys):
-    """A Krylov failure at epoch 5 (the adjoint limited to one iteration): exit 3, checkpoint of epoch 4 kept."""
-    from femnpde.app.cli import main
-    from femnpde.io.output import load_checkpoint
-
-    cfg = write_on_root(
-        shared_tmp_path / "ac.toml",
-        '[mesh]\ncells = [5, 10]\n[pde]\npreset = "allen-cahn"\n[time]\nn_steps = 8\n[network]\nneurons = 8\n'
-        '[solver]\nnonlinear_method = "krylov"\n'
-        '[optimizer]\nkind = "adam"\nlr = 0.05\n[run]\niterations = 10\ncheckpoint_every = 2\n',
-    )
-
-    def limited(n, run):
-        assert run.rf.solver.nonlinear_method == "krylov"
-        if n == 6:
-            run.rf.solver.adjoint_ksp.setTolerances(max_it=1)
-
-    before_evaluation(monkeypatch, limited)
-    rc = main(["train", str(cfg), "--out", str(shared_tmp_path / "run"), "--quiet"])
-    assert rc == 3
-    if MPI.COMM_WORLD.rank == 0:
-        err = capsys.readouterr().err
-        assert "adjoint linear solve at time step 8" in err and "DIVERGED_MAX_IT" in err, err
-        assert "last good checkpoint" in err
-    ck = load_checkpoint(shared_tmp_path / "run" / "checkpoint.npz", MPI.COMM_WORLD)
-    assert ck["epoch"] == 4

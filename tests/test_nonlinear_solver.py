@@ -149,39 +149,69 @@ def test_snes_options_are_honoured():
     assert np.linalg.norm(grads[1] - grads[0]) <= 1e-9 * np.linalg.norm(grads[0])
 
 
-def test_newton_failure_names_step_time_and_reason():
+#: Forward failures: (nonlinear_method, options prefix, the option limited to one iteration, message).
+FORWARD_FAILURES = {
+    "snes": ("chord", "fail_nl_", "forward_snes_max_it", r"time step 1 \(t = 0.25\).*DIVERGED_MAX_IT"),
+    "krylov": ("krylov", "nk_fail_", "forward_ksp_max_it",
+               r"time step 1 \(t = 0.25\).*DIVERGED_LINEAR_SOLVE.*DIVERGED_(MAX_IT|ITS)"),
+}
+
+
+@pytest.mark.parametrize("path", sorted(FORWARD_FAILURES))
+def test_newton_failure_names_step_time_and_reason(path):
+    """A Newton step that fails (SNES on the chord path, its Krylov solve on the Krylov path) names step, time, reason."""
+    method, prefix, option, message = FORWARD_FAILURES[path]
     problem = paper_problem("allen-cahn", nx=4, ny=8, n_steps=4)
     o = PETSc.Options()
-    o["fail_nl_forward_snes_max_it"] = 1
-    solver = ThetaSolver(problem, "fail_nl_")
-    o.delValue("fail_nl_forward_snes_max_it")
+    o[prefix + option] = 1
+    solver = ThetaSolver(problem, prefix, nonlinear_method=method)
+    o.delValue(prefix + option)
     g = FunctionSource(problem, target_source("difficult")).values()
-    with pytest.raises(SolverError, match=r"time step 1 \(t = 0.25\).*DIVERGED_MAX_IT"):
+    with pytest.raises(SolverError, match=message):
         solver.forward(g)
     solver.destroy()
 
 
-def test_newton_failure_in_training_exits_3_and_keeps_checkpoint(shared_tmp_path, monkeypatch, capsys):
-    """A real SNES failure at epoch 5: exit code 3, the reason in the message, checkpoint of epoch 4 kept."""
+def _limit_snes(run):
+    run.rf.solver.snes.setTolerances(max_it=1)
+
+
+def _limit_adjoint_ksp(run):
+    assert run.rf.solver.nonlinear_method == "krylov"
+    run.rf.solver.adjoint_ksp.setTolerances(max_it=1)
+
+
+#: Training failures from epoch 5 on: ([solver] section, what is limited to one iteration, message parts).
+TRAINING_FAILURES = {
+    "snes": ("", _limit_snes, ["time step 1", "t = 0.125", "DIVERGED_MAX_IT"]),
+    "krylov-adjoint": ('[solver]\nnonlinear_method = "krylov"\n', _limit_adjoint_ksp,
+                       ["adjoint linear solve at time step 8", "DIVERGED_MAX_IT"]),
+}
+
+
+@pytest.mark.parametrize("path", sorted(TRAINING_FAILURES))
+def test_newton_failure_in_training_exits_3_and_keeps_checkpoint(path, shared_tmp_path, monkeypatch, capsys):
+    """A real solver failure at epoch 5 (SNES, or the Krylov path's adjoint): exit 3, the reason, checkpoint 4 kept."""
     from femnpde.app.cli import main
     from femnpde.io.output import load_checkpoint
 
+    section, limit, parts = TRAINING_FAILURES[path]
     cfg = write_on_root(
         shared_tmp_path / "ac.toml",
         '[mesh]\ncells = [5, 10]\n[pde]\npreset = "allen-cahn"\n[time]\nn_steps = 8\n[network]\nneurons = 8\n'
-        '[optimizer]\nkind = "adam"\nlr = 0.05\n[run]\niterations = 10\ncheckpoint_every = 2\n',
+        + section + '[optimizer]\nkind = "adam"\nlr = 0.05\n[run]\niterations = 10\ncheckpoint_every = 2\n',
     )
 
     def limited(n, run):
-        if n == 6:  # from epoch 5 on, Newton may take one iteration only
-            run.rf.solver.snes.setTolerances(max_it=1)
+        if n == 6:  # from epoch 5 on
+            limit(run)
 
     before_evaluation(monkeypatch, limited)
     rc = main(["train", str(cfg), "--out", str(shared_tmp_path / "run"), "--quiet"])
     assert rc == 3
     if MPI.COMM_WORLD.rank == 0:
         err = capsys.readouterr().err
-        assert "time step 1" in err and "t = 0.125" in err and "DIVERGED_MAX_IT" in err, err
+        assert all(part in err for part in parts), err
         assert "last good checkpoint" in err
     ck = load_checkpoint(shared_tmp_path / "run" / "checkpoint.npz", MPI.COMM_WORLD)
     assert ck["epoch"] == 4

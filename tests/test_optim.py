@@ -600,3 +600,36 @@ def test_error_messages_list_valid_choices() -> None:
         make_optimizer("gd", 0.1, momentum=0.9)
     with pytest.raises(ValueError, match=r"-0\.5"):
         GradientDescent(lr=-0.5)
+
+
+def _rosen_fg(x):
+    return rosen(x), rosen_der(x)
+
+
+@pytest.mark.parametrize("bounded", [False, True])
+@pytest.mark.parametrize("iterations", [5, 30, 200])
+def test_lbfgsb_is_scipy_and_resumes_on_its_trajectory(bounded, iterations):
+    """LBFGSB's iterates are scipy.optimize.minimize's (L-BFGS-B), and stopped half-way, saved and
+    restored into a new LBFGSB, it ends where the uninterrupted run ends (bitwise)."""
+    from scipy.optimize import minimize
+
+    from femnpde.optim import LBFGSB
+
+    x0 = np.linspace(-0.45, 0.75, 7)
+    bounds = (np.full(7, -0.5), np.full(7, 0.8)) if bounded else None
+    ref = minimize(_rosen_fg, x0, jac=True, method="L-BFGS-B", bounds=None if bounds is None else list(zip(*bounds)),
+                   options={"maxiter": iterations, "maxcor": 4, "gtol": 0.0, "ftol": 0.0})
+    whole = minimize_lbfgs(_rosen_fg, x0, iterations, memory=4, bounds=bounds)
+    np.testing.assert_array_equal(whole.params, ref.x)
+    assert (whole.n_iterations, whole.n_evaluations) == (ref.nit, ref.nfev)
+    first = LBFGSB(4, bounds=bounds)
+    a = first.minimize(_rosen_fg, x0, iterations // 2)
+    state = pickle.loads(pickle.dumps(first.state_dict()))
+    second = LBFGSB(4, bounds=bounds)
+    second.load_state_dict(state)
+    assert second.resumes_from(a.params)
+    b = second.minimize(_rosen_fg, a.params, iterations - iterations // 2)
+    np.testing.assert_array_equal(b.params, whole.params)
+    assert a.n_iterations + b.n_iterations == whole.n_iterations
+    with pytest.raises(ValueError, match="memory 4, this run has memory 5"):
+        LBFGSB(5).load_state_dict(state)

@@ -25,7 +25,8 @@ import numpy as np
 from femnpde.fem.solver import SolverError
 from femnpde.io.checkpoint import save_checkpoint
 from femnpde.io.history import History
-from femnpde.optim import make_optimizer, make_schedule, minimize_lbfgs, schedule_options
+from femnpde._mpi import rank0_print
+from femnpde.optim import LBFGSB, make_optimizer, make_schedule, schedule_options
 
 __all__ = ["DIVERGENCE_FACTOR", "FirstOrderStep", "LBFGSStep", "Step", "StopSignals", "TrainingInterrupted", "TrainingLoop", "make_step"]
 
@@ -252,14 +253,24 @@ class FirstOrderStep:
 
 
 class LBFGSStep:
-    """L-BFGS (scipy's L-BFGS-B through :func:`femnpde.optim.minimize_lbfgs`); one iteration per epoch."""
+    """L-BFGS (scipy's L-BFGS-B through :class:`femnpde.optim.LBFGSB`); one iteration per epoch.
+
+    Its checkpointed state is the whole L-BFGS state, so a resumed run continues the uninterrupted
+    run's trajectory; a checkpoint without it (femnpde before session 6) restarts the memory, said on
+    rank 0.
+    """
 
     def __init__(self, memory: int) -> None:
-        self.memory = memory
+        self.lbfgs = LBFGSB(memory)
+        self._resumed_without_memory = False
 
     def run(self, loop: TrainingLoop, theta: np.ndarray, start: int, stop: int) -> np.ndarray:
         if stop <= start:
             return theta
+        self.lbfgs.bounds = _bounds(loop.rf)
+        if start > 0 and (self._resumed_without_memory or not self.lbfgs.resumes_from(theta)):
+            rank0_print(loop.comm, f"L-BFGS: the checkpoint holds no L-BFGS state for its parameters; "
+                                   f"the curvature memory restarts at epoch {start}")
 
         def callback(k: int, params: np.ndarray, J: float, grad: np.ndarray) -> bool:
             loop.check(J, grad)
@@ -268,17 +279,20 @@ class LBFGSStep:
             loop.checkpoint(params)
             return loop.epoch >= stop or loop.interrupted()
 
-        result = minimize_lbfgs(loop.rf.value_and_gradient, theta, max_iterations=stop - start, callback=callback,
-                                memory=self.memory, bounds=_bounds(loop.rf))
+        result = self.lbfgs.minimize(loop.rf.value_and_gradient, theta, max_iterations=stop - start,
+                                     callback=callback)
         theta = np.array(result.params, dtype=np.float64)
         loop.checkpoint(theta, force=True)
         return theta
 
     def state(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
-        return {"kind": "lbfgs"}, None
+        return self.lbfgs.state_dict(), None
 
     def load_state(self, optimizer_state: dict | None, schedule_state: dict | None) -> None:
-        """L-BFGS restarts its memory on resume (nothing to restore)."""
+        """Restore the L-BFGS state (a checkpoint without one: the memory restarts)."""
+        if optimizer_state:
+            self.lbfgs.load_state_dict(optimizer_state)
+        self._resumed_without_memory = not optimizer_state or "x" not in optimizer_state
 
 
 def make_step(cfg: dict, lr: float) -> FirstOrderStep | LBFGSStep:

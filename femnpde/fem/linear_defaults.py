@@ -20,9 +20,12 @@ the same sizes on several ranks, otherwise  the same LU on every rank (``pc_type
                                             factorisation reused by every step when the
                                             Jacobian is constant
 3D > 50 000, 2D > 1 000 000                 Krylov: CG (symmetric) or GMRES, ``ksp_rtol =
-                                            1e-10``; 3D symmetric: additive Schwarz (``basic``,
-                                            overlap 1) with ICC(1) blocks, unpreconditioned
-                                            norm; 3D otherwise block Jacobi with ILU(0) blocks;
+                                            1e-10``; 3D symmetric: one rank CG + ICC(1)
+                                            (additive Schwarz ``basic``, overlap 1, one block),
+                                            unpreconditioned norm; several ranks GMRES, right-
+                                            preconditioned, + restricted additive Schwarz
+                                            (overlap 1) with ICC(1) blocks; 3D otherwise block
+                                            Jacobi with ILU(0) blocks;
                                             2D: BoomerAMG (symmetric, if PETSc has hypre) else
                                             GAMG; a preconditioner is set up once (when the
                                             solver is built) as long as the operator is
@@ -46,10 +49,33 @@ ICC(0) needed 24 iterations and 0.40 s, ICC(1) 12 and 0.35 s, ICC(2) 8 and
 coarsening; MUMPS 0.46 s per solve after a 436 s factorisation).  On two
 ranks one ICC block per rank needs 33 (ICC(0)) and 29 (ICC(1)) iterations, the
 interface being where the blocks miss the coupling; additive Schwarz with
-overlap 1 needs 25 and 13, i.e. what one block needs: hence ASM(1)/ICC(1),
-whose iterations do not grow with the rank count (the symmetric ``basic``
-variant: CG needs a symmetric preconditioner; PETSc's default ``restrict``
-is not).  For diffusion-dominated steps (large ``dt``, coarse meshes) AMG's
+overlap 1 needs 25 and 13, i.e. what one block needs: hence ASM(1)/ICC(1).
+But the sweep's own systems are not random (session 6, ``bench/scaling.py
+--case heat3d --solvers ... --rhs sweep``, which replays every 8th forward and
+adjoint system of a heat loss + gradient from the guesses the sweep used, on
+the one-rank mesh): the forward solves for the correction from ``u^{n-1}``,
+so its initial residual *is* ``b`` (relative initial residual 1; the stopping
+test ``‖b − A x‖ <= rtol ‖b‖`` is relative to it, on any rank count), and
+``b = F(u^{n-1})`` is smooth.  On it CG + the symmetric ``basic`` ASM (which
+adds both subdomains' corrections in the overlap) needs 11.6 / 10.2
+iterations per forward / adjoint solve with one block and 16.7 / 14.6 with
+two blocks on one rank, what two ranks needed in the sweep (16.9 / 14.9), so
+the split, not the other mesh or the adjoint's guess, is the growth; more
+overlap makes it worse (17.6 / 17.8 / 18.0 forward iterations for overlap
+2 / 3 / 4).  Restricted ASM (PETSc's default ``restrict``, each overlap value
+taken from one subdomain) needs 11.6 / 10.0 with one block and 11.7 / 10.2
+with two (CPU per solve 385 ms against 459 ms for ``basic``, two blocks on one
+rank, load 10).  It is not symmetric, so CG does not apply; GMRES with right
+preconditioning keeps the true-residual stopping test, and on two ranks the
+heat sweep took 12.5 / 8.5 iterations (load 12).  On one rank ``basic`` and
+``restrict`` are the same single ICC(1) factor, and CG is cheaper per
+iteration than GMRES (301 ms CPU per solve at load 7 against 350 ms at load 10),
+so one rank keeps CG.
+Coarse spaces measured on the same replay (two blocks; GAMG's aggregates as
+the coarse level, ``bench/scaling.py`` ``tl-*``): the additive two-level
+correction needed 21–27 iterations, the multiplicative one (ASM smoothing
+before and after) 6, but 467 ms CPU per solve, more than restricted ASM.
+For diffusion-dominated steps (large ``dt``, coarse meshes) AMG's
 mesh-independent iteration count wins; pass ``pc_type hypre`` / ``gamg`` then.
 
 The KSP is set up when the solver is built, while these defaults are in the
@@ -77,6 +103,17 @@ ranks, long cuts) the dense Schur complement would dominate and the solver
 falls back, inside the preconditioner, to the redundant LU
 (``-{prefix}schur_dd_max_separator`` moves the bound).
 
+What keeps the 2D DD below half of the serial step (session 6, under load, CPU
+time; ``bench/dd_profile.py``): PETSc's separate forward and backward
+Cholesky substitutions cost ~1.8 ms per half-size solve more than its fused
+solve (13.0–13.7 against 11.2–11.7 ms at 102 831 unknowns), and applying
+the nested-dissection ordering to the matrix once so that the natural-ordering
+kernels run does not change that (13.6–14.3 / 11.4–11.8 ms), so the factor keeps its own
+ordering; the rest is the separator work (two ``V_r`` products, the dense
+``n_s x n_S`` product, one allgather) and the parallel matrix-vector products
+of the residual, the adjoint couplings and the misfit, each with a ghost
+update.
+
 Every choice is a default only: ``{prefix}forward_*`` / ``{prefix}adjoint_*``
 command-line options and ``[solver] petsc_options`` override it.
 
@@ -90,7 +127,8 @@ the transpose of the preconditioner, which some lack or apply poorly
 **Krylov tolerance and the gradient.** With an iterative solver each forward
 step leaves a residual ``‖r^n‖ <= rtol ‖b^n‖`` and each adjoint step
 ``‖s^n‖ <= rtol ‖rhs^n‖`` (in the norm of ``ksp_norm_type``: the 3D default's
-is the 2-norm of the true residual).  Here ``b^n = F(u^{n-1})`` is the
+is the 2-norm of the true residual, on several ranks GMRES's with right
+preconditioning).  Here ``b^n = F(u^{n-1})`` is the
 residual of the step at the previous state (the forward solves for the
 correction ``u^{n-1} − u^n``) and ``rhs^n`` the adjoint's right-hand side,
 whatever the initial guess (the forward starts from ``u^{n-1}``; the adjoint,
@@ -209,15 +247,22 @@ def default_linear_solver_options(
         elif comm_size == 1:
             opts["pc_factor_mat_solver_type"] = "petsc"
         else:  # no parallel direct solver: fall through to Krylov
-            return _krylov(symmetric, gdim)
+            return _krylov(symmetric, gdim, comm_size)
         return opts
-    return _krylov(symmetric, gdim)
+    return _krylov(symmetric, gdim, comm_size)
 
 
-def _krylov(symmetric: bool, gdim: int) -> dict[str, str]:
+def _krylov(symmetric: bool, gdim: int, comm_size: int = 1) -> dict[str, str]:
     opts = {"ksp_type": "cg" if symmetric else "gmres", "ksp_rtol": "1e-10", "ksp_atol": "1e-50",
             "ksp_max_it": "1000"}
-    if gdim == 3 and symmetric:
+    if gdim == 3 and symmetric and comm_size > 1:
+        # Restricted additive Schwarz (overlap 1, ICC(1) blocks): its iterations do not grow with the
+        # subdomains on the sweep's smooth right-hand sides, where the symmetric "basic" variant's (which
+        # adds both corrections in the overlap) grow by 44 %; it is not symmetric, hence GMRES, right-
+        # preconditioned, so that the stopping test is ‖b − A x‖₂ <= rtol ‖b‖₂ as on one rank.
+        opts.update({"ksp_type": "gmres", "ksp_pc_side": "right", "pc_type": "asm", "pc_asm_type": "restrict",
+                     "pc_asm_overlap": "1", "sub_pc_type": "icc", "sub_pc_factor_levels": "1"})
+    elif gdim == 3 and symmetric:
         # Additive Schwarz, overlap 1, symmetric ("basic": CG needs a symmetric preconditioner), ICC(1)
         # blocks; on one rank a single ICC(1) factor.  The unpreconditioned norm makes the stopping test
         # ‖b − A x‖₂ <= rtol ‖b‖₂ (and saves the preconditioner application that the preconditioned norm

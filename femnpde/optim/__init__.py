@@ -37,7 +37,7 @@ Modules: :mod:`~femnpde.optim.gd`, :mod:`~femnpde.optim.adam`,
 from femnpde.optim.adam import Adam
 from femnpde.optim.factory import OPTIMIZERS, make_optimizer
 from femnpde.optim.gd import GradientDescent
-from femnpde.optim.lbfgs import LBFGSResult, minimize_lbfgs
+from femnpde.optim.lbfgs import LBFGSB, LBFGSResult, minimize_lbfgs
 from femnpde.optim.schedules import (
     SCHEDULES,
     CosineAnnealingLR,
@@ -53,6 +53,7 @@ __all__ = [
     "Adam",
     "CosineAnnealingLR",
     "GradientDescent",
+    "LBFGSB",
     "LBFGSResult",
     "ReduceLROnPlateau",
     "StepLR",

@@ -1,0 +1,168 @@
+"""The linear step path of :class:`~femnpde.fem.solver.ThetaSolver`: constant Jacobians.
+
+When the step Jacobian is constant (the residual is affine in ``u^n``: heat,
+IMEX), each time step is one solve with a matrix assembled and factorised
+once (:func:`make_ksp`) and reused across steps, sweeps and training
+iterations; the residual is a matrix-vector product for fully affine problems
+(the fast path of :meth:`LinearStepMixin._setup_linear`), the split per-step
+assembly for IMEX, or a plain assembly.  :class:`LinearStepMixin` holds these
+methods and the Krylov initial-guess set-up (:attr:`krylov_guess`); the
+attributes they use are created by ``ThetaSolver.__init__``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import dolfinx.fem
+import dolfinx.fem.petsc
+from petsc4py import PETSc
+
+from femnpde.fem.krylov_guess import KRYLOV_GUESSES, KrylovGuesses
+from femnpde.fem.linear_defaults import check_adjoint_capable
+from femnpde.fem.newton import ksp_reason, options_with_defaults
+
+__all__ = ["LinearStepMixin", "make_ksp", "SolverError"]
+
+
+class SolverError(RuntimeError):
+    """A forward or adjoint solve failed (Newton or linear solver divergence)."""
+
+
+def make_ksp(comm, prefix: str, options: dict[str, str], A: PETSc.Mat, symmetric: bool) -> PETSc.KSP:
+    """A KSP with ``prefix`` for the assembled ``A``, checked for the adjoint and set up (its
+    preconditioner and the sub-solvers' ``sub_*`` options read now); ``options`` are defaults that
+    command-line options override."""
+    ksp = PETSc.KSP().create(comm)
+    ksp.setOperators(A)
+
+    def setup(k: PETSc.KSP) -> None:
+        check_adjoint_capable(k, symmetric)
+        k.setUp()
+
+    try:
+        options_with_defaults(ksp, prefix, options, setup=setup)
+    except BaseException:
+        ksp.destroy()
+        raise
+    return ksp
+
+
+class LinearStepMixin:
+    """The constant-Jacobian step of :class:`~femnpde.fem.solver.ThetaSolver` (its attributes)."""
+
+    def _setup_constant_jacobian(self, options: dict[str, str]) -> None:
+        """Assemble the constant step Jacobian and set up its KSP (``{prefix}forward_``), shared by the adjoint."""
+        # The adjoint reuses the forward matrix and its factorisation.
+        self._A = dolfinx.fem.petsc.create_matrix(self.problem.forms.jacobian)
+        self._A.setOptionsPrefix(f"{self.prefix}forward_")
+        self._assemble_A(self._A)  # constant: the preconditioner (factorisation) is set up once, here
+        self._A_current = True
+        self._ksp = make_ksp(self.problem.comm, f"{self.prefix}forward_", options, self._A, self.symmetric)
+        self._ksp_adj = self._ksp
+
+    def _setup_linear(self) -> None:
+        """Assemble A0 (no BCs) and f0 = F(0) once: F(u) = A0 u + Σ blocks · coefficients + f0."""
+        p = self.problem
+        forms = p.forms
+        A0 = dolfinx.fem.petsc.assemble_matrix(forms.jacobian)
+        A0.assemble()
+        mats = {"u": A0, **self._blocks}
+        saved = [f.x.array.copy() for f in (p.u, p.u_prev, p.g, p.g_prev)]
+        for f in (p.u, p.u_prev, p.g, p.g_prev):
+            f.x.array[:] = 0.0
+        f0 = dolfinx.fem.petsc.create_vector(p.V)
+        with f0.localForm() as loc:
+            loc.set(0.0)
+        dolfinx.fem.petsc.assemble_vector(f0, forms.residual)
+        f0.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
+        for f, a in zip((p.u, p.u_prev, p.g, p.g_prev), saved):
+            f.x.array[:] = a
+        self._lin = mats
+        self._f0 = f0
+        self._f0_zero = f0.norm() == 0.0
+        self._vec_of = {"u_prev": p.u_prev.x.petsc_vec, "g": p.g.x.petsc_vec, "g_prev": p.g_prev.x.petsc_vec}
+
+    @property
+    def uses_linear_fast_path(self) -> bool:
+        """Whether residuals and adjoint actions are matrix-vector products (fully affine problem)."""
+        return self._lin is not None
+
+    def _assemble_A(self, A: PETSc.Mat) -> None:
+        A.zeroEntries()
+        dolfinx.fem.petsc.assemble_matrix(A, self.problem.forms.jacobian, bcs=self.problem.bcs)
+        A.assemble()
+
+    def _residual(self) -> float:
+        """Assemble the Newton right-hand side F(u) (BC rows: u − u_D) into b; return its norm."""
+        p = self.problem
+        b = self._b
+        if self._lin is not None:
+            self._lin["u"].mult(p.u.x.petsc_vec, b)
+            for name, vec in self._vec_of.items():
+                if name in self._lin:
+                    self._lin[name].multAdd(vec, b, b)
+            if not self._f0_zero:
+                b.axpy(1.0, self._f0)
+            # The iterate carries the Dirichlet values: the BC rows u − u_D vanish.
+            b.array_w[self._bc_owned] = 0.0
+            return b.norm()
+        if self._imex is not None:
+            self._imex.step_constant(self._c_step)
+            self._imex.residual(p.u.x.petsc_vec, self._c_step, b)
+            b.array_w[self._bc_owned] = 0.0  # as above
+            return b.norm()
+        with b.localForm() as loc:
+            loc.set(0.0)
+        dolfinx.fem.petsc.assemble_vector(b, p.forms.residual)
+        b.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
+        # The iterate already carries the Dirichlet values, so no lifting is needed.
+        dolfinx.fem.petsc.set_bc(b, p.bcs, p.u.x.petsc_vec, -1.0)
+        return b.norm()
+
+    def _solve(self, ksp: PETSc.KSP, b: PETSc.Vec, x: PETSc.Vec, n: int, transpose: bool) -> None:
+        if transpose:
+            ksp.solveTranspose(b, x)
+        else:
+            ksp.solve(b, x)
+        reason = ksp.getConvergedReason()
+        if reason < 0:
+            kind = "adjoint" if transpose else "forward"
+            raise SolverError(
+                f"{kind} linear solve at time step {n} (t = {self._times[n]:.6g}) failed (KSP converged reason "
+                f"{ksp_reason(reason)} ({int(reason)})); check the linear solver options under "
+                f"'{ksp.getOptionsPrefix()}'"
+            )
+
+    def _linear_step(self, n: int) -> int:
+        """One solve of an affine step with the constant, factorised Jacobian; returns 0 or 1 iterations."""
+        p = self.problem
+        norm = self._residual()
+        if not np.isfinite(norm):
+            raise SolverError(f"time step {n} (t = {self._times[n]:.6g}): the residual is {norm}")
+        if norm <= self.newton_atol:
+            return 0
+        if not self._A_current:
+            self._assemble_A(self._A)
+            self._ksp.setOperators(self._A)
+            self._A_current = True
+        if self._guesses is not None:  # the KSP has a nonzero initial guess (the adjoint's warm start)
+            self._guesses.forward(self._du)  # u^{n-1}: reproduced bitwise by any state storage
+        self._solve(self._ksp, self._b, self._du, n, transpose=False)
+        # One Newton step solves an affine residual exactly.
+        p.u.x.petsc_vec.axpy(-1.0, self._du)
+        p.u.x.scatter_forward()
+        return 1
+
+    @property
+    def krylov_guess(self) -> str:
+        """The initial guess of the Krylov solves (see the constructor); settable."""
+        return self._kind
+
+    @krylov_guess.setter
+    def krylov_guess(self, kind: str) -> None:
+        if kind not in KRYLOV_GUESSES:
+            raise ValueError(f"ThetaSolver: krylov_guess = {kind!r}; valid: {', '.join(KRYLOV_GUESSES)}")
+        if self._guesses is not None:
+            self._guesses.destroy()
+        self._kind = kind
+        self._guesses = KrylovGuesses(kind, self._A, self.symmetric) if self._adjoint_warm else None
