@@ -42,6 +42,7 @@ from femnpde.fem.csr_jacobian import make_csr_jacobian
 from femnpde.fem.newton_krylov import (
     KRYLOV_MIN_DOFS,
     METHODS,
+    AdjointExtrapolation,
     default_nonlinear_method,
     krylov_adjoint_options,
     krylov_options,
@@ -267,8 +268,7 @@ class NonlinearStep:
         ksp_adj.setPC(self._ksp.getPC())
         self._ksp_adj = ksp_adj
         # krylov: the adjoint solves start from 2 λ^{n+1} − λ^{n+2} (λ^{n+1} at the second step of a sweep).
-        self._lam_hist: list[PETSc.Vec] = []
-        self._lam_spare: list[PETSc.Vec] = []
+        self._lam_guess = AdjointExtrapolation()
         # A symmetric step Jacobian (Allen–Cahn, nonlinear diffusion is not;
         # probed once by the ThetaSolver) lets the adjoint use plain solves,
         # cheaper than transpose solves.
@@ -404,8 +404,7 @@ class NonlinearStep:
         ksp = self._ksp_adj
         ksp.setOperators(self._J, self._pmat)
         if self.krylov:
-            self._adjoint_guess(lam)
-            ksp.setInitialGuessNonzero(bool(self._lam_hist))
+            ksp.setInitialGuessNonzero(self._lam_guess.guess(lam))
         if self.symmetric:
             ksp.solve(rhs, lam)
         else:
@@ -420,7 +419,7 @@ class NonlinearStep:
                 f"({int(reason)}) after {its} iterations; check the options under '{self.prefix}adjoint_'"
             )
         if self.krylov:
-            self._adjoint_solved(lam)
+            self._lam_guess.add(lam)
         if its > self.adjoint_refresh_its and not self.krylov:
             # Precondition the next (earlier) steps with this step's Jacobian.
             self._J.copy(self._P, structure=PETSc.Mat.Structure.SAME_NONZERO_PATTERN)
@@ -428,32 +427,7 @@ class NonlinearStep:
 
     def adjoint_start(self) -> None:
         """Start an adjoint sweep: forget the previous sweep's adjoints (the guesses depend on this sweep only)."""
-        self._lam_spare.extend(self._lam_hist)
-        self._lam_hist = []
-
-    def _adjoint_guess(self, lam: PETSc.Vec) -> None:
-        """lam = 2 λ^{n+1} − λ^{n+2} (λ^{n+1} with one adjoint of this sweep, zero with none)."""
-        h = self._lam_hist
-        if not h:
-            lam.zeroEntries()
-        elif len(h) == 1:
-            h[0].copy(lam)
-        else:
-            h[0].copy(lam)
-            lam.scale(2.0)
-            lam.axpy(-1.0, h[1])
-
-    def _adjoint_solved(self, lam: PETSc.Vec) -> None:
-        """Keep λ^n as the newest of the last two adjoints."""
-        h = self._lam_hist
-        if len(h) == 2:
-            v = h.pop()
-        elif self._lam_spare:
-            v = self._lam_spare.pop()
-        else:
-            v = lam.duplicate()
-        lam.copy(v)
-        h.insert(0, v)
+        self._lam_guess.reset()
 
     def coupling(self, name: str, lam: PETSc.Vec, out: PETSc.Vec) -> bool:
         """``out = (∂F^n/∂w)^T lam`` for w = ``name`` (u_prev, g, g_prev); False if F does not depend on w."""
@@ -498,10 +472,10 @@ class NonlinearStep:
             self._csr_jac.forget(self._P)
             self._csr_jac.forget(self._J)
         objs = [self._snes, self._ksp_adj, self._A_bc, self._P, self._J, self._N, self._b, self._c, self._d, self._x,
-                self._x0, *self._lam_hist, *self._lam_spare]
+                self._x0]
         for obj in objs:
             if obj is not None:
                 obj.destroy()
         self._parts.destroy()
+        self._lam_guess.destroy()
         self._snes = self._ksp_adj = None
-        self._lam_hist, self._lam_spare = [], []

@@ -24,11 +24,14 @@ Newton forcing term (:class:`EisenstatWalker`) that
 
 from __future__ import annotations
 
+from petsc4py import PETSc
+
 from femnpde import defaults as D
 
 __all__ = [
     "KRYLOV_MIN_DOFS",
     "METHODS",
+    "AdjointExtrapolation",
     "EisenstatWalker",
     "default_nonlinear_method",
     "krylov_adjoint_options",
@@ -152,3 +155,52 @@ class EisenstatWalker:
         eta = min(0.1, max(rtol_min, eta))
         self._fprev2, self._fprev, self._eta = self._fprev, fnorm, eta
         return eta
+
+
+class AdjointExtrapolation:
+    """Initial guesses ``2 λ^{n+1} − λ^{n+2}`` of an adjoint sweep's Krylov solves (owns its vectors).
+
+    Only this sweep's adjoints enter (:meth:`reset` at its start), so a
+    checkpointed sweep, which solves the same systems in the same order,
+    starts from the same guesses.
+    """
+
+    def __init__(self) -> None:
+        self._hist: list[PETSc.Vec] = []
+        self._spare: list[PETSc.Vec] = []
+
+    def reset(self) -> None:
+        """Forget the previous sweep's adjoints."""
+        self._spare.extend(self._hist)
+        self._hist = []
+
+    def guess(self, lam: PETSc.Vec) -> bool:
+        """Set ``lam`` to the guess (λ^{n+1} with one adjoint, zero with none); whether it is nonzero."""
+        h = self._hist
+        if not h:
+            lam.zeroEntries()
+        elif len(h) == 1:
+            h[0].copy(lam)
+        else:
+            h[0].copy(lam)
+            lam.scale(2.0)
+            lam.axpy(-1.0, h[1])
+        return bool(h)
+
+    def add(self, lam: PETSc.Vec) -> None:
+        """Keep the solution ``lam`` as the newest of the last two adjoints."""
+        h = self._hist
+        if len(h) == 2:
+            v = h.pop()
+        elif self._spare:
+            v = self._spare.pop()
+        else:
+            v = lam.duplicate()
+        lam.copy(v)
+        h.insert(0, v)
+
+    def destroy(self) -> None:
+        """Destroy the vectors (collective)."""
+        for v in (*self._hist, *self._spare):
+            v.destroy()
+        self._hist, self._spare = [], []
