@@ -84,6 +84,8 @@ def adjoint_sweep(
         lam_vec.zeroEntries()  # the warm start must not depend on the previous sweep
         guesses.adjoint_start()
     step = solver._step
+    if step is not None:
+        step.adjoint_start()  # its Krylov adjoints' warm starts come from this sweep only
     # The split's couplings (constant blocks + assembled remainder): nonlinear and IMEX steps.
     split = step if step is not None else solver._imex
     have_c = False

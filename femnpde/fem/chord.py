@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from petsc4py import PETSc
 
+from femnpde.fem.newton_krylov import EisenstatWalker
+
 if TYPE_CHECKING:
     from femnpde.fem.newton import NonlinearStep
 
@@ -41,7 +43,11 @@ class AcceleratedChord:
     falling): the final iterate is converged to about round-off, as an exact
     Newton's last (quadratic) step would leave it, so losses, gradients and
     finite differences do not depend on where the linear convergence happened
-    to cross the tolerance.
+    to cross the tolerance.  With the step's ``krylov`` method no polishing
+    iteration follows an inexact Newton step whose residual is already
+    round-off (:meth:`~femnpde.fem.newton_krylov.EisenstatWalker.limited_by_roundoff`:
+    far above what the step should have left), where it would only repeat
+    that floor.
 
     Args:
         step: The owner (its vectors, matrices and callbacks).
@@ -51,13 +57,13 @@ class AcceleratedChord:
         eta0: With the step's ``krylov`` method (Newton systems solved by a
             Krylov method preconditioned by the linear part), the relative
             tolerance of a step's first Krylov solve; later ones follow
-            :meth:`_forcing`.
+            :class:`~femnpde.fem.newton_krylov.EisenstatWalker`.
     """
 
     def __init__(self, step: "NonlinearStep", depth: int = 0, polish: int = 3, polish_factor: float = 1e-4,
                  eta0: float = 1e-3) -> None:
         self.step = step
-        self.eta0 = float(eta0)
+        self.forcing = EisenstatWalker(eta0)
         self.depth = int(depth)
         self.polish = int(polish)
         self.polish_factor = float(polish_factor)
@@ -84,11 +90,11 @@ class AcceleratedChord:
         self._report(snes, 0, fnorm, 0.0, 0, x, test=True)
         rtol, atol, _, _ = snes.getTolerances()
         target = self.polish_factor * max(atol, rtol * fnorm)
-        self._target = target
-        self._fprev = None
+        self.forcing.reset(target)
         k = 0
         polished = 0
         last_ratio = 1.0
+        at_floor = False
         while True:
             reason = snes.getConvergedReason()
             if reason < 0:
@@ -96,7 +102,7 @@ class AcceleratedChord:
             if reason > 0:
                 # Converged: polish towards round-off (the discrete adjoint and
                 # finite differences see the final iterate) while it still pays.
-                if polished >= self.polish or last_ratio > 0.5 or fnorm <= target:
+                if polished >= self.polish or last_ratio > 0.5 or fnorm <= target or at_floor:
                     return
                 polished += 1
                 x_best = x.array_r.copy()
@@ -111,6 +117,8 @@ class AcceleratedChord:
                     snes.setConvergedReason(PETSc.SNES.ConvergedReason.DIVERGED_LINEAR_SOLVE)
                     return
             last_ratio = new_norm / fnorm if fnorm > 0 else 0.0
+            # Inexact Newton (krylov): a residual far above what the step should have left is round-off.
+            at_floor = st.krylov and not self._exact and self.forcing.limited_by_roundoff(new_norm)
             fnorm = new_norm
             k += 1
             self._report(snes, k, fnorm, ynorm, lin_its, x, test=reason == 0)
@@ -124,27 +132,6 @@ class AcceleratedChord:
         if test:
             snes.converged(k, x.norm() if k else 0.0, ynorm, fnorm)
 
-    def _forcing(self, fnorm: float, rtol_min: float) -> float:
-        """The relative tolerance of an inexact Newton step's Krylov solve (Eisenstat–Walker, choice 2).
-
-        ``η_k = 0.9 (‖F_k‖/‖F_{k-1}‖)²`` (the reduction the next exact-Newton step
-        would give; ``eta0`` at the first iteration of a step), safeguarded by
-        ``0.9 η_{k-1}²``, never below what reaches the polishing target from
-        here, within ``[rtol_min, 0.1]``.  Only norms of this step enter, so a
-        recomputed step repeats its iterates exactly.
-        """
-        if self._fprev is None:
-            eta = self.eta0
-        else:
-            eta = 0.9 * (fnorm / self._fprev) ** 2
-            if 0.9 * self._eta**2 > 0.1:
-                eta = max(eta, 0.9 * self._eta**2)
-        if fnorm > 0:
-            eta = max(eta, 0.5 * self._target / fnorm)
-        eta = min(0.1, max(rtol_min, eta))
-        self._fprev, self._eta = fnorm, eta
-        return eta
-
     def _iterate(self, snes, x: PETSc.Vec, fnorm: float):
         """One chord (or, when exact, Newton) iteration; returns (‖F‖, ‖Δx‖, linear its), ‖F‖ None on failure."""
         st = self.step
@@ -157,7 +144,7 @@ class AcceleratedChord:
             self._prev = None
         ksp.setOperators(P, Pmat)
         if st.krylov:
-            ksp.setTolerances(rtol=self._forcing(fnorm, st.newton_ksp_rtol_min))
+            ksp.setTolerances(rtol=self.forcing(fnorm, st.newton_ksp_rtol_min))
         ksp.solve(F, d)
         lin_its = ksp.getIterationNumber()
         st.stats.forward_krylov_iterations += lin_its

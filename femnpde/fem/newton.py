@@ -23,20 +23,9 @@ GMRES preconditioned by the same factorisation (``PCApplyTranspose``; plain
 solves when the Jacobian is symmetric, as for Allen–Cahn), under
 ``{prefix}adjoint_ksp_*``.
 
-With ``method="krylov"`` (:data:`METHODS`; the default of large problems,
-:func:`default_nonlinear_method`) nothing is factorised per step or per
-iteration: the constant linear part ``A_lin = A_u`` (Dirichlet rows identity)
-is the preconditioner, set up once from the default linear solver options
-(PETSc's ``PCKSP``, whose inner solver reads ``{prefix}forward_ksp_*``: the
-serial LU, the redundant LU on several ranks, or whatever the step solver
-default is; an iterative default contributes its preconditioner only), and
-both the Newton systems (exact Jacobian, assembled per iteration) and the
-adjoint systems are solved by GMRES (safe when the Jacobian or the linear
-part is indefinite; for a non-symmetric Jacobian the adjoint applies
-transposes).  The Newton systems are solved inexactly, each to
-the accuracy the next iterate needs (the residual test is exact, so the
-converged state is the same); the adjoint's Krylov tolerance bounds the
-gradient error (:mod:`femnpde.fem.linear_defaults`).
+With ``method="krylov"`` (:mod:`femnpde.fem.newton_krylov`) nothing is factorised per step or per
+iteration: the Newton and adjoint systems are solved by GMRES preconditioned by the constant
+linear part.
 """
 
 from __future__ import annotations
@@ -48,9 +37,16 @@ from dolfinx import cpp as _cpp
 from dolfinx.fem import pack_coefficients, pack_constants
 from petsc4py import PETSc
 
-from femnpde import defaults as D
 from femnpde.fem.chord import AcceleratedChord
 from femnpde.fem.csr_jacobian import make_csr_jacobian
+from femnpde.fem.newton_krylov import (
+    KRYLOV_MIN_DOFS,
+    METHODS,
+    AdjointExtrapolation,
+    default_nonlinear_method,
+    krylov_adjoint_options,
+    krylov_options,
+)
 from femnpde.fem.split_assembly import SplitAssembly
 
 __all__ = [
@@ -64,50 +60,6 @@ __all__ = [
     "snes_reason",
     "ksp_reason",
 ]
-
-#: The linear systems of a nonlinear step: ``"chord"`` (a lagged Newton matrix, factorised and
-#: refreshed when the residual falls slowly) or ``"krylov"`` (Krylov solves preconditioned by the
-#: constant linear part, factorised once); ``"auto"`` picks by size (:func:`default_nonlinear_method`).
-METHODS = D.NONLINEAR_METHOD_CHOICES
-#: ``"auto"`` takes ``"krylov"`` from this many unknowns on (measured faster at 205 761, slower
-#: at 13 041 dofs: ``bench/nonlinear_cost.py``, ``bench/scaling.py --case ac2d``).
-KRYLOV_MIN_DOFS = 100_000
-
-
-def default_nonlinear_method(n_dofs: int, default_options: bool) -> str:
-    """The method ``"auto"`` stands for: Krylov from :data:`KRYLOV_MIN_DOFS` unknowns, with default options.
-
-    Args:
-        n_dofs: Global number of unknowns.
-        default_options: Whether the linear solver options are the defaults
-            (options given by the caller configure the chord's factorisation,
-            so they keep that path).
-    """
-    return "krylov" if default_options and n_dofs >= KRYLOV_MIN_DOFS else "chord"
-
-
-def krylov_options(linear_options: dict[str, str], symmetric: bool) -> dict[str, str]:
-    """Options (without prefix) of the Newton systems' Krylov solve, preconditioned by the linear part.
-
-    A direct (``preonly``) ``linear_options`` becomes the inner solver of a
-    ``PCKSP`` (keys prefixed ``ksp_``): any exact solver the defaults name
-    plugs in.  An iterative one contributes its preconditioner only (a
-    Krylov method inside the preconditioner would make it nonlinear).
-
-    Args:
-        linear_options: The linear step solver's options (e.g.
-            :func:`~femnpde.fem.linear_defaults.default_linear_solver_options`).
-        symmetric: Whether the step Jacobian is symmetric (kept for a choice by symmetry; GMRES for both).
-    """
-    # GMRES for symmetric Jacobians too: the linear part need not be definite (Allen–Cahn's holds
-    # -ε⁻² u v: A_lin is indefinite once dt > ε², where MINRES stopped with DIVERGED_INDEFINITE_PC),
-    # and it cost what MINRES cost (13 041 dofs: 17.2 iterations per step, the same CPU time).
-    # Right preconditioning: the tolerance is on ‖F + J d‖, what the Newton forcing term is about.
-    outer = {"ksp_type": "gmres", "ksp_gmres_restart": "100", "ksp_pc_side": "right", "ksp_rtol": "1e-14",
-             "ksp_atol": "1e-50", "ksp_max_it": "200"}
-    if linear_options.get("ksp_type", "preonly") == "preonly":
-        return {**outer, "pc_type": "ksp", **{f"ksp_{k}": v for k, v in linear_options.items()}}
-    return {**outer, **{k: v for k, v in linear_options.items() if not k.startswith("ksp_")}}
 
 _SNES_REASONS = {getattr(PETSc.SNES.ConvergedReason, k): k for k in dir(PETSc.SNES.ConvergedReason) if k.isupper()}
 _KSP_REASONS = {getattr(PETSc.KSP.ConvergedReason, k): k for k in dir(PETSc.KSP.ConvergedReason) if k.isupper()}
@@ -308,16 +260,15 @@ class NonlinearStep:
         # GMRES preconditioned by the linear part (krylov).
         ksp_adj = PETSc.KSP().create(comm)
         if self.krylov:
-            adj_defaults = {k: v for k, v in krylov_options({}, symmetric).items() if not k.startswith("pc_")}
-            # Left preconditioning, its norm: ‖P⁻¹(b − J λ)‖ ≈ ‖λ_exact − λ‖ since P⁻¹J ≈ I.
-            del adj_defaults["ksp_pc_side"]
-            adj_defaults.update({"ksp_rtol": repr(float(adjoint_rtol)), "ksp_max_it": "300"})
+            adj_defaults = krylov_adjoint_options(symmetric, adjoint_rtol)
         else:
             adj_defaults = {"ksp_type": "gmres", "ksp_rtol": "1e-13", "ksp_atol": "1e-50", "ksp_max_it": "300",
                             "ksp_gmres_restart": "60"}
         options_with_defaults(ksp_adj, f"{prefix}adjoint_", adj_defaults)
         ksp_adj.setPC(self._ksp.getPC())
         self._ksp_adj = ksp_adj
+        # krylov: the adjoint solves start from 2 λ^{n+1} − λ^{n+2} (λ^{n+1} at the second step of a sweep).
+        self._lam_guess = AdjointExtrapolation()
         # A symmetric step Jacobian (Allen–Cahn, nonlinear diffusion is not;
         # probed once by the ThetaSolver) lets the adjoint use plain solves,
         # cheaper than transpose solves.
@@ -452,6 +403,8 @@ class NonlinearStep:
             self.stats.factorisations += 1
         ksp = self._ksp_adj
         ksp.setOperators(self._J, self._pmat)
+        if self.krylov:
+            ksp.setInitialGuessNonzero(self._lam_guess.guess(lam))
         if self.symmetric:
             ksp.solve(rhs, lam)
         else:
@@ -465,10 +418,16 @@ class NonlinearStep:
                 f"adjoint linear solve at time step {n} (t = {t:.6g}) failed: KSP converged reason {ksp_reason(reason)} "
                 f"({int(reason)}) after {its} iterations; check the options under '{self.prefix}adjoint_'"
             )
+        if self.krylov:
+            self._lam_guess.add(lam)
         if its > self.adjoint_refresh_its and not self.krylov:
             # Precondition the next (earlier) steps with this step's Jacobian.
             self._J.copy(self._P, structure=PETSc.Mat.Structure.SAME_NONZERO_PATTERN)
             self.stats.factorisations += 1
+
+    def adjoint_start(self) -> None:
+        """Start an adjoint sweep: forget the previous sweep's adjoints (the guesses depend on this sweep only)."""
+        self._lam_guess.reset()
 
     def coupling(self, name: str, lam: PETSc.Vec, out: PETSc.Vec) -> bool:
         """``out = (∂F^n/∂w)^T lam`` for w = ``name`` (u_prev, g, g_prev); False if F does not depend on w."""
@@ -518,4 +477,5 @@ class NonlinearStep:
             if obj is not None:
                 obj.destroy()
         self._parts.destroy()
+        self._lam_guess.destroy()
         self._snes = self._ksp_adj = None
