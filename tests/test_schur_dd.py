@@ -71,6 +71,23 @@ def test_matches_lu_on_the_rectangle():
     s.destroy()
 
 
+def test_separator_is_one_sided_and_the_solve_exact():
+    """The separator is the rows coupled to a lower rank only (not both sides of the cut)."""
+    s = _step_matrix(paper_problem("heat", nx=16, ny=32, n_steps=2), "dd_one_")
+    A = s.A
+    rstart, _ = A.getOwnershipRange()
+    indptr, cols, vals = A.getValuesCSR()
+    rows = np.repeat(np.arange(indptr.size - 1), np.diff(indptr))
+    comm = MPI.COMM_WORLD
+    one_sided = comm.allreduce(np.unique(rows[(cols < rstart) & (vals != 0.0)]).size)
+    err, ctx = _solve_both(A, "dd_one_")
+    assert err < 1e-12, err
+    assert ctx.n_separator == one_sided and ctx.fallback == ""
+    if comm.rank == 0:
+        assert ctx._S.size == 0  # the lowest rank owns no separator row
+    s.destroy()
+
+
 def test_matches_lu_on_an_unstructured_mesh_and_falls_back_above_the_bound():
     data = read_mesh(MESHES / "annulus_holes.xdmf", MPI.COMM_WORLD, gdim=2)
     p = ParabolicProblem(data.mesh, heat(0.1), time=TimeGrid(1.0, 2), initial_condition=lambda x: 1.0 + x[0],

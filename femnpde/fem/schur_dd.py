@@ -8,24 +8,27 @@ ranks::
     -{prefix}ksp_type preonly -{prefix}pc_type python
     -{prefix}pc_python_type femnpde.fem.schur_dd.SchurDD
 
-**Splitting.** The separator ``S`` is the set of owned rows that have entries
-in off-process columns, on every rank (both sides of each cut); the interior
-``I_r`` of rank r is the rest of its rows.  Interior rows couple only to
-owned columns, so ``A`` restricted to the interiors is block diagonal over
-the ranks and ``A_{I_r S}`` has non-zero columns only in rank r's own part of
-``S``.  With ``A_rr = P^T R^T R P`` (PETSc's sparse Cholesky, nested
-dissection, on ``COMM_SELF``) and ``V_r = R^{-T} P A_{I_r S}`` (one forward
-substitution per own separator column, kept sparse), the Schur complement
-``Σ = A_SS - Σ_r V_r^T V_r`` is a dense ``n_S x n_S`` matrix assembled on
-every rank (one allreduce at set-up) and factorised by LAPACK's Cholesky.
+**Splitting.** The separator ``S`` is one-sided: the owned rows that have
+non-zero entries in a *lower* rank's columns (on two ranks, rank 1's side of
+the cut only, about half of the rows that touch the cut); the interior
+``I_r`` of rank r is the rest of its rows.  ``A`` is symmetric, so an
+interior row couples only to owned columns and to higher ranks' separator
+rows: ``A`` restricted to the interiors is block diagonal over the ranks, and
+``A_{I_r S}`` has non-zero columns ``C_r`` in rank r's own part of ``S`` and
+in higher ranks' parts.  With ``A_rr = P^T R^T R P`` (PETSc's sparse
+Cholesky, nested dissection, on ``COMM_SELF``) and ``V_r = R^{-T} P A_{I_r
+C_r}`` (one forward substitution per column of ``C_r``, kept sparse), the
+Schur complement ``Σ = A_SS - Σ_r V_r^T V_r`` is a dense ``n_S x n_S`` matrix
+assembled on every rank (one allreduce at set-up) and factorised by LAPACK's
+Cholesky.
 
-**Apply** (per solve, per rank): ``z_r = R^{-T} P b_r``; ``g = b_S - V^T z``
-(the rank's own separator values, one allgather of ``n_S`` doubles);
-``x_S = Σ^{-1} g`` (the rank's own rows of ``Σ^{-1}``, a dense product);
-``x_r = P^T R^{-1} (z_r - V_r x_S)``.  That is one half-size triangular pair
-per rank on two ranks, plus two sparse products with ``V_r``.  ``A`` is
-symmetric, so :meth:`SchurDD.applyTranspose` is :meth:`SchurDD.apply`.  On
-one rank the separator is empty and the solve is a plain sparse Cholesky.
+**Apply** (per solve, per rank): ``z_r = R^{-T} P b_r``; ``g = b_S - Σ_r V_r^T
+z_r`` (one allreduce of ``n_S`` doubles); ``x_S = Σ^{-1} g`` on ``C_r`` and
+the own separator (those rows of ``Σ^{-1}``, a dense product); ``x_r = P^T
+R^{-1} (z_r - V_r x_{C_r})``.  That is one half-size triangular pair per rank
+on two ranks, plus two sparse products with ``V_r``.  ``A`` is symmetric, so
+:meth:`SchurDD.applyTranspose` is :meth:`SchurDD.apply`.  On one rank the
+separator is empty and the solve is a plain sparse Cholesky.
 
 **Options** (under ``{prefix}schur_dd_``): the interior factorisation is a
 KSP with that prefix (defaults ``ksp_type preonly``, ``pc_type cholesky``,
@@ -68,7 +71,7 @@ __all__ = ["SchurDD", "MAX_SEPARATOR", "INTERIOR_OPTIONS", "FALLBACK_OPTIONS"]
 
 #: Default bound of the global separator size n_S (the dense Schur complement
 #: is n_S x n_S on every rank: 3 000 -> 72 MB and a ~9 GFlop factorisation
-#: with the reference BLAS; the 321 x 641 rectangle on 2 ranks has n_S ~ 640).
+#: with the reference BLAS; the benchmark's heat 2D rectangle on 2 ranks has n_S = 527).
 MAX_SEPARATOR = 3_000
 #: Defaults of the interior factorisation (``{prefix}schur_dd_*``).
 INTERIOR_OPTIONS = {
@@ -158,10 +161,10 @@ class SchurDD:
         n_own = rend - rstart
         indptr, cols, vals = A.getValuesCSR()
         csr = scipy.sparse.csr_matrix((vals, cols, indptr), shape=(n_own, A.getSize()[1]))
-        off = (cols < rstart) | (cols >= rend)
+        # One-sided separator: the rows coupled to a lower rank's columns (see the module docstring).
         row_of = np.repeat(np.arange(n_own), np.diff(indptr))
         is_sep = np.zeros(n_own, dtype=bool)
-        is_sep[row_of[off]] = True
+        is_sep[row_of[(cols < rstart) & (vals != 0.0)]] = True
         sep = np.flatnonzero(is_sep)
         counts = np.array(comm.allgather(sep.size))
         n_sep = int(counts.sum())
@@ -188,10 +191,28 @@ class SchurDD:
         # Work vectors of the owned size: b and x's arrays are placed in them (no copies).
         self._bv, self._z, self._xv = (PETSc.Vec().createSeq(n_own, comm=PETSc.COMM_SELF) for _ in range(3))
         self._objs += [self._bv, self._z, self._xv]
-        # One forward substitution per own separator column of the coupling A_{I_r S} (kept sparse).
-        A_rS = (keep @ loc[:, sep]).tocsc()
+        # The global separator (sorted: the ranks own contiguous ranges) and this rank's offset in it.
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        lo = offsets[comm.rank]
+        all_sep = np.concatenate(comm.allgather(sep + rstart))
+        self._lo = lo
+        # The coupling A_{I_r S}: the interior rows' columns in the separator, own or a higher
+        # rank's; its non-zero columns C_r (global separator numbering) are those V_r has.
+        coo = (keep @ csr).tocoo()
+        nonzero = coo.data != 0.0
+        in_sep = np.isin(coo.col, all_sep) & nonzero
+        # By symmetry an interior row's non-zeros in other ranks' columns are in their separators.
+        coupled_ok = not np.any(nonzero & ~in_sep & ((coo.col < rstart) | (coo.col >= rend)))
+        jj = np.searchsorted(all_sep, coo.col[in_sep])
+        c_set = np.unique(jj)
+        A_rS = scipy.sparse.csc_matrix(
+            (coo.data[in_sep], (coo.row[in_sep], np.searchsorted(c_set, jj))), shape=(n_own, c_set.size)
+        )
+        n_c = c_set.size
+        # One forward substitution per column of the coupling (kept sparse).
         rows, cols_v, data = [], [], []
         self._zS = np.zeros(n_s, dtype=np.int32)
+        ok = ok and coupled_ok
         if ok:
             try:
                 # Where the (isolated) separator entries sit in the factor's ordering: the forward
@@ -204,18 +225,18 @@ class SchurDD:
                 pos = np.flatnonzero(z)
                 ok = pos.size == n_s and np.array_equal(np.sort(z[pos]), np.arange(1, n_s + 1))
                 self._zS[np.rint(z[pos]).astype(int) - 1] = pos
-                for k in range(n_s):
+                for k in range(n_c):
                     col = self._bv.array_w
                     col[:] = 0.0
-                    lo, hi = A_rS.indptr[k], A_rS.indptr[k + 1]
-                    col[A_rS.indices[lo:hi]] = A_rS.data[lo:hi]
+                    k0, k1 = A_rS.indptr[k], A_rS.indptr[k + 1]
+                    col[A_rS.indices[k0:k1]] = A_rS.data[k0:k1]
                     self._F.solveForward(self._bv, self._z)
                     z = self._z.array_r
                     nz = np.flatnonzero(z)
                     rows.append(nz)
                     cols_v.append(np.full(nz.size, k))
                     data.append(z[nz].copy())
-                if n_s == 0 and n_own > 0:
+                if n_c == 0 and n_own > 0:
                     # No coupling to test the factor with: one substitution of ones (a NaN marks a
                     # non-positive pivot).
                     self._bv.set(1.0)
@@ -226,36 +247,38 @@ class SchurDD:
         Vt = scipy.sparse.csr_matrix(
             (np.concatenate(data) if data else np.zeros(0),
              (np.concatenate(cols_v) if cols_v else np.zeros(0, int), np.concatenate(rows) if rows else np.zeros(0, int))),
-            shape=(n_s, n_own),
+            shape=(n_c, n_own),
         )
         ok = ok and bool(np.all(np.isfinite(Vt.data)))
         self.nnz_v = Vt.nnz
         self._Vt = _seq_aij(Vt)
         self._objs.append(self._Vt)
-        self._t, self._xs = (PETSc.Vec().createSeq(n_s, comm=PETSc.COMM_SELF) for _ in range(2))
+        self._t, self._xs = (PETSc.Vec().createSeq(n_c, comm=PETSc.COMM_SELF) for _ in range(2))
         self._objs += [self._t, self._xs]
+        self._C = c_set
         # The dense Schur complement: this rank's separator rows of A_SS minus V_r^T V_r.
-        offsets = np.concatenate([[0], np.cumsum(counts)])
-        lo = offsets[comm.rank]
-        all_sep = np.concatenate(comm.allgather(sep + rstart))  # sorted: the ranks own contiguous ranges
-        self._counts, self._offsets = counts, offsets
         S_local = np.zeros((n_sep, n_sep))
         if n_s:
             rows_ss = csr[sep].tocoo()
-            in_sep = np.isin(rows_ss.col, all_sep)
-            jj = np.searchsorted(all_sep, rows_ss.col[in_sep])
-            np.add.at(S_local, (lo + rows_ss.row[in_sep], jj), rows_ss.data[in_sep])
-            S_local[lo : lo + n_s, lo : lo + n_s] -= (Vt @ Vt.T).toarray()
+            in_ss = np.isin(rows_ss.col, all_sep)
+            np.add.at(S_local, (lo + rows_ss.row[in_ss], np.searchsorted(all_sep, rows_ss.col[in_ss])),
+                      rows_ss.data[in_ss])
+        if n_c:
+            S_local[np.ix_(c_set, c_set)] -= (Vt @ Vt.T).toarray()
         S = np.empty_like(S_local)
         comm.Allreduce(S_local, S, op=MPI.SUM)
         del S_local
-        self._W = np.zeros((n_s, n_sep))
+        # The rows of Σ^{-1} this rank needs: its own separator's and V_r's columns C_r.
+        need = np.union1d(c_set, lo + np.arange(n_s))
+        self._need_c = np.searchsorted(need, c_set)
+        self._need_own = np.searchsorted(need, lo + np.arange(n_s))
+        self._W = np.zeros((need.size, n_sep))
         if n_sep and ok:
             try:
                 factor = scipy.linalg.cho_factor(S, lower=True, check_finite=True)
-                E = np.zeros((n_sep, n_s))
-                E[lo + np.arange(n_s), np.arange(n_s)] = 1.0
-                # Σ^{-1} is symmetric: its own rows are the solutions for the own unit vectors.
+                E = np.zeros((n_sep, need.size))
+                E[need, np.arange(need.size)] = 1.0
+                # Σ^{-1} is symmetric: its rows are the solutions for the unit vectors.
                 W = np.ascontiguousarray(scipy.linalg.cho_solve(factor, E).T)
                 # Σ^{-1} decays away from the diagonal into subnormal numbers, which make the
                 # dense product ~30x slower: flush them (each is below 2.3e-308 relative to |g|).
@@ -263,7 +286,7 @@ class SchurDD:
                 self._W = W
             except (np.linalg.LinAlgError, ValueError):
                 ok = False
-        self._g = np.empty(n_sep)
+        self._g, self._g_local = np.empty(n_sep), np.zeros(n_sep)
         if on_breakdown == "fallback" and not comm.allreduce(bool(ok), op=MPI.LAND):
             # Symmetric but not positive definite (e.g. an IMEX step with dt > ε²): solve it
             # exactly as before this solver existed.
@@ -313,17 +336,19 @@ class SchurDD:
         self._bv.placeArray(b_arr)
         self._F.solveForward(self._bv, self._z)
         self._bv.resetArray()
-        if self.n_separator:
-            self._Vt.mult(self._z, self._t)
-            g_own = b_arr[self._S] - self._t.array_r
-            comm = pc.getComm().tompi4py()
-            comm.Allgatherv(g_own, (self._g, self._counts, self._offsets[:-1], MPI.DOUBLE))
-            xs = self._W @ self._g
-            self._xs.array_w[:] = xs
-            # z - V x_S on the interior, x_S on the separator: the backward substitution keeps it there.
-            self._Vt.multTranspose(self._xs, self._xv)
-            self._z.axpy(-1.0, self._xv)
-            self._z.array_w[self._zS] = xs
+        # g = b_S - Σ_r V_r^T z_r (one allreduce of n_S doubles).
+        self._Vt.mult(self._z, self._t)
+        g = self._g_local
+        g[:] = 0.0
+        g[self._lo : self._lo + self._S.size] = b_arr[self._S]
+        g[self._C] -= self._t.array_r
+        pc.getComm().tompi4py().Allreduce(g, self._g, op=MPI.SUM)
+        xs = self._W @ self._g  # x_S on C_r and on the own separator
+        self._xs.array_w[:] = xs[self._need_c]
+        # z - V x_S on the interior, x_S on the separator: the backward substitution keeps it there.
+        self._Vt.multTranspose(self._xs, self._xv)
+        self._z.axpy(-1.0, self._xv)
+        self._z.array_w[self._zS] = xs[self._need_own]
         self._xv.placeArray(x_arr)
         self._F.solveBackward(self._z, self._xv)
         self._xv.resetArray()
