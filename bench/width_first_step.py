@@ -23,11 +23,11 @@ Writes ``bench/results/width/first_step-<scenario>-<mesh>.json``.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import pathlib
 
 import numpy as np
+from _paper import MESHES, SCENARIOS, study
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "width"
@@ -44,9 +44,6 @@ def measure(scenario: str, mesh: str, N: int, factors: list[float], seed: int) -
     from femnpde.app.build import build_run
     from femnpde.app.loading import load_config
 
-    spec = importlib.util.spec_from_file_location("reproduce_paper", ROOT / "bench" / "reproduce_paper.py")
-    study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(study)
     config, overrides = study.config_of(scenario, mesh)
     cfg = load_config(config, [*overrides, f"network.neurons={N}", f"network.seed={seed}"])
     opt = cfg["optimizer"]
@@ -74,8 +71,8 @@ def measure(scenario: str, mesh: str, N: int, factors: list[float], seed: int) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenario", choices=["heat", "allen-cahn", "allen-cahn-imex"], default="allen-cahn-imex")
-    parser.add_argument("--mesh", choices=["rectangle", "annulus", "box"], default="box")
+    parser.add_argument("--scenario", choices=SCENARIOS, default="allen-cahn-imex")
+    parser.add_argument("--mesh", choices=MESHES, default="box")
     parser.add_argument("--N", default="10,100,500")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--factors", default="1,0.25,0.0625,0.015625,0.00390625,0.0009765625",

@@ -24,7 +24,6 @@ The runs are ``femnpde sweep`` runs in ``--runs`` (resumable).  Writes
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import pathlib
@@ -32,17 +31,10 @@ import resource
 import time
 
 import numpy as np
+from _paper import MESHES, SCENARIOS, bench_module, study
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "width"
-
-
-def _bench(name: str):
-    """A module of bench/ (reproduce_paper: the scenarios' configurations; width_reproducibility: divergence)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def history_summary(rmse: np.ndarray, lr: np.ndarray, marks: list[int], grad: np.ndarray | None = None) -> dict:
@@ -63,8 +55,8 @@ def history_summary(rmse: np.ndarray, lr: np.ndarray, marks: list[int], grad: np
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenario", choices=["heat", "allen-cahn", "allen-cahn-imex"], default="allen-cahn-imex")
-    parser.add_argument("--mesh", choices=["rectangle", "annulus", "box"], default="annulus")
+    parser.add_argument("--scenario", choices=SCENARIOS, default="allen-cahn-imex")
+    parser.add_argument("--mesh", choices=MESHES, default="annulus")
     parser.add_argument("--N", type=int, default=100)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--epochs", type=int, default=500)
@@ -80,7 +72,6 @@ def main() -> None:
     from femnpde.app.sweep import sweep
     from femnpde.io.history import History
 
-    study = _bench("reproduce_paper")
     config, overrides = study.config_of(args.scenario, args.mesh)
     base_lr = float(load_config(config, overrides)["optimizer"]["lr"])
     marks = [int(m) for m in args.marks.split(",")]
@@ -104,7 +95,7 @@ def main() -> None:
         if args.against and factor == 1.0:
             there = pathlib.Path(args.against)
             study_rmse = np.asarray(History.read(there / "history.csv")["relative_rmse"], float)
-            drift = _bench("width_reproducibility").divergence(np.asarray(hist["relative_rmse"], float), study_rmse)
+            drift = bench_module("width_reproducibility").divergence(np.asarray(hist["relative_rmse"], float), study_rmse)
             row["against_study_run"] = {"run": f"{there.parent.name}/{there.name}", **drift}
         rows.append(row)
         print(f"{args.scenario} {args.mesh} N={args.N} lr x{factor:g} ({row['lr']:.4g}): best {row['best']:.4f} "

@@ -20,7 +20,6 @@ above.  Writes ``bench/results/width/network_fit-<scenario>[-<mesh>].json``
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import pathlib
 import time
@@ -31,20 +30,13 @@ from mpi4py import MPI
 
 from femnpde.app.build import build_run
 from femnpde.app.loading import load_config
+from _paper import MESHES, SCENARIOS, study
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _config_of(scenario: str, mesh: str):
-    """bench/reproduce_paper.py's configuration and overrides of (scenario, mesh)."""
-    spec = importlib.util.spec_from_file_location("reproduce_paper", ROOT / "bench" / "reproduce_paper.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.config_of(scenario, mesh)
-
-
 def fit(scenario: str, N: int, iterations: int, mesh: str = "rectangle") -> dict:
-    config, overrides = _config_of(scenario, mesh)
+    config, overrides = study.config_of(scenario, mesh)
     cfg = load_config(config, [*overrides, f"network.neurons={N}"])
     with build_run(cfg, MPI.COMM_SELF) as run:
         target = run.target_values
@@ -70,8 +62,8 @@ def fit(scenario: str, N: int, iterations: int, mesh: str = "rectangle") -> dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenario", choices=["heat", "allen-cahn", "allen-cahn-imex"], default="heat")
-    parser.add_argument("--mesh", choices=["rectangle", "annulus", "box"], default="rectangle",
+    parser.add_argument("--scenario", choices=SCENARIOS, default="heat")
+    parser.add_argument("--mesh", choices=MESHES, default="rectangle",
                         help="the study's mesh (off the rectangle the target is 'moving_gaussian')")
     parser.add_argument("--N", default="10,100,500")
     parser.add_argument("--iterations", type=int, default=3000)

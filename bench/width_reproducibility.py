@@ -28,7 +28,6 @@ Writes ``bench/results/width/reproducibility.json``.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import io
 import json
 import pathlib
@@ -36,6 +35,7 @@ import subprocess
 import tarfile
 
 import numpy as np
+from _paper import MESHES, SCENARIOS, bench_module
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "width"
@@ -101,9 +101,7 @@ def probe(args) -> None:
     from femnpde.app.loading import load_config
 
     tree = pathlib.Path(args.tree)
-    spec = importlib.util.spec_from_file_location("reproduce_paper", tree / "bench" / "reproduce_paper.py")
-    study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(study)
+    study = bench_module("reproduce_paper", tree)
     config, overrides = study.config_of(args.scenario, args.mesh)
     cfg = load_config(config, [*overrides, f"network.neurons={args.N}", f"network.seed={args.seed}"])
     with build_run(cfg, MPI.COMM_SELF) as run:
@@ -124,8 +122,8 @@ def _probe_differences(a: pathlib.Path, b: pathlib.Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenario", choices=["heat", "allen-cahn", "allen-cahn-imex"], default="allen-cahn-imex")
-    parser.add_argument("--mesh", choices=["rectangle", "annulus", "box"], default="rectangle")
+    parser.add_argument("--scenario", choices=SCENARIOS, default="allen-cahn-imex")
+    parser.add_argument("--mesh", choices=MESHES, default="rectangle")
     parser.add_argument("--N", type=int, default=100)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--epochs", type=int, default=200)

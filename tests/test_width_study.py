@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import pathlib
+import sys
 
 import numpy as np
 import pytest
@@ -101,6 +102,8 @@ def test_imex_scenario_is_its_own_study(study, tmp_path):
 
 
 def _bench(name):
+    if str(ROOT / "bench") not in sys.path:  # the width_* scripts import bench/_paper.py, as when run as scripts
+        sys.path.insert(0, str(ROOT / "bench"))
     spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
