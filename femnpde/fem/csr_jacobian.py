@@ -1,26 +1,36 @@
-"""The step Jacobian ``A + ∂N/∂u`` on one rank without PETSc's per-cell insertion.
+"""The step Jacobian ``A_bc + ∂N/∂u`` on any number of ranks without PETSc's per-cell insertion.
 
 :class:`~femnpde.fem.newton.NonlinearStep` needs the exact step Jacobian at
-every adjoint step and at every refresh of the lagged Newton matrix: the
-constant part ``A`` (Dirichlet rows identity) plus the nonlinear remainder's
-derivative ``∂N/∂u``.  Assembled through PETSc's ``MatSetValuesLocal`` cell by
-cell, ``∂N/∂u`` costs 2-3 times its assembly into DOLFINx's own CSR matrix
-(measured: 0.40 against 0.15 ms at 861 dofs, 6.3 against 3.6 ms at 13 041
-dofs).  On one rank :class:`CSRJacobian` therefore assembles ``∂N/∂u`` into a
-:class:`dolfinx.la.MatrixCSR` and adds its values, through a position map
-computed once, into the value arrays of PETSc AIJ matrices that share their
-memory with numpy (``MatCreateSeqAIJWithArrays``).  The sums are those of the
-PETSc path (the same per-entry additions in cell order), so the matrices are
-bitwise equal.  Under MPI the caller keeps the PETSc path (the CSR matrix's
-ghost rows would need their own exchange).
+every adjoint step and at every Newton iteration (Krylov path) or refresh of
+the lagged Newton matrix (chord): the constant part ``A_bc`` (Dirichlet rows
+identity) plus the nonlinear remainder's derivative ``∂N/∂u`` with its
+Dirichlet rows and columns dropped.  Assembled through PETSc's
+``MatSetValuesLocal`` cell by cell, ``∂N/∂u`` costs 2-3 times its assembly
+into DOLFINx's own CSR matrix, and on two ranks the stash exchange and
+``MatZeroRowsColumns`` of that path cost about what the assembly saves
+(``bench/jacobian_assembly.py``).  :class:`CSRJacobian` therefore assembles
+``∂N/∂u`` into a :class:`dolfinx.la.MatrixCSR` (owned and ghost rows, no
+communication) and writes ``M`` with one ``MatSetValuesCOO``: the matrix is
+preallocated once with the global (row, column) pairs of ``A_bc``'s owned
+entries followed by the CSR matrix's entries (those in a Dirichlet row or
+column get row -1, which PETSc ignores), and each assembly passes the values
+``[A_bc, ∂N/∂u]``.  PETSc sums the duplicate pairs and sends the ghost rows'
+entries to their owners (a star forest built once).
+
+On one rank every entry is ``A_bc + (∂N/∂u)`` with ``∂N/∂u`` summed in cell
+order, so the matrix is bitwise the PETSc path's; on several ranks an entry
+of a row shared between ranks sums the owner's and the other rank's cell
+contributions in another order than PETSc's stash (round-off).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import dolfinx.fem
+import dolfinx.la
 from dolfinx import cpp as _cpp
 from dolfinx.fem import pack_coefficients, pack_constants
+from mpi4py import MPI
 from petsc4py import PETSc
 
 __all__ = ["CSRJacobian", "make_csr_jacobian"]
@@ -31,84 +41,107 @@ class CSRJacobian:
 
     Args:
         A_bc: The constant part with Dirichlet rows identity, on the full
-            Jacobian's sparsity (a sequential AIJ matrix).
+            Jacobian's sparsity (an AIJ matrix).
         form: The compiled bilinear form ``∂N/∂u``.
-        csr: Its :class:`dolfinx.la.MatrixCSR` (from :func:`dolfinx.fem.create_matrix`).
-        positions: For each entry of ``csr``, its index in ``A_bc``'s values
-            (None when the two patterns are the same).
-        dropped: The indices of the entries of ``csr`` in a Dirichlet row or column.
+        csr: Its :class:`dolfinx.la.MatrixCSR` (from :func:`dolfinx.fem.create_matrix`, block size 1).
+        is_bc_row: For each local row of ``csr`` (owned and ghost), whether it is a Dirichlet dof.
+        is_bc_col: The same for its local columns.
     """
 
-    def __init__(self, A_bc: PETSc.Mat, form, csr, positions: np.ndarray | None, dropped: np.ndarray) -> None:
+    def __init__(self, A_bc: PETSc.Mat, form, csr, is_bc_row: np.ndarray, is_bc_col: np.ndarray) -> None:
         self._form = form
         self._csr = csr
-        self._pos = positions
-        self._dropped = dropped
+        self._is_bc_row = is_bc_row
+        self._is_bc_col = is_bc_col
+        self._sizes = A_bc.getSizes()
+        self._comm = A_bc.getComm()
+        self._row_start = A_bc.getOwnershipRange()[0]
         indptr, indices, values = A_bc.getValuesCSR()
-        self._indptr = np.asarray(indptr, dtype=PETSc.IntType)
-        self._indices = np.asarray(indices, dtype=PETSc.IntType)
-        self._base = np.array(values, dtype=PETSc.ScalarType)
-        self._size = A_bc.getSizes()
-        self._values: dict[int, np.ndarray] = {}
+        self._a_indptr = np.asarray(indptr, dtype=np.int64)
+        self._a_indices = np.asarray(indices, dtype=PETSc.IntType)
+        n_a = self._a_indices.size
+        self._values = np.zeros(n_a + csr.data.size, dtype=PETSc.ScalarType)  # [A_bc, ∂N/∂u]
+        self._values[:n_a] = values
+        self._n_a = n_a
+
+    def _coo(self) -> tuple[np.ndarray, np.ndarray]:
+        """The global (row, column) pairs of ``[A_bc, ∂N/∂u]``; -1 rows for ∂N/∂u's Dirichlet entries."""
+        n_a_rows = self._a_indptr.size - 1
+        a_rows = self._row_start + np.repeat(np.arange(n_a_rows, dtype=np.int64), np.diff(self._a_indptr))
+        csr = self._csr
+        rmap, cmap = csr.index_map(0), csr.index_map(1)
+        n_rows = rmap.size_local + rmap.num_ghosts
+        n_indptr = np.asarray(csr.indptr, dtype=np.int64)
+        local_rows = np.repeat(np.arange(n_rows, dtype=np.int32), np.diff(n_indptr[: n_rows + 1]))
+        local_cols = np.asarray(csr.indices, dtype=np.int32)[: local_rows.size]
+        n_rows_g = rmap.local_to_global(local_rows).astype(np.int64)
+        n_cols_g = cmap.local_to_global(local_cols).astype(np.int64)
+        n_rows_g[self._is_bc_row[local_rows] | self._is_bc_col[local_cols]] = -1
+        rows = np.concatenate([a_rows, n_rows_g]).astype(PETSc.IntType)
+        cols = np.concatenate([self._a_indices, n_cols_g]).astype(PETSc.IntType)
+        return rows, cols
 
     def create_matrix(self, prefix: str) -> PETSc.Mat:
-        """A new AIJ matrix equal to ``A_bc`` whose values :meth:`assemble_into` writes in place."""
-        values = self._base.copy()
-        M = PETSc.Mat().createAIJWithArrays(self._size, (self._indptr, self._indices, values), comm=PETSc.COMM_SELF)
+        """A new AIJ matrix equal to ``A_bc`` whose values :meth:`assemble_into` sets (collective)."""
+        M = PETSc.Mat().create(comm=self._comm)
+        M.setSizes(self._sizes)
+        M.setType(PETSc.Mat.Type.AIJ)
         M.setOptionsPrefix(prefix)
-        M.assemble()
-        self._values[M.handle] = values
+        rows, cols = self._coo()
+        M.setPreallocationCOO(rows, cols)
+        self._values[self._n_a:] = 0.0
+        M.setValuesCOO(self._values, addv=PETSc.InsertMode.INSERT_VALUES)
         return M
 
-    def assemble_into(self, M: PETSc.Mat) -> None:
-        """``M = A_bc + ∂N/∂u`` at the current coefficients (``M`` from :meth:`create_matrix`)."""
-        values = self._values[M.handle]
+    def assemble_csr(self) -> None:
+        """∂N/∂u at the current coefficients into the CSR matrix (owned and ghost rows; local work only)."""
         form, csr = self._form, self._csr
-        data = csr.data
-        data[:] = 0.0
+        csr.data[:] = 0.0
         _cpp.fem.assemble_matrix(csr._cpp_object, form._cpp_object, pack_constants(form), pack_coefficients(form), [])
-        data[self._dropped] = 0.0
-        if self._pos is None:
-            np.add(self._base, data, out=values)
-        else:
-            np.copyto(values, self._base)
-            values[self._pos] += data
-        M.assemble()  # new values: the object state changes, a factorisation of M is redone
 
-    def forget(self, M: PETSc.Mat) -> None:
-        """Drop the value array of ``M`` (before destroying it)."""
-        self._values.pop(M.handle, None)
+    def set_values(self, M: PETSc.Mat) -> None:
+        """``M = A_bc +`` the CSR matrix's ∂N/∂u (collective: ghost rows go to their owners)."""
+        self._values[self._n_a:] = self._csr.data
+        M.setValuesCOO(self._values, addv=PETSc.InsertMode.INSERT_VALUES)  # new state: a factorisation is redone
+
+    def assemble_into(self, M: PETSc.Mat) -> None:
+        """``M = A_bc + ∂N/∂u`` at the current coefficients (``M`` from :meth:`create_matrix`; collective)."""
+        self.assemble_csr()
+        self.set_values(M)
 
 
-def make_csr_jacobian(A_bc: PETSc.Mat, form, bc_dofs: np.ndarray, comm) -> CSRJacobian | None:
-    """A :class:`CSRJacobian`, or None where it does not apply (several ranks, no ``∂N/∂u``, other pattern).
+def _dirichlet_marker(imap, bc_owned: np.ndarray) -> np.ndarray:
+    """For each local index (owned and ghost) of ``imap``, whether it is an owned Dirichlet dof somewhere.
+
+    ``imap`` owns the rows the function space's index map owns (its ghosts may differ: the CSR matrix's column
+    map also holds the columns of entries other ranks contribute to owned rows); the owners tell the ghosts.
+    """
+    mark = dolfinx.la.vector(imap, dtype=np.float64)
+    mark.array[:] = 0.0
+    mark.array[bc_owned] = 1.0
+    mark.scatter_forward()
+    return mark.array > 0.5
+
+
+def make_csr_jacobian(A_bc: PETSc.Mat, form, bc_owned: np.ndarray, V) -> CSRJacobian | None:
+    """A :class:`CSRJacobian`, or None where it does not apply (no ``∂N/∂u``, a blocked layout; collective).
 
     Args:
         A_bc: The constant part of the Jacobian (Dirichlet rows identity).
         form: The compiled ``∂N/∂u`` (None when the residual is affine in u).
-        bc_dofs: Local indices of the Dirichlet dofs.
-        comm: The problem's communicator.
+        bc_owned: Local indices of the owned Dirichlet dofs (the rows and columns dropped).
+        V: The function space of the rows and columns.
     """
-    if form is None or comm.size != 1 or A_bc.getType() != PETSc.Mat.Type.SEQAIJ:
+    if form is None or A_bc.getType() not in (PETSc.Mat.Type.SEQAIJ, PETSc.Mat.Type.MPIAIJ):
+        return None
+    if V.dofmap.index_map_bs != 1:
         return None
     csr = dolfinx.fem.create_matrix(form)
-    n = A_bc.getSize()[0]
-    n_indptr = np.asarray(csr.indptr, dtype=np.int64)
-    if n_indptr.size != n + 1:
+    n_owned = V.dofmap.index_map.size_local
+    rmap, cmap = csr.index_map(0), csr.index_map(1)
+    fits = (list(csr.block_size) == [1, 1] and A_bc.getSizes()[0][0] == n_owned
+            and rmap.size_local == n_owned and cmap.size_local == n_owned)
+    if not A_bc.getComm().tompi4py().allreduce(fits, op=MPI.LAND):
         return None
-    n_cols = np.asarray(csr.indices, dtype=np.int64)
-    n_rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(n_indptr))
-    indptr, indices, _ = A_bc.getValuesCSR()
-    m_rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(np.asarray(indptr, dtype=np.int64)))
-    m_keys = m_rows * n + np.asarray(indices, dtype=np.int64)
-    n_keys = n_rows * n + n_cols
-    if m_keys.size and np.any(np.diff(m_keys) <= 0):
-        return None
-    pos = np.searchsorted(m_keys, n_keys)
-    if np.any(pos >= m_keys.size) or not np.array_equal(m_keys[np.minimum(pos, m_keys.size - 1)], n_keys):
-        return None  # an entry of ∂N/∂u outside the Jacobian's pattern: keep PETSc's own checks
-    is_bc = np.zeros(n, dtype=bool)
-    is_bc[bc_dofs] = True
-    dropped = np.flatnonzero(is_bc[n_rows] | is_bc[n_cols])
-    same = pos.size == m_keys.size and np.array_equal(pos, np.arange(pos.size))  # the same pattern, same order
-    return CSRJacobian(A_bc, form, csr, None if same else pos.astype(np.int64), dropped.astype(np.int64))
+    is_bc_row, is_bc_col = _dirichlet_marker(rmap, bc_owned), _dirichlet_marker(cmap, bc_owned)
+    return CSRJacobian(A_bc, form, csr, is_bc_row, is_bc_col)
