@@ -471,6 +471,9 @@ class NonlinearStep:
 
     def destroy(self) -> None:
         """Destroy the PETSc objects (collective)."""
+        if self._csr_jac is not None:
+            self._csr_jac.forget(self._P)
+            self._csr_jac.forget(self._J)
         objs = [self._snes, self._ksp_adj, self._A_bc, self._P, self._J, self._N, self._b, self._c, self._d, self._x,
                 self._x0]
         for obj in objs:
