@@ -114,6 +114,10 @@ def test_krylov_with_checkpointing_is_identical():
         # vector kernels may then sum in another order (seen: 2 in 13 runs of the suite, a few 1e-16).
         assert J_m == J_c, guess
         assert np.linalg.norm(dJ_m - dJ_c) <= 1e-14 * np.linalg.norm(dJ_m), guess
+        # the same forward solves; 3 snapshots for 16 steps repeat some of them during the adjoint sweep
+        its_m, its_c = rf_m.solver.linear_iterations, rf_c.solver.linear_iterations
+        assert its_m.forward == its_c.forward and len(its_c.forward) == len(its_c.adjoint) == 16, (its_m, its_c)
+        assert not its_m.recomputed and its_c.recomputed, (its_m, its_c)
     rf_m.solver.destroy()
     rf_c.solver.destroy()
 
