@@ -108,8 +108,7 @@ def profile(solver_name: str, steps: int, top: int) -> None:
     g2 = 0.9 * g
 
     def loss_grad():
-        J = misfit.value(solver.forward(g2))
-        return J, solver.adjoint(g2, misfit.add_gradient)
+        return scaling.loss_and_gradient(solver, misfit, g2)
 
     loss_grad()  # warm-up: the factorisation
     comm.Barrier()
