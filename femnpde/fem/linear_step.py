@@ -13,6 +13,7 @@ attributes they use are created by ``ThetaSolver.__init__``.
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse
 import dolfinx.fem
 import dolfinx.fem.petsc
 from petsc4py import PETSc
@@ -21,7 +22,7 @@ from femnpde.fem.krylov_guess import KRYLOV_GUESSES, KrylovGuesses
 from femnpde.fem.linear_defaults import check_adjoint_capable
 from femnpde.fem.newton import ksp_reason, options_with_defaults
 
-__all__ = ["LinearStepMixin", "make_ksp", "SolverError"]
+__all__ = ["LinearStepMixin", "StackedBlocks", "make_ksp", "SolverError"]
 
 
 class SolverError(RuntimeError):
@@ -47,6 +48,76 @@ def make_ksp(comm, prefix: str, options: dict[str, str], A: PETSc.Mat, symmetric
     return ksp
 
 
+class StackedBlocks:
+    """Matrices with the same rows side by side, ``K = [M_1 | M_2 | ...]``, assembled as one MPIAIJ.
+
+    ``K x = Σ_j M_j x_j`` (:meth:`mult`) and ``Kᵀ y = (M_jᵀ y)_j`` (:meth:`mult_transpose`)
+    cost one ghost exchange (PETSc's scatter of the product) instead of one per block, and
+    give the blocks' products to round-off (the sums of a row run in another order).  The
+    stacked vector is laid out rank by rank, and on each rank block by block: :meth:`part`
+    is block ``name``'s owned entries (the input of :meth:`mult`, the output of
+    :meth:`mult_transpose`).  The blocks are not kept (their owner may destroy them).
+
+    Args:
+        blocks: The blocks by name, in the order they are stacked (one row layout).
+    """
+
+    def __init__(self, blocks: dict[str, PETSc.Mat]) -> None:
+        mats = list(blocks.values())
+        comm = mats[0].getComm()
+        r0, r1 = mats[0].getOwnershipRange()
+        ranges = [np.asarray(M.getOwnershipRangesColumn(), dtype=np.int64) for M in mats]  # (size + 1,) each
+        local = np.array([np.diff(rg) for rg in ranges])  # (blocks, ranks): local column sizes
+        start = np.concatenate([[0], np.cumsum(local.sum(axis=0))])  # each rank's first stacked column
+        within = np.cumsum(local, axis=0) - local  # block j's offset in rank p's stacked range
+        n_total = int(start[-1])
+        K = None
+        for j, M in enumerate(mats):
+            if M.getOwnershipRange() != (r0, r1):
+                raise ValueError(f"StackedBlocks: block {list(blocks)[j]!r} has another row layout")
+            indptr, cols, vals = M.getValuesCSR()
+            owner = np.searchsorted(ranges[j], cols, side="right") - 1
+            stacked = start[owner] + within[j, owner] + (cols - ranges[j][owner])
+            part = scipy.sparse.csr_matrix((vals, stacked, indptr), shape=(r1 - r0, n_total))
+            K = part if K is None else K + part  # the columns are disjoint
+        K = K.tocsr()
+        K.sort_indices()
+        rank = comm.getRank()
+        n_local = int(local[:, rank].sum())
+        self.mat = PETSc.Mat().createAIJ(
+            size=((r1 - r0, mats[0].getSize()[0]), (n_local, n_total)),
+            csr=(K.indptr.astype(PETSc.IntType), K.indices.astype(PETSc.IntType), K.data), comm=comm,
+        )
+        self.mat.assemble()
+        self._array = np.zeros(n_local)  # the stacked vector's owned entries, PETSc's array
+        self._x = PETSc.Vec().createWithArray(self._array, size=(n_local, n_total), comm=comm)
+        self._parts = {name: self._array[within[j, rank]: within[j, rank] + local[j, rank]]
+                       for j, name in enumerate(blocks)}
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The blocks' names, in stacking order."""
+        return tuple(self._parts)
+
+    def part(self, name: str) -> np.ndarray:
+        """Block ``name``'s owned entries of the stacked vector (a view: write inputs, read outputs)."""
+        return self._parts[name]
+
+    def mult(self, out: PETSc.Vec) -> None:
+        """``out = Σ_j M_j x_j`` with the :meth:`part` values ``x_j`` (collective)."""
+        self.mat.mult(self._x, out)
+
+    def mult_transpose(self, y: PETSc.Vec) -> None:
+        """The :meth:`part` values become ``M_jᵀ y`` (collective)."""
+        self.mat.multTranspose(y, self._x)
+
+    def destroy(self) -> None:
+        """Destroy the PETSc objects (collective)."""
+        for obj in (self.mat, self._x):
+            obj.destroy()
+        self._parts = {}
+
+
 class LinearStepMixin:
     """The constant-Jacobian step of :class:`~femnpde.fem.solver.ThetaSolver` (its attributes)."""
 
@@ -61,12 +132,15 @@ class LinearStepMixin:
         self._ksp_adj = self._ksp
 
     def _setup_linear(self) -> None:
-        """Assemble A0 (no BCs) and f0 = F(0) once: F(u) = A0 u + Σ blocks · coefficients + f0."""
+        """Assemble A0 (no BCs) and f0 = F(0) once: F(u) = [A0 | blocks] [u; coefficients] + f0."""
         p = self.problem
         forms = p.forms
         A0 = dolfinx.fem.petsc.assemble_matrix(forms.jacobian)
         A0.assemble()
-        mats = {"u": A0, **self._blocks}
+        try:
+            lin = StackedBlocks({"u": A0, **self._blocks})
+        finally:
+            A0.destroy()
         saved = [f.x.array.copy() for f in (p.u, p.u_prev, p.g, p.g_prev)]
         for f in (p.u, p.u_prev, p.g, p.g_prev):
             f.x.array[:] = 0.0
@@ -77,10 +151,9 @@ class LinearStepMixin:
         f0.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
         for f, a in zip((p.u, p.u_prev, p.g, p.g_prev), saved):
             f.x.array[:] = a
-        self._lin = mats
+        self._lin = lin
         self._f0 = f0
         self._f0_zero = f0.norm() == 0.0
-        self._vec_of = {"u_prev": p.u_prev.x.petsc_vec, "g": p.g.x.petsc_vec, "g_prev": p.g_prev.x.petsc_vec}
 
     @property
     def uses_linear_fast_path(self) -> bool:
@@ -97,10 +170,11 @@ class LinearStepMixin:
         p = self.problem
         b = self._b
         if self._lin is not None:
-            self._lin["u"].mult(p.u.x.petsc_vec, b)
-            for name, vec in self._vec_of.items():
-                if name in self._lin:
-                    self._lin[name].multAdd(vec, b, b)
+            lin = self._lin
+            for name in lin.names:  # the owned entries of u, u_prev, g, g_prev: one product, one ghost exchange
+                x = lin.part(name)
+                x[:] = self._arrays[name][: x.size]
+            lin.mult(b)
             if not self._f0_zero:
                 b.axpy(1.0, self._f0)
             # The iterate carries the Dirichlet values: the BC rows u − u_D vanish.

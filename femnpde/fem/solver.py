@@ -31,7 +31,7 @@ from femnpde.fem.linear_defaults import (
 )
 from femnpde.fem.adjoint import adjoint_sweep, probe_symmetry
 from femnpde.fem.krylov_guess import KRYLOV_GUESSES, KrylovGuesses
-from femnpde.fem.linear_step import LinearStepMixin, SolverError
+from femnpde.fem.linear_step import LinearStepMixin, SolverError, StackedBlocks
 from femnpde.fem.newton import METHODS, NonlinearStep, default_nonlinear_method
 from femnpde.fem.problem import ParabolicProblem
 from femnpde.fem.split_assembly import SplitAssembly
@@ -223,6 +223,8 @@ class ThetaSolver(LinearStepMixin):
                 M = dolfinx.fem.petsc.assemble_matrix(form)
                 M.assemble()
                 self._blocks[name] = M
+        #: The blocks side by side: the adjoint's couplings in one transposed product.
+        self._adj_blocks = StackedBlocks(self._blocks) if self._blocks else None
         self._lin = None
         if forms.linear is not None and fast_affine:
             self._setup_linear()
@@ -260,8 +262,11 @@ class ThetaSolver(LinearStepMixin):
             M.zeroEntries()
             dolfinx.fem.petsc.assemble_matrix(M, forms.constant_blocks[name])
             M.assemble()
+        if self._adj_blocks is not None:
+            self._adj_blocks.destroy()
+            self._adj_blocks = StackedBlocks(self._blocks)
         if self._lin is not None:
-            self._lin["u"].destroy()
+            self._lin.destroy()
             self._f0.destroy()
             self._setup_linear()
         if self._imex is not None:
@@ -318,8 +323,11 @@ class ThetaSolver(LinearStepMixin):
             self._guesses.destroy()
             self._guesses = None
         self._blocks = {}
+        if self._adj_blocks is not None:
+            objs.append(self._adj_blocks)
+            self._adj_blocks = None
         if self._lin is not None:
-            objs += [self._lin["u"], self._f0]
+            objs += [self._lin, self._f0]
             self._lin = None
         if self._imex is not None:
             self._imex.destroy()
