@@ -84,8 +84,9 @@ def _rf(problem, misfit, prefix: str, state_storage="memory"):
 def _compute(case: str) -> dict:
     problem = paper_problem("heat", nx=6, ny=12, n_steps=4)
     n_owned = problem.n_owned
-    misfit = _misfit(case, problem, f"meq_{case}_")
-    rf, theta = _rf(problem, misfit, f"meq_{case}_")
+    prefix = f"meq_{case.replace('-', '_')}_"
+    misfit = _misfit(case, problem, prefix)
+    rf, theta = _rf(problem, misfit, prefix)
     solver = rf.solver
     J, grad = rf.value_and_gradient(theta)
     states = rf.states
