@@ -220,6 +220,7 @@ class SchurDD:
         is_sep = np.zeros(n_own, dtype=bool)
         is_sep[row_of[(cols < rstart) & (vals != 0.0)]] = True
         sep = np.flatnonzero(is_sep)
+        self._S = sep.astype(np.int32)
         yield
         counts = np.array(comm.allgather(sep.size))
         n_sep = int(counts.sum())
@@ -240,7 +241,6 @@ class SchurDD:
         inner = ksp.getPC()
         ok = inner.getFailedReason() == 0
         self._F = inner.getFactorMatrix()
-        self._S = sep.astype(np.int32)
         n_s = sep.size
         # Work vectors of the owned size: b and x's arrays are placed in them (no copies).
         self._bv, self._z, self._xv = (PETSc.Vec().createSeq(n_own, comm=PETSc.COMM_SELF) for _ in range(3))
@@ -429,7 +429,6 @@ class SchurDD:
                 ksp.reset()
         self._use_fallback_ksp = False
         self._W = None
-        self._S = np.zeros(0, dtype=np.int32)
 
     def _destroy_ksps(self) -> None:
         for ksp in (self._ksp, self._fallback_ksp):
