@@ -86,14 +86,14 @@ def test_fast_paths_equal_plain_assembly(name):
     plain, theta, data = _rf(problem, f"plain_{name}_", fast_affine=False)
     fast, _, _ = _rf(problem, f"fast_{name}_", fast_affine=True, data=data)
     # Which branch each problem exercises.
-    assert not plain.solver.uses_linear_fast_path and not plain.solver._blocks
+    assert not plain.solver.uses_linear_fast_path and not plain.solver._block_names
     if name == "heat":
         assert fast.solver.uses_linear_fast_path
     elif name == "heat_constant_term":
         assert fast.solver.uses_linear_fast_path and not fast.solver._f0_zero
     elif name == "heat_explicit_time":
         assert forms.jacobian_constant and forms.linear is None and not fast.solver.uses_linear_fast_path
-        assert fast.solver._blocks  # the source block is still a matrix
+        assert fast.solver._block_names  # the source block is still a matrix
     else:  # nonlinear: the Newton step of issue 12 (constant blocks only where it does not own the step)
         assert not forms.jacobian_constant
     theta = theta + 0.3 * np.random.default_rng(0).standard_normal(theta.size)
@@ -175,7 +175,7 @@ def test_affine_step_is_one_product_and_its_adjoint_one_transposed_product():
     problem = paper_problem("heat", nx=4, ny=8, n_steps=5)
     solver = ThetaSolver(problem, "one_product_", {"ksp_type": "preonly", "pc_type": "lu",
                                                    "pc_factor_mat_solver_type": "mumps"})
-    assert solver.uses_linear_fast_path and set(solver._blocks) == {"u_prev", "g"}
+    assert solver.uses_linear_fast_path and set(solver._block_names) == {"u_prev", "g"}
     g = FunctionSource(problem, target_source("difficult", problem.time.T)).values()
     events = ("MatMult", "MatMultAdd", "MatMultTranspose")
     lam_scatters = []

@@ -98,7 +98,7 @@ def adjoint_sweep(
     # The couplings that are constant blocks: one transposed product of the blocks side by side.
     adjoint_forms = {"u_prev": forms.adj_prev, "g": forms.adj_g, "g_prev": forms.adj_gprev}
     fused = solver._adj_blocks if split is None else None
-    fused_names = fused.names if fused is not None else ()
+    fused_names = solver._block_names if fused is not None else ()
     # λ's ghost values are read only by assembly (couplings that are forms, the constants'
     # sensitivities, the split's remainder) and by the kept adjoints: else updated once, at the end.
     lam_ghosts = (keep_adjoint or bool(constants) or split is not None
@@ -129,7 +129,7 @@ def adjoint_sweep(
             step.adjoint_solve(rhs, lam_vec, n, solver._times[n])
         if lam_ghosts:
             p.lam.x.scatter_forward()
-        if fused is not None:
+        if fused is not None:  # read right away: a recomputed forward step may use the same vector
             fused.mult_transpose(lam_vec)
         if keep_adjoint:
             solver.adjoints.store(n, p.lam.x.array)

@@ -131,14 +131,44 @@ class LinearStepMixin:
         self._ksp = make_ksp(self.problem.comm, f"{self.prefix}forward_", options, self._A, self.symmetric)
         self._ksp_adj = self._ksp
 
-    def _setup_linear(self) -> None:
+    def _setup_blocks(self) -> None:
+        """Assemble the constant blocks and put them side by side, then free them.
+
+        On the affine fast path they join A0 (:meth:`_setup_linear`): ``[A0 | blocks]`` is the
+        residual's product and, transposed, the adjoint's couplings (the ``A0ᵀ λ`` part unused:
+        one local product more, no matrix more); otherwise ``[blocks]`` gives the couplings.
+        """
+        forms = self.problem.forms
+        blocks = {}
+        try:
+            for name in self._block_names:
+                blocks[name] = dolfinx.fem.petsc.assemble_matrix(forms.constant_blocks[name])
+                blocks[name].assemble()
+            if self._fast_linear:
+                self._setup_linear(blocks)
+                self._adj_blocks = self._lin
+            elif blocks:
+                self._adj_blocks = StackedBlocks(blocks)
+        finally:
+            for M in blocks.values():
+                M.destroy()
+
+    def _destroy_blocks(self) -> None:
+        """Destroy what :meth:`_setup_blocks` made (collective)."""
+        objs = [self._lin, self._f0, None if self._adj_blocks is self._lin else self._adj_blocks]
+        for obj in objs:
+            if obj is not None:
+                obj.destroy()
+        self._lin = self._adj_blocks = self._f0 = None
+
+    def _setup_linear(self, blocks: dict[str, PETSc.Mat]) -> None:
         """Assemble A0 (no BCs) and f0 = F(0) once: F(u) = [A0 | blocks] [u; coefficients] + f0."""
         p = self.problem
         forms = p.forms
         A0 = dolfinx.fem.petsc.assemble_matrix(forms.jacobian)
         A0.assemble()
         try:
-            lin = StackedBlocks({"u": A0, **self._blocks})
+            lin = StackedBlocks({"u": A0, **blocks})
         finally:
             A0.destroy()
         saved = [f.x.array.copy() for f in (p.u, p.u_prev, p.g, p.g_prev)]
