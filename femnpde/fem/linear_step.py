@@ -13,7 +13,6 @@ attributes they use are created by ``ThetaSolver.__init__``.
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse
 import dolfinx.fem
 import dolfinx.fem.petsc
 from petsc4py import PETSc
@@ -49,50 +48,31 @@ def make_ksp(comm, prefix: str, options: dict[str, str], A: PETSc.Mat, symmetric
 
 
 class StackedBlocks:
-    """Matrices with the same rows side by side, ``K = [M_1 | M_2 | ...]``, assembled as one MPIAIJ.
+    """Constant bilinear forms with the same test space side by side, ``K = [M_1 | M_2 | ...]``.
 
-    ``K x = Σ_j M_j x_j`` (:meth:`mult`) and ``Kᵀ y = (M_jᵀ y)_j`` (:meth:`mult_transpose`)
-    cost one ghost exchange (PETSc's scatter of the product) instead of one per block, and
-    give the blocks' products to round-off (the sums of a row run in another order).  The
-    stacked vector is laid out rank by rank, and on each rank block by block: :meth:`part`
-    is block ``name``'s owned entries (the input of :meth:`mult`, the output of
-    :meth:`mult_transpose`).  The blocks are not kept (their owner may destroy them).
+    Assembled once by DOLFINx as one monolithic block matrix (one row block): ``K x = Σ_j M_j x_j``
+    (:meth:`mult`) and ``Kᵀ y = (M_jᵀ y)_j`` (:meth:`mult_transpose`) cost one ghost exchange
+    (PETSc's scatter of the product) instead of one per block, and give the blocks' products to
+    round-off (the sums of a row run in another order).  The stacked vector is DOLFINx's block
+    layout (on each rank the owned entries of block 1, then of block 2, ...): :meth:`part` is
+    block ``name``'s owned entries, the input of :meth:`mult` and the output of :meth:`mult_transpose`.
 
     Args:
-        blocks: The blocks by name, in the order they are stacked (one row layout).
+        forms: The compiled bilinear forms by name, in the order they are stacked.
     """
 
-    def __init__(self, blocks: dict[str, PETSc.Mat]) -> None:
-        mats = list(blocks.values())
-        comm = mats[0].getComm()
-        r0, r1 = mats[0].getOwnershipRange()
-        ranges = [np.asarray(M.getOwnershipRangesColumn(), dtype=np.int64) for M in mats]  # (size + 1,) each
-        local = np.array([np.diff(rg) for rg in ranges])  # (blocks, ranks): local column sizes
-        start = np.concatenate([[0], np.cumsum(local.sum(axis=0))])  # each rank's first stacked column
-        within = np.cumsum(local, axis=0) - local  # block j's offset in rank p's stacked range
-        n_total = int(start[-1])
-        K = None
-        for j, M in enumerate(mats):
-            if M.getOwnershipRange() != (r0, r1):
-                raise ValueError(f"StackedBlocks: block {list(blocks)[j]!r} has another row layout")
-            indptr, cols, vals = M.getValuesCSR()
-            owner = np.searchsorted(ranges[j], cols, side="right") - 1
-            stacked = start[owner] + within[j, owner] + (cols - ranges[j][owner])
-            part = scipy.sparse.csr_matrix((vals, stacked, indptr), shape=(r1 - r0, n_total))
-            K = part if K is None else K + part  # the columns are disjoint
-        K = K.tocsr()
-        K.sort_indices()
-        rank = comm.getRank()
-        n_local = int(local[:, rank].sum())
-        self.mat = PETSc.Mat().createAIJ(
-            size=((r1 - r0, mats[0].getSize()[0]), (n_local, n_total)),
-            csr=(K.indptr.astype(PETSc.IntType), K.indices.astype(PETSc.IntType), K.data), comm=comm,
-        )
+    def __init__(self, forms: dict[str, dolfinx.fem.Form]) -> None:
+        self.mat = dolfinx.fem.petsc.assemble_matrix([list(forms.values())])
         self.mat.assemble()
+        sizes = [a.function_spaces[1].dofmap.index_map.size_local * a.function_spaces[1].dofmap.index_map_bs
+                 for a in forms.values()]
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        n_local, n_global = self.mat.getLocalSize()[1], self.mat.getSize()[1]
+        if n_local != offsets[-1]:
+            raise RuntimeError(f"StackedBlocks: {n_local} local columns, expected {offsets[-1]} (the block layout)")
         self._array = np.zeros(n_local)  # the stacked vector's owned entries, PETSc's array
-        self._x = PETSc.Vec().createWithArray(self._array, size=(n_local, n_total), comm=comm)
-        self._parts = {name: self._array[within[j, rank]: within[j, rank] + local[j, rank]]
-                       for j, name in enumerate(blocks)}
+        self._x = PETSc.Vec().createWithArray(self._array, size=(n_local, n_global), comm=self.mat.getComm())
+        self._parts = {name: self._array[offsets[j]: offsets[j + 1]] for j, name in enumerate(forms)}
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -132,26 +112,18 @@ class LinearStepMixin:
         self._ksp_adj = self._ksp
 
     def _setup_blocks(self) -> None:
-        """Assemble the constant blocks and put them side by side, then free them.
+        """Assemble the constant blocks side by side (:class:`StackedBlocks`).
 
         On the affine fast path they join A0 (:meth:`_setup_linear`): ``[A0 | blocks]`` is the
         residual's product and, transposed, the adjoint's couplings (the ``A0ᵀ λ`` part unused:
         one local product more, no matrix more); otherwise ``[blocks]`` gives the couplings.
         """
-        forms = self.problem.forms
-        blocks = {}
-        try:
-            for name in self._block_names:
-                blocks[name] = dolfinx.fem.petsc.assemble_matrix(forms.constant_blocks[name])
-                blocks[name].assemble()
-            if self._fast_linear:
-                self._setup_linear(blocks)
-                self._adj_blocks = self._lin
-            elif blocks:
-                self._adj_blocks = StackedBlocks(blocks)
-        finally:
-            for M in blocks.values():
-                M.destroy()
+        blocks = {name: self.problem.forms.constant_blocks[name] for name in self._block_names}
+        if self._fast_linear:
+            self._setup_linear(blocks)
+            self._adj_blocks = self._lin
+        elif blocks:
+            self._adj_blocks = StackedBlocks(blocks)
 
     def _destroy_blocks(self) -> None:
         """Destroy what :meth:`_setup_blocks` made (collective)."""
@@ -161,16 +133,11 @@ class LinearStepMixin:
                 obj.destroy()
         self._lin = self._adj_blocks = self._f0 = None
 
-    def _setup_linear(self, blocks: dict[str, PETSc.Mat]) -> None:
-        """Assemble A0 (no BCs) and f0 = F(0) once: F(u) = [A0 | blocks] [u; coefficients] + f0."""
+    def _setup_linear(self, blocks: dict[str, dolfinx.fem.Form]) -> None:
+        """Assemble [A0 | blocks] (no BCs) and f0 = F(0) once: F(u) = [A0 | blocks] [u; coefficients] + f0."""
         p = self.problem
         forms = p.forms
-        A0 = dolfinx.fem.petsc.assemble_matrix(forms.jacobian)
-        A0.assemble()
-        try:
-            lin = StackedBlocks({"u": A0, **blocks})
-        finally:
-            A0.destroy()
+        lin = StackedBlocks({"u": forms.jacobian, **blocks})
         saved = [f.x.array.copy() for f in (p.u, p.u_prev, p.g, p.g_prev)]
         for f in (p.u, p.u_prev, p.g, p.g_prev):
             f.x.array[:] = 0.0
