@@ -183,18 +183,6 @@ def loss_and_gradient(solver: ThetaSolver, misfit: L2Misfit, g: np.ndarray) -> t
     return terms.loss(), R
 
 
-def count_solves(solver: ThetaSolver) -> list[int]:
-    log: list[int] = []
-    orig = solver._solve
-
-    def solve(ksp, b, x, n, transpose):
-        orig(ksp, b, x, n, transpose)
-        log.append(ksp.getIterationNumber())
-
-    solver._solve = solve
-    return log
-
-
 def run(args, comm) -> dict:
     problem = build(args.case, comm, args.steps, args.small, args.nonlinear)
     n_dofs = problem.V.dofmap.index_map.size_global
@@ -229,10 +217,13 @@ def run(args, comm) -> dict:
             return comm.allreduce(sum(acc))
         return misfit.value(solver.forward(g2))
 
-    def loss_grad():
-        return loss_and_gradient(solver, misfit, g2)
+    log: list[int] = []  # the linear iterations of every solve of the loss + gradient calls
 
-    log = count_solves(solver)
+    def loss_grad():
+        J, R = loss_and_gradient(solver, misfit, g2)
+        log.extend(solver.linear_iterations.solves())
+        return J, R
+
     loss_grad()  # warm-up: factorisations, AMG set-up, JIT
     traced_peak = comm.allreduce(tracemalloc.get_traced_memory()[1], op=MPI.MAX)
     tracemalloc.stop()
@@ -246,7 +237,7 @@ def run(args, comm) -> dict:
     if its.size == args.repeats * 2 * args.steps:  # one forward and one adjoint solve per step
         per = its.reshape(args.repeats, 2, args.steps)
         split_its = dict(fwd_its_per_solve=float(per[:, 0].mean()), adj_its_per_solve=float(per[:, 1].mean()))
-    stats = solver.statistics  # the nonlinear path (SNES; its solves do not go through solver._solve)
+    stats = solver.statistics  # the nonlinear path (SNES; its solves are not in solver.linear_iterations)
     if stats:
         per = args.repeats * args.steps
         newton_stats = dict(newton_per_step=stats["newton_iterations"] / per,

@@ -95,6 +95,9 @@ def adjoint_sweep(
         raise KeyError(f"ThetaSolver.adjoint: {unknown} are not constants of the problem; "
                        f"constants: {sorted(p.constants)}")
     dc = np.zeros(len(constants))
+    transpose = not solver.symmetric
+    record = solver.linear_iterations
+    record.adjoint, record.recomputed, record.transposed = [], [], transpose and step is None
     # The couplings that are constant blocks: one transposed product of the blocks side by side.
     adjoint_forms = {"u_prev": forms.adj_prev, "g": forms.adj_g, "g_prev": forms.adj_gprev}
     fused = solver._adj_blocks if split is None else None
@@ -122,7 +125,8 @@ def adjoint_sweep(
         if step is None:
             if guesses is not None:
                 guesses.adjoint(n, N, rhs, lam_vec)
-            solver._solve(solver._ksp_adj, rhs, lam_vec, n, transpose=not solver.symmetric)
+            solver._solve(solver._ksp_adj, rhs, lam_vec, n, transpose=transpose)
+            record.adjoint.append(solver._ksp_adj.getIterationNumber())
             if guesses is not None:
                 guesses.adjoint_solved(lam_vec)
         else:
