@@ -4,6 +4,7 @@ Two measurements, each printed (CPU time, ``time.process_time``)::
 
     scripts/env-run python3 bench/dd_profile.py kernels            # PETSc's triangular kernels, one process
     scripts/env-run [mpirun -n 2] python3 bench/dd_profile.py profile [--solver NAME]
+    scripts/env-run [mpirun -n 2] python3 bench/dd_profile.py counts [--steps N]
 
 ``kernels``: on the paper's rectangle at half the benchmark's size (226 x 452
 squares, 102 831 unknowns: one rank's interior on two ranks), the heat step
@@ -14,7 +15,8 @@ dissection ordering and with that ordering applied once to the matrix
 (natural-ordering kernels), and the cost of gathering a vector by the
 permutation.  ``profile``: cProfile (CPU-time clock) of two loss + gradient
 evaluations of ``bench/scaling.py --case heat2d`` per rank, the top entries by
-own time, per loss + gradient.  Under MPI the CPU times include the MPI
+own time, per loss + gradient.  ``counts``: the mat-vecs, ghost exchanges and
+norms per time step of the forward and adjoint sweeps (the 41 x 81 rectangle).  Under MPI the CPU times include the MPI
 busy-wait of a rank whose partner is descheduled (state the load).
 """
 
@@ -112,8 +114,7 @@ def profile(solver_name: str, steps: int, top: int) -> None:
     g2 = 0.9 * g
 
     def loss_grad():
-        J = misfit.value(solver.forward(g2))
-        return J, solver.adjoint(g2, misfit.add_gradient)
+        return scaling.loss_and_gradient(solver, misfit, g2)
 
     loss_grad()  # warm-up: the factorisation
     comm.Barrier()
@@ -139,9 +140,72 @@ def profile(solver_name: str, steps: int, top: int) -> None:
     misfit.destroy()
 
 
+#: PETSc events counted by ``counts`` (the mat-vecs and PETSc's ghost exchanges inside them, the norms).
+EVENTS = ("MatMult", "MatMultAdd", "MatMultTranspose", "VecScatterBegin", "VecNorm")
+
+
+def counts(steps: int) -> None:
+    """Mat-vecs, ghost exchanges and norms per time step of one heat loss + gradient (the small rectangle).
+
+    PETSc's event counts (``EVENTS``; ``VecScatterBegin`` is PETSc's ghost exchange, inside each parallel
+    mat-vec) plus DOLFINx's own ``scatter_forward`` calls, for the forward sweep with the misfit and for
+    the adjoint sweep; the loss is taken in the adjoint (``AdjointLoss``) when the checkout has it.
+    """
+    import dolfinx.la
+
+    from femnpde.obs import misfit as misfit_module
+
+    comm = MPI.COMM_WORLD
+    problem = scaling.build("heat2d", comm, steps, small=True)
+    g = scaling.target(problem)
+    data_solver = ThetaSolver(problem, "ddc_data_")
+    data = data_solver.forward(g).array[:, : problem.n_owned].copy()
+    data_solver.destroy()
+    misfit = L2Misfit(problem, data)
+    solver = ThetaSolver(problem, "ddc_")
+    g2 = 0.9 * g
+    fused = hasattr(misfit_module, "AdjointLoss")
+    scatters = [0]
+    original = dolfinx.la.Vector.scatter_forward
+
+    def counted(self):
+        scatters[0] += 1
+        original(self)
+
+    def snapshot():
+        return [PETSc.Log.Event(e).getPerfInfo()["count"] for e in EVENTS] + [scatters[0]]
+
+    solver.forward(g2)  # warm-up (the factorisation)
+    PETSc.Log.begin()
+    dolfinx.la.Vector.scatter_forward = counted
+    try:
+        c0 = snapshot()
+        solver.forward(g2)
+        if not fused:
+            misfit.value(solver.states)
+        c1 = snapshot()
+        if fused:
+            terms = misfit_module.AdjointLoss(misfit)
+            solver.adjoint(g2, terms)
+            terms.loss()
+        else:
+            solver.adjoint(g2, misfit.add_gradient)
+        c2 = snapshot()
+    finally:
+        dolfinx.la.Vector.scatter_forward = original
+    if comm.rank == 0:
+        print(f"# heat2d (small), {problem.V.dofmap.index_map.size_global} dofs, {steps} steps, {comm.size} rank(s), "
+              f"loss taken in the {'adjoint' if fused else 'forward'}; counts per time step")
+        print(f"{'':>9} " + " ".join(f"{name:>16}" for name in (*EVENTS, "scatter_forward")))
+        for label, a, b in (("forward", c0, c1), ("adjoint", c1, c2)):
+            print(f"{label:>9} " + " ".join(f"{(y - x) / steps:16.2f}" for x, y in zip(a, b)))
+    solver.destroy()
+    misfit.destroy()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["kernels", "profile"])
+    parser.add_argument("what", choices=["kernels", "profile", "counts"])
     parser.add_argument("--nx", type=int, default=226, help="kernels: squares in x (226: 102 831 unknowns)")
     parser.add_argument("--solver", default="default", choices=["default", *scaling.SOLVERS])
     parser.add_argument("--steps", type=int, default=64)
@@ -150,6 +214,9 @@ def main() -> None:
     if args.what == "kernels":
         if MPI.COMM_WORLD.rank == 0:
             kernels(args.nx)
+        return
+    if args.what == "counts":
+        counts(args.steps)
         return
     profile(args.solver, args.steps, args.top)
 

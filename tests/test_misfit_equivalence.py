@@ -53,13 +53,13 @@ def _sensors():
     return np.vstack([inner, [[0.0, 0.0], [0.25, 0.5], [0.5, 1.0]]])  # boundary, interior vertex
 
 
-def _compute(case: str) -> dict:
+def _misfit(case: str, problem, prefix: str):
+    """The misfit of ``case`` on the synthetic data of ``problem``."""
     kind, wname = case.split("-", 1)
     weights = _WEIGHTS[wname]
-    problem = paper_problem("heat", nx=6, ny=12, n_steps=4)
-    solver = ThetaSolver(problem, f"meq_{kind}_")
     n_owned = problem.n_owned
-    target = solver.forward(FunctionSource(problem, target_source("difficult", problem.time.T)).values())
+    data_solver = ThetaSolver(problem, f"{prefix}data_")
+    target = data_solver.forward(FunctionSource(problem, target_source("difficult", problem.time.T)).values())
     if kind == "points":
         data = synthetic_point_data(problem, target, _sensors())
         if weights.levels is not None:
@@ -70,9 +70,24 @@ def _compute(case: str) -> dict:
         data[0] *= 8.0  # the largest |h| at level 0, which two of the weights leave unobserved
         subdomain = (_subdomain_tags(problem.mesh), 2) if kind == "subdomain" else None
         misfit = L2Misfit(problem, data, weights, subdomain=subdomain)
+    data_solver.destroy()
+    return misfit
+
+
+def _rf(problem, misfit, prefix: str, state_storage="memory"):
+    solver = ThetaSolver(problem, prefix, state_storage=state_storage)
     net = ShallowNetwork(7, 2, seed=4)
-    rf = ReducedFunctional(solver, NetworkSource(problem, net), misfit)
     theta = net.params + 0.3 * np.random.default_rng(1).standard_normal(net.n_params)
+    return ReducedFunctional(solver, NetworkSource(problem, net), misfit), theta
+
+
+def _compute(case: str) -> dict:
+    problem = paper_problem("heat", nx=6, ny=12, n_steps=4)
+    n_owned = problem.n_owned
+    prefix = f"meq_{case.replace('-', '_')}_"
+    misfit = _misfit(case, problem, prefix)
+    rf, theta = _rf(problem, misfit, prefix)
+    solver = rf.solver
     J, grad = rf.value_and_gradient(theta)
     states = rf.states
     comm = problem.comm
@@ -111,6 +126,37 @@ def test_misfit_equals_former_implementation(case):
     assert result["J"] > 0 and np.linalg.norm(result["grad_theta"]) > 0
     for key, ref in reference.items():
         assert _close(result[key], ref), (key, result[key], ref)
+
+
+@pytest.mark.parametrize("storage", ["memory", {"snapshots": 2}], ids=["memory", "checkpointing"])
+@pytest.mark.parametrize("case", CASES)
+def test_value_and_gradient_take_one_weight_product_per_level(case, storage):
+    """value_and_gradient takes the loss from the adjoint's ``W r`` (AdjointLoss): one ``W r`` per observed
+    level instead of two, the loss, the gradient and the max error bitwise those of the loss-only path
+    (``rf(θ)``, the forward's misfit, then ``derivative``)."""
+    problem = paper_problem("heat", nx=6, ny=12, n_steps=8)
+    misfit = _misfit(case, problem, "meq1_")
+    calls = []
+    weight = misfit.operator.weight
+    misfit.operator.weight = lambda r: calls.append(1) or weight(r)
+    tag = "m" if storage == "memory" else "c"
+    rf_fused, theta = _rf(problem, misfit, f"meq1_fused_{tag}_", storage)
+    J, grad = rf_fused.value_and_gradient(theta)
+    n_fused = len(calls)
+    err = rf_fused.relative_max_error()
+    rf_ref, _ = _rf(problem, misfit, f"meq1_ref_{tag}_", storage)
+    J_ref = rf_ref(theta)
+    grad_ref = rf_ref.derivative(theta)
+    n_ref = len(calls) - n_fused
+    n_obs = misfit.observed_levels.size
+    assert (n_fused, n_ref) == (n_obs, 2 * n_obs - int(misfit.w[0] != 0.0))
+    assert J == J_ref and J > 0
+    np.testing.assert_array_equal(grad, grad_ref)
+    assert err == rf_ref.relative_max_error()
+    assert rf_fused.value_and_gradient(theta)[0] == J and len(calls) == n_fused + n_ref  # cached: no sweep
+    for rf in (rf_fused, rf_ref):
+        rf.solver.destroy()
+    misfit.destroy()
 
 
 if __name__ == "__main__":  # write the reference of this rank count (from the repository root, with env-run)

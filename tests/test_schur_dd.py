@@ -84,7 +84,8 @@ def test_separator_is_one_sided_and_the_solve_exact():
     assert err < 1e-12, err
     assert ctx.n_separator == one_sided and ctx.fallback == ""
     if comm.rank == 0:
-        assert ctx._S.size == 0  # the lowest rank owns no separator row
+        assert ctx.n_own_separator == 0  # the lowest rank owns no separator row
+    assert comm.allreduce(ctx.n_own_separator) == ctx.n_separator
     s.destroy()
 
 
@@ -166,6 +167,36 @@ def test_nonsymmetric_matrix_is_refused_with_the_prefix():
     assert isinstance(info.value.__cause__, ValueError)
     assert "options prefix 'dd_ns_dd_'" in str(info.value.__cause__) and "not symmetric" in str(info.value.__cause__)
     ksp.destroy()
+    s.destroy()
+
+
+def test_a_set_up_failure_on_one_rank_is_raised_on_every_rank(monkeypatch):
+    """An unexpected exception in one rank's set-up (here: building its sparse matrices) is raised on every
+    rank, and the ranks stay in step; before the agreed set-up the other ranks hung in the next collective."""
+    import femnpde.fem.schur_dd as schur_dd
+
+    comm = MPI.COMM_WORLD
+    s = _step_matrix(paper_problem("heat", nx=16, ny=32, n_steps=2), "dd_fail_")
+    bad = comm.size - 1
+    if comm.rank == bad:
+        def broken(m):
+            raise MemoryError("injected: out of memory in this rank's set-up")
+
+        monkeypatch.setattr(schur_dd, "_seq_aij", broken)
+    ksp = _ksp(s.A, "dd_fail_dd_", SCHUR_DD)
+    with pytest.raises(PETSc.Error) as info:
+        ksp.setUp()
+    cause = info.value.__cause__
+    if comm.rank == bad:
+        assert isinstance(cause, MemoryError), repr(cause)
+    else:
+        assert isinstance(cause, RuntimeError) and "failed on another rank" in str(cause), repr(cause)
+        assert "'dd_fail_dd_'" in str(cause)
+    assert comm.allreduce(1) == comm.size  # still in step
+    monkeypatch.undo()
+    ksp.destroy()
+    err, ctx = _solve_both(s.A, "dd_fail_again_")  # and a new set-up works
+    assert err < 1e-12 and comm.allreduce(ctx.n_own_separator) == ctx.n_separator
     s.destroy()
 
 

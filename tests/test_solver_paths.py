@@ -86,14 +86,14 @@ def test_fast_paths_equal_plain_assembly(name):
     plain, theta, data = _rf(problem, f"plain_{name}_", fast_affine=False)
     fast, _, _ = _rf(problem, f"fast_{name}_", fast_affine=True, data=data)
     # Which branch each problem exercises.
-    assert not plain.solver.uses_linear_fast_path and not plain.solver._blocks
+    assert not plain.solver.uses_linear_fast_path and not plain.solver._block_names
     if name == "heat":
         assert fast.solver.uses_linear_fast_path
     elif name == "heat_constant_term":
         assert fast.solver.uses_linear_fast_path and not fast.solver._f0_zero
     elif name == "heat_explicit_time":
         assert forms.jacobian_constant and forms.linear is None and not fast.solver.uses_linear_fast_path
-        assert fast.solver._blocks  # the source block is still a matrix
+        assert fast.solver._block_names  # the source block is still a matrix
     else:  # nonlinear: the Newton step of issue 12 (constant blocks only where it does not own the step)
         assert not forms.jacobian_constant
     theta = theta + 0.3 * np.random.default_rng(0).standard_normal(theta.size)
@@ -164,6 +164,45 @@ iterations = 2
 
 def _config(tmp, residual, name="c.toml"):
     return write_on_root(tmp / name, BASE.format(residual=residual))
+
+
+def test_affine_step_is_one_product_and_its_adjoint_one_transposed_product():
+    """The fast path's residual ``[A0 | B | C] [u; u_prev; g]`` is one mat-vec per step (it was three) and the
+    adjoint's couplings ``(Bᵀ λ, Cᵀ λ)`` one transposed mat-vec (it was two); λ's ghost values, which no
+    product reads, are updated once per sweep (it was once per step)."""
+    import dolfinx.la
+
+    problem = paper_problem("heat", nx=4, ny=8, n_steps=5)
+    solver = ThetaSolver(problem, "one_product_", {"ksp_type": "preonly", "pc_type": "lu",
+                                                   "pc_factor_mat_solver_type": "mumps"})
+    assert solver.uses_linear_fast_path and set(solver._block_names) == {"u_prev", "g"}
+    g = FunctionSource(problem, target_source("difficult", problem.time.T)).values()
+    events = ("MatMult", "MatMultAdd", "MatMultTranspose")
+    lam_scatters = []
+    original = dolfinx.la.Vector.scatter_forward
+
+    def counted(vector):
+        lam_scatters.append(vector is problem.lam.x)
+        original(vector)
+
+    def counts():
+        return [int(PETSc.Log.Event(e).getPerfInfo()["count"]) for e in events]
+
+    PETSc.Log.begin()
+    c0 = counts()
+    solver.forward(g)
+    c1 = counts()
+    dolfinx.la.Vector.scatter_forward = counted
+    try:
+        solver.adjoint(g, lambda n, u, out: out.__iadd__(u))  # a misfit without products
+    finally:
+        dolfinx.la.Vector.scatter_forward = original
+    c2 = counts()
+    N = problem.time.n_steps
+    assert [b - a for a, b in zip(c0, c1)] == [N, 0, 0]
+    assert [b - a for a, b in zip(c1, c2)] == [0, 0, N]
+    assert sum(lam_scatters) == 1
+    solver.destroy()
 
 
 def test_newton_failure_is_exit_3_naming_the_step(shared_tmp_path, capsys):

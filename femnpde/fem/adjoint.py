@@ -98,6 +98,14 @@ def adjoint_sweep(
     transpose = not solver.symmetric
     record = solver.linear_iterations
     record.adjoint, record.recomputed, record.transposed = [], [], transpose and step is None
+    # The couplings that are constant blocks: one transposed product of the blocks side by side.
+    adjoint_forms = {"u_prev": forms.adj_prev, "g": forms.adj_g, "g_prev": forms.adj_gprev}
+    fused = solver._adj_blocks if split is None else None
+    fused_names = solver._block_names if fused is not None else ()
+    # λ's ghost values are read only by assembly (couplings that are forms, the constants'
+    # sensitivities, the split's remainder) and by the kept adjoints: else updated once, at the end.
+    lam_ghosts = (keep_adjoint or bool(constants) or split is not None
+                  or any(f is not None and name not in fused_names for name, f in adjoint_forms.items()))
     for n in range(N, 0, -1):
         # u^{n-1} first: a checkpointing storage may recompute both levels then.
         u_prev = solver.states.load(n - 1)
@@ -123,7 +131,10 @@ def adjoint_sweep(
                 guesses.adjoint_solved(lam_vec)
         else:
             step.adjoint_solve(rhs, lam_vec, n, solver._times[n])
-        p.lam.x.scatter_forward()
+        if lam_ghosts:
+            p.lam.x.scatter_forward()
+        if fused is not None:  # read right away: a recomputed forward step may use the same vector
+            fused.mult_transpose(lam_vec)
         if keep_adjoint:
             solver.adjoints.store(n, p.lam.x.array)
         if constants:
@@ -137,27 +148,27 @@ def adjoint_sweep(
             have_c = n > 1 and split.coupling("u_prev", lam_vec, c)
         elif n > 1 and forms.adj_prev is not None:
             have_c = True
-            if "u_prev" in solver._blocks:
-                solver._blocks["u_prev"].multTranspose(lam_vec, c)
+            if "u_prev" in fused_names:
+                c.array_w[:] = fused.part("u_prev")
             else:
                 solver._assemble_action(c, forms.adj_prev)
         # Source sensitivities (∂F^n/∂g^n)^T λ^n and (∂F^n/∂g^{n-1})^T λ^n.
-        for name, form, level in (("g", forms.adj_g, n), ("g_prev", forms.adj_gprev, n - 1)):
+        for name, level in (("g", n), ("g_prev", n - 1)):
             if split is not None:
                 if split.coupling(name, lam_vec, r):
                     R[level] += r.array_r[:ng]
                 continue
-            if form is None:
-                continue
-            if name in solver._blocks:
-                solver._blocks[name].multTranspose(lam_vec, r)
-            else:
-                solver._assemble_action(r, form)
-            R[level] += r.array_r[:ng]
+            if name in fused_names:
+                R[level] += fused.part(name)[:ng]
+            elif adjoint_forms[name] is not None:
+                solver._assemble_action(r, adjoint_forms[name])
+                R[level] += r.array_r[:ng]
     if constants:
         total = np.empty_like(dc)
         p.comm.Allreduce(dc, total)
         solver.constant_gradient = dict(zip(constants, total.tolist()))
+    if not lam_ghosts:
+        p.lam.x.scatter_forward()
     if solver._lin is not None:
         solver._sync_coefficients(1)
     return R

@@ -23,7 +23,7 @@ from femnpde.fem.krylov_guess import KRYLOV_GUESSES, KrylovGuesses
 from femnpde.fem.linear_defaults import check_adjoint_capable
 from femnpde.fem.newton import ksp_reason, options_with_defaults
 
-__all__ = ["LinearIterations", "LinearStepMixin", "make_ksp", "SolverError"]
+__all__ = ["LinearIterations", "LinearStepMixin", "StackedBlocks", "make_ksp", "SolverError"]
 
 
 class SolverError(RuntimeError):
@@ -76,6 +76,57 @@ def make_ksp(comm, prefix: str, options: dict[str, str], A: PETSc.Mat, symmetric
     return ksp
 
 
+class StackedBlocks:
+    """Constant bilinear forms with the same test space side by side, ``K = [M_1 | M_2 | ...]``.
+
+    Assembled once by DOLFINx as one monolithic block matrix (one row block): ``K x = Σ_j M_j x_j``
+    (:meth:`mult`) and ``Kᵀ y = (M_jᵀ y)_j`` (:meth:`mult_transpose`) cost one ghost exchange
+    (PETSc's scatter of the product) instead of one per block, and give the blocks' products to
+    round-off (the sums of a row run in another order).  The stacked vector is DOLFINx's block
+    layout (on each rank the owned entries of block 1, then of block 2, ...): :meth:`part` is
+    block ``name``'s owned entries, the input of :meth:`mult` and the output of :meth:`mult_transpose`.
+
+    Args:
+        forms: The compiled bilinear forms by name, in the order they are stacked.
+    """
+
+    def __init__(self, forms: dict[str, dolfinx.fem.Form]) -> None:
+        self.mat = dolfinx.fem.petsc.assemble_matrix([list(forms.values())])
+        self.mat.assemble()
+        sizes = [a.function_spaces[1].dofmap.index_map.size_local * a.function_spaces[1].dofmap.index_map_bs
+                 for a in forms.values()]
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        n_local, n_global = self.mat.getLocalSize()[1], self.mat.getSize()[1]
+        if n_local != offsets[-1]:
+            raise RuntimeError(f"StackedBlocks: {n_local} local columns, expected {offsets[-1]} (the block layout)")
+        self._array = np.zeros(n_local)  # the stacked vector's owned entries, PETSc's array
+        self._x = PETSc.Vec().createWithArray(self._array, size=(n_local, n_global), comm=self.mat.getComm())
+        self._parts = {name: self._array[offsets[j]: offsets[j + 1]] for j, name in enumerate(forms)}
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The blocks' names, in stacking order."""
+        return tuple(self._parts)
+
+    def part(self, name: str) -> np.ndarray:
+        """Block ``name``'s owned entries of the stacked vector (a view: write inputs, read outputs)."""
+        return self._parts[name]
+
+    def mult(self, out: PETSc.Vec) -> None:
+        """``out = Σ_j M_j x_j`` with the :meth:`part` values ``x_j`` (collective)."""
+        self.mat.mult(self._x, out)
+
+    def mult_transpose(self, y: PETSc.Vec) -> None:
+        """The :meth:`part` values become ``M_jᵀ y`` (collective)."""
+        self.mat.multTranspose(y, self._x)
+
+    def destroy(self) -> None:
+        """Destroy the PETSc objects (collective)."""
+        for obj in (self.mat, self._x):
+            obj.destroy()
+        self._parts = {}
+
+
 class LinearStepMixin:
     """The constant-Jacobian step of :class:`~femnpde.fem.solver.ThetaSolver` (its attributes)."""
 
@@ -89,13 +140,33 @@ class LinearStepMixin:
         self._ksp = make_ksp(self.problem.comm, f"{self.prefix}forward_", options, self._A, self.symmetric)
         self._ksp_adj = self._ksp
 
-    def _setup_linear(self) -> None:
-        """Assemble A0 (no BCs) and f0 = F(0) once: F(u) = A0 u + Σ blocks · coefficients + f0."""
+    def _setup_blocks(self) -> None:
+        """Assemble the constant blocks side by side (:class:`StackedBlocks`).
+
+        On the affine fast path they join A0 (:meth:`_setup_linear`): ``[A0 | blocks]`` is the
+        residual's product and, transposed, the adjoint's couplings (the ``A0ᵀ λ`` part unused:
+        one local product more, no matrix more); otherwise ``[blocks]`` gives the couplings.
+        """
+        blocks = {name: self.problem.forms.constant_blocks[name] for name in self._block_names}
+        if self._fast_linear:
+            self._setup_linear(blocks)
+            self._adj_blocks = self._lin
+        elif blocks:
+            self._adj_blocks = StackedBlocks(blocks)
+
+    def _destroy_blocks(self) -> None:
+        """Destroy what :meth:`_setup_blocks` made (collective)."""
+        objs = [self._lin, self._f0, None if self._adj_blocks is self._lin else self._adj_blocks]
+        for obj in objs:
+            if obj is not None:
+                obj.destroy()
+        self._lin = self._adj_blocks = self._f0 = None
+
+    def _setup_linear(self, blocks: dict[str, dolfinx.fem.Form]) -> None:
+        """Assemble [A0 | blocks] (no BCs) and f0 = F(0) once: F(u) = [A0 | blocks] [u; coefficients] + f0."""
         p = self.problem
         forms = p.forms
-        A0 = dolfinx.fem.petsc.assemble_matrix(forms.jacobian)
-        A0.assemble()
-        mats = {"u": A0, **self._blocks}
+        lin = StackedBlocks({"u": forms.jacobian, **blocks})
         saved = [f.x.array.copy() for f in (p.u, p.u_prev, p.g, p.g_prev)]
         for f in (p.u, p.u_prev, p.g, p.g_prev):
             f.x.array[:] = 0.0
@@ -106,10 +177,9 @@ class LinearStepMixin:
         f0.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
         for f, a in zip((p.u, p.u_prev, p.g, p.g_prev), saved):
             f.x.array[:] = a
-        self._lin = mats
+        self._lin = lin
         self._f0 = f0
         self._f0_zero = f0.norm() == 0.0
-        self._vec_of = {"u_prev": p.u_prev.x.petsc_vec, "g": p.g.x.petsc_vec, "g_prev": p.g_prev.x.petsc_vec}
 
     @property
     def uses_linear_fast_path(self) -> bool:
@@ -126,10 +196,11 @@ class LinearStepMixin:
         p = self.problem
         b = self._b
         if self._lin is not None:
-            self._lin["u"].mult(p.u.x.petsc_vec, b)
-            for name, vec in self._vec_of.items():
-                if name in self._lin:
-                    self._lin[name].multAdd(vec, b, b)
+            lin = self._lin
+            for name in lin.names:  # the owned entries of u, u_prev, g, g_prev: one product, one ghost exchange
+                x = lin.part(name)
+                x[:] = self._arrays[name][: x.size]
+            lin.mult(b)
             if not self._f0_zero:
                 b.axpy(1.0, self._f0)
             # The iterate carries the Dirichlet values: the BC rows u − u_D vanish.

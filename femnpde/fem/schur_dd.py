@@ -57,10 +57,14 @@ by the redundant LU, as it was before this solver, so the default never
 breaks a step that solved before.  With ``-{prefix}schur_dd_breakdown
 fail`` the preconditioner's failed reason is set on every rank instead: the
 KSP reports ``DIVERGED_PCSETUP_FAILED`` and the solver's error path
-(:class:`femnpde.fem.solver.SolverError`, exit 3) takes over.
+(:class:`femnpde.fem.solver.SolverError`, exit 3) takes over.  Any other
+exception of the set-up on one rank is raised on every rank (the ranks agree
+before each collective of the set-up), never leaving the others waiting.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import numpy as np
 import scipy.linalg
@@ -103,6 +107,33 @@ def _seq_aij(m: scipy.sparse.csr_matrix) -> PETSc.Mat:
     )
 
 
+def _run_agreed(comm: MPI.Comm, steps: Iterator[None], what: str) -> None:
+    """Run ``steps`` to its end, the ranks agreeing after each step (one allreduce of 3 ints).
+
+    ``steps`` yields before each of its collectives; if any rank raised in the step before,
+    every rank raises (its own exception, or a :class:`RuntimeError` naming ``what``).
+    """
+    while True:
+        error = None
+        try:
+            done = next(steps, _DONE) is _DONE
+        except Exception as err:  # re-raised below, with every rank raising
+            error, done = err, True
+        flags = np.array([error is not None, done, not done], dtype=np.int32)
+        comm.Allreduce(MPI.IN_PLACE, flags, op=MPI.MAX)
+        if flags[0]:
+            if error is not None:
+                raise error
+            raise RuntimeError(f"{what} failed on another rank (see that rank's error)")
+        if flags[1] and flags[2]:
+            raise RuntimeError(f"{what}: the ranks reached different steps (a bug in the set-up)")
+        if done:
+            return
+
+
+_DONE = object()
+
+
 class SchurDD:
     """Python context of the substructuring direct solver (see the module docstring).
 
@@ -128,6 +159,12 @@ class SchurDD:
         self._fallback_ksp = None  # the redundant LU (the PC's communicator)
         self._use_fallback_ksp = False
         self._failed = False
+        self._S = np.zeros(0, dtype=np.int32)
+
+    @property
+    def n_own_separator(self) -> int:
+        """Separator rows this rank owns (its part of :attr:`n_separator`; 0 on the lowest rank)."""
+        return int(self._S.size)
 
     # ------------------------------------------------------------ set-up
     def setFromOptions(self, pc: PETSc.PC) -> None:  # noqa: N802 (petsc4py's name)
@@ -145,11 +182,28 @@ class SchurDD:
         options_with_defaults(self._fallback_ksp, f"{sub}fallback_", FALLBACK_OPTIONS)
 
     def setUp(self, pc: PETSc.PC) -> None:  # noqa: N802 (petsc4py's name)
-        """Split, factorise the interiors, build and factorise the Schur complement (collective)."""
+        """Split, factorise the interiors, build and factorise the Schur complement (collective).
+
+        The ranks agree on the outcome before every collective of the set-up: an exception
+        on one rank (e.g. out of memory in its interior factorisation) is raised on every
+        rank, the others raising a :class:`RuntimeError` that points to it, instead of
+        leaving them waiting in the next collective.
+        """
         t0 = MPI.Wtime()
+        comm = pc.getComm().tompi4py()
+        try:
+            _run_agreed(comm, self._setup_steps(pc, comm),
+                        f"SchurDD (options prefix '{pc.getOptionsPrefix() or ''}') set-up")
+        except Exception:
+            self._free()  # every rank is here (agreed): the collective resets are safe
+            raise
+        finally:
+            self.setup_seconds = MPI.Wtime() - t0
+
+    def _setup_steps(self, pc: PETSc.PC, comm: MPI.Comm) -> Iterator[None]:
+        """The set-up of :meth:`setUp`; it yields before each collective that follows local work."""
         self._free()
         A, _ = pc.getOperators()
-        comm = A.getComm().tompi4py()
         prefix = pc.getOptionsPrefix() or ""
         sub = f"{prefix}schur_dd_"
         if not is_symmetric(A):
@@ -170,13 +224,14 @@ class SchurDD:
         is_sep = np.zeros(n_own, dtype=bool)
         is_sep[row_of[(cols < rstart) & (vals != 0.0)]] = True
         sep = np.flatnonzero(is_sep)
+        self._S = sep.astype(np.int32)
+        yield
         counts = np.array(comm.allgather(sep.size))
         n_sep = int(counts.sum())
         self.n_separator = n_sep
         self.fallback = ""
         if n_sep > max_sep:
             self._use_fallback(pc, A, sub, comm, f"n_S = {n_sep} > {sub}max_separator = {max_sep}")
-            self.setup_seconds = MPI.Wtime() - t0
             return
         # The interior block, factorised on this rank alone; the separator rows and columns are
         # replaced by the identity, so that the substitutions act on the owned vector in place.
@@ -190,7 +245,6 @@ class SchurDD:
         inner = ksp.getPC()
         ok = inner.getFailedReason() == 0
         self._F = inner.getFactorMatrix()
-        self._S = sep.astype(np.int32)
         n_s = sep.size
         # Work vectors of the owned size: b and x's arrays are placed in them (no copies).
         self._bv, self._z, self._xv = (PETSc.Vec().createSeq(n_own, comm=PETSc.COMM_SELF) for _ in range(3))
@@ -198,6 +252,7 @@ class SchurDD:
         # The global separator (sorted: the ranks own contiguous ranges) and this rank's offset in it.
         offsets = np.concatenate([[0], np.cumsum(counts)])
         lo = offsets[comm.rank]
+        yield
         all_sep = np.concatenate(comm.allgather(sep + rstart))
         self._lo = lo
         # The coupling A_{I_r S}: the interior rows' columns in the separator, own or a higher
@@ -272,6 +327,7 @@ class SchurDD:
         if n_c:
             S_local[np.ix_(c_set, c_set)] -= (Vt @ Vt.T).toarray()
         S = np.empty_like(S_local)
+        yield
         comm.Allreduce(S_local, S, op=MPI.SUM)
         del S_local
         # The rows of Σ^{-1} this rank needs: its own separator's and V_r's columns C_r.
@@ -293,6 +349,7 @@ class SchurDD:
             except (np.linalg.LinAlgError, ValueError):
                 ok = False
         self._g, self._g_local = np.empty(n_sep), np.zeros(n_sep)
+        yield
         if on_breakdown == "fallback" and not comm.allreduce(bool(ok), op=MPI.LAND):
             # Symmetric but not positive definite (e.g. an IMEX step with dt > ε²): solve it
             # exactly as before this solver existed.
@@ -300,7 +357,6 @@ class SchurDD:
             self._use_fallback(pc, A, sub, comm, "the Cholesky factorisation broke down (not positive definite)")
         else:
             self._check(pc, comm, ok)
-        self.setup_seconds = MPI.Wtime() - t0
 
     def _use_fallback(self, pc: PETSc.PC, A: PETSc.Mat, sub: str, comm: MPI.Comm, why: str) -> None:
         """Solve with PETSc's LU on every rank (``{sub}fallback_*``); ``why`` goes to :attr:`fallback`."""
@@ -319,7 +375,7 @@ class SchurDD:
 
     # ------------------------------------------------------------- apply
     def apply(self, pc: PETSc.PC, b: PETSc.Vec, x: PETSc.Vec) -> None:
-        """x = A^{-1} b (collective: one allreduce of the separator values)."""
+        """x = A^{-1} b (collective: one allreduce of the n_S separator values)."""
         if self._failed:
             x.set(np.nan)
             pc.setFailedReason(PETSc.PC.FailedReason.FACTOR_NUMERIC_ZEROPIVOT)

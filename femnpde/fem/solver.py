@@ -31,7 +31,7 @@ from femnpde.fem.linear_defaults import (
 )
 from femnpde.fem.adjoint import adjoint_sweep, probe_symmetry
 from femnpde.fem.krylov_guess import KRYLOV_GUESSES, KrylovGuesses
-from femnpde.fem.linear_step import LinearIterations, LinearStepMixin, SolverError
+from femnpde.fem.linear_step import LinearIterations, LinearStepMixin, SolverError, StackedBlocks
 from femnpde.fem.newton import METHODS, NonlinearStep, default_nonlinear_method
 from femnpde.fem.problem import ParabolicProblem
 from femnpde.fem.split_assembly import SplitAssembly
@@ -223,16 +223,14 @@ class ThetaSolver(LinearStepMixin):
         # Its per-step constant (not the adjoint's coupling vector: a checkpointing storage
         # recomputes forward steps in the middle of the adjoint sweep).
         self._c_step = dolfinx.fem.petsc.create_vector(problem.V) if imex else None
-        # Constant derivative blocks (∂F/∂u_prev, ∂F/∂g, ∂F/∂g_prev), assembled once.
-        self._blocks: dict[str, PETSc.Mat] = {}
-        if fast_affine and self._step is None and not imex:
-            for name, form in (forms.constant_blocks or {}).items():
-                M = dolfinx.fem.petsc.assemble_matrix(form)
-                M.assemble()
-                self._blocks[name] = M
-        self._lin = None
-        if forms.linear is not None and fast_affine:
-            self._setup_linear()
+        # Constant derivative blocks (∂F/∂u_prev, ∂F/∂g, ∂F/∂g_prev), assembled once, side by side.
+        blocks = fast_affine and self._step is None and not imex
+        self._block_names: tuple[str, ...] = tuple(forms.constant_blocks or {}) if blocks else ()
+        self._fast_linear = forms.linear is not None and fast_affine
+        self._lin: StackedBlocks | None = None
+        self._adj_blocks: StackedBlocks | None = None
+        self._f0: PETSc.Vec | None = None
+        self._setup_blocks()
 
     def set_constants(self, values: dict[str, float]) -> None:
         """Set named constants of the residual (``problem.constants``); reassemble what depends on them.
@@ -262,15 +260,8 @@ class ThetaSolver(LinearStepMixin):
             self._step = self._make_step()
             self._ksp = self._step.snes.getKSP()
             self._ksp_adj = self._step.adjoint_ksp
-        forms = self.problem.forms
-        for name, M in self._blocks.items():
-            M.zeroEntries()
-            dolfinx.fem.petsc.assemble_matrix(M, forms.constant_blocks[name])
-            M.assemble()
-        if self._lin is not None:
-            self._lin["u"].destroy()
-            self._f0.destroy()
-            self._setup_linear()
+        self._destroy_blocks()
+        self._setup_blocks()
         if self._imex is not None:
             self._imex.destroy()
             self._imex = SplitAssembly(self.problem)
@@ -320,14 +311,10 @@ class ThetaSolver(LinearStepMixin):
             self._step = None
         else:
             objs += [self._A, self._ksp]
-        objs += list(self._blocks.values())
         if self._guesses is not None:
             self._guesses.destroy()
             self._guesses = None
-        self._blocks = {}
-        if self._lin is not None:
-            objs += [self._lin["u"], self._f0]
-            self._lin = None
+        self._destroy_blocks()
         if self._imex is not None:
             self._imex.destroy()
             self._imex = None

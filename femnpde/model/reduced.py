@@ -28,6 +28,7 @@ from femnpde.fem.problem import ParabolicProblem
 from femnpde.fem.solver import SolverError, ThetaSolver
 from femnpde.model.base import Model
 from femnpde.model.parameters import PhysicalParameter, check_parameters, parameter_bounds
+from femnpde.obs.misfit import AdjointLoss
 
 __all__ = ["NetworkSource", "FunctionSource", "ReducedFunctional", "check_replicated"]
 
@@ -237,7 +238,9 @@ class ReducedFunctional:
         """The problem's communicator."""
         return self.solver.problem.comm
 
-    def _forward(self, theta: np.ndarray) -> None:
+    def _forward(self, theta: np.ndarray, loss: bool = True) -> None:
+        """The forward sweep at θ unless cached; ``loss=False``: leave the loss to the adjoint
+        (:meth:`value_and_gradient`; :attr:`_J` is then None until it ran)."""
         theta = np.asarray(theta, dtype=np.float64)
         if theta.shape != (self.n_params,):
             raise ValueError(f"ReducedFunctional: theta has shape {theta.shape}, expected ({self.n_params},)")
@@ -257,12 +260,18 @@ class ReducedFunctional:
             self.solver.set_constants(consts)
         self._g = self.source.values(net_theta)
         states = self.solver.states
-        if getattr(states, "keeps_all_levels", True):
-            self.solver.forward(self._g)
-            self._J = self.misfit.value(states)
-            self._max_error_local = None
-        else:
-            self._J, self._max_error_local = self._streamed_forward()
+        self._J = self._max_error_local = None
+        try:
+            if not loss:
+                self.solver.forward(self._g)
+            elif getattr(states, "keeps_all_levels", True):
+                self.solver.forward(self._g)
+                self._J = self.misfit.value(states)
+            else:
+                self._J, self._max_error_local = self._streamed_forward()
+        except BaseException:
+            self._theta = None  # nothing cached for this θ
+            raise
         self.n_forward += 1
 
     def _streamed_forward(self) -> tuple[float, float]:
@@ -331,10 +340,22 @@ class ReducedFunctional:
                 raise RuntimeError("ReducedFunctional.derivative: no θ given and none evaluated yet")
             theta = self._theta
         self._forward(theta)
+        self._gradient()
+        return self._grad.copy()
+
+    def _gradient(self) -> None:
+        """The adjoint sweep of the last forward unless cached; it also takes the loss if the forward did not."""
         if self._grad is None:
-            R = self.solver.adjoint(
-                self._g, self.misfit.add_gradient, keep_adjoint=self.keep_adjoint, constants=self._trainable
-            )
+            terms = AdjointLoss(self.misfit) if self._J is None else None
+            try:
+                R = self.solver.adjoint(self._g, self.misfit.add_gradient if terms is None else terms, keep_adjoint=self.keep_adjoint,
+                                        constants=self._trainable)
+            except BaseException:
+                if terms is not None:
+                    self._theta = None  # no loss for this θ: the next call runs the forward again
+                raise
+            if terms is not None:
+                self._J, self._max_error_local = terms.loss(), terms.max_error_local
             net_theta, _ = self.split(self._theta)
             # The network cache belongs to the θ of the last forward: make sure it is ours.
             if not np.array_equal(self.source.network.params, net_theta):
@@ -345,11 +366,18 @@ class ReducedFunctional:
                 grad = np.concatenate([grad, np.array([dc[n] for n in self._trainable]) * self._scales])
             self._grad = grad
             self.n_adjoint += 1
-        return self._grad.copy()
 
     def value_and_gradient(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
-        """``(J(θ), dJ/dθ)`` with one forward and one adjoint sweep."""
-        return self(theta), self.derivative(theta)
+        """``(J(θ), dJ/dθ)`` with one forward and one adjoint sweep.
+
+        A misfit with ``add_gradient_and_value`` (every
+        :class:`~femnpde.obs.misfit.Misfit`) is evaluated once per level, in
+        the adjoint sweep (:class:`~femnpde.obs.misfit.AdjointLoss`): the
+        forward takes no loss.  The loss is bitwise the one ``rf(θ)`` returns.
+        """
+        self._forward(theta, loss=not hasattr(self.misfit, "add_gradient_and_value"))
+        self._gradient()
+        return self._J, self._grad.copy()
 
     @property
     def states(self):

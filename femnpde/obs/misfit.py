@@ -11,6 +11,16 @@ manager once, from two per-observation primitives:
 
 and ``add_gradient(n, u_owned, out)`` adds ``∂J/∂u^n = w_n Δt Bᵀ W (B u^n − d^n)``.
 
+**Loss and gradient from one residual per level.** The adjoint's source
+``w_n Bᵀ W r_n`` and the loss term ``½ w_n r_nᵀ W r_n`` share ``W r_n`` (for a
+field, the mass-matrix product ``M r``): :meth:`Misfit.add_gradient_and_value`
+computes both at once, and :class:`AdjointLoss`, passed to
+:meth:`~femnpde.fem.solver.ThetaSolver.adjoint` in place of ``add_gradient``,
+collects the loss during the adjoint sweep, so that a forward sweep followed
+by the adjoint sweep needs no misfit evaluation in the forward (one ``W r``
+per level instead of two).  Its loss sums the same level terms in the same
+order as :meth:`Misfit.value`: the two agree bitwise.
+
 One implementation, hIPPYlib's: :class:`QuadraticMisfit`, over an
 observation operator ``B`` and its inner product ``W``
 (:mod:`femnpde.obs.operators`) and the time weights
@@ -42,7 +52,7 @@ from femnpde.fem.problem import ParabolicProblem
 from femnpde.obs.operators import FieldObservation, ObservationOperator
 from femnpde.obs.weights import TIME_RULES, TimeWeights, time_weights
 
-__all__ = ["Misfit", "QuadraticMisfit", "NORMALISATIONS", "TIME_RULES", "TimeWeights", "time_weights", "L2Misfit"]
+__all__ = ["Misfit", "AdjointLoss", "QuadraticMisfit", "NORMALISATIONS", "TIME_RULES", "TimeWeights", "time_weights", "L2Misfit"]
 
 #: The levels the relative-error normalisation ``max |d|`` runs over.
 NORMALISATIONS: tuple[str, ...] = ("all", "observed")
@@ -92,10 +102,27 @@ class Misfit(ABC):
         """The loss of the states in ``states`` (a storage with ``load(n)``; one allreduce)."""
         self._check_ready("value")
         n_owned = self.problem.n_owned
+        return self.sum_levels({n: self.level_value(n, states.load(n)[:n_owned]) for n in self.observed_levels})
+
+    def sum_levels(self, local_terms) -> float:
+        """The loss from this rank's level terms (``local_terms[n]`` for the observed levels; one allreduce).
+
+        The terms are summed in increasing level order, then over the ranks:
+        :meth:`value` and :class:`AdjointLoss` both sum this way.
+        """
         local = 0.0
         for n in self.observed_levels:
-            local += self.level_value(n, states.load(n)[:n_owned])
+            local += local_terms[n]
         return self.comm.allreduce(local, op=MPI.SUM)
+
+    def add_gradient_and_value(self, n: int, u_owned: np.ndarray, out: np.ndarray) -> tuple[float, float]:
+        """Add ``∂J/∂u^n`` to ``out``; return this rank's :meth:`level_value` and :meth:`level_max_error`.
+
+        Collective.  This default calls the three methods; :class:`QuadraticMisfit`
+        takes all three from one residual and one ``W r``.
+        """
+        self.add_gradient(n, u_owned, out)
+        return self.level_value(n, u_owned), self.level_max_error(n, u_owned)
 
     def level_value(self, n: int, u_owned: np.ndarray) -> float:
         """This rank's part of level n's term ``½ w_n ‖B u^n − d^n‖²_W`` (0 if unobserved; local).
@@ -141,6 +168,55 @@ class Misfit(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.destroy()
+
+
+class AdjointLoss:
+    """The adjoint sweep's misfit callback that also takes the loss (one ``W r`` per level).
+
+    Pass it to :meth:`~femnpde.fem.solver.ThetaSolver.adjoint` in place of
+    ``misfit.add_gradient`` after a forward sweep that evaluated no misfit;
+    afterwards :meth:`loss` is the loss of that sweep (bitwise
+    :meth:`Misfit.value` of its states) and :attr:`max_error_local` this
+    rank's :meth:`Misfit.level_max_error` over all levels::
+
+        solver.forward(g)
+        terms = AdjointLoss(misfit)
+        dJdg = solver.adjoint(g, terms)
+        J = terms.loss()
+
+    The adjoint visits the levels N, ..., 1; level 0 (the initial state, not
+    a function of the source) is taken here, from ``problem.u0``.
+
+    Args:
+        misfit: The misfit (:meth:`Misfit.add_gradient_and_value`).
+    """
+
+    def __init__(self, misfit: Misfit) -> None:
+        self.misfit = misfit
+        u0 = misfit.problem.u0.x.array[: misfit.problem.n_owned]
+        self._terms = np.zeros(misfit.w.size)
+        self._terms[0] = misfit.level_value(0, u0)
+        #: This rank's largest level error ``max_k |(B u^n − d^n)_k|`` over the levels seen so far.
+        self.max_error_local = misfit.level_max_error(0, u0)
+        self._seen = np.zeros(misfit.w.size, dtype=bool)
+        self._seen[0] = True
+
+    def __call__(self, n: int, u_owned: np.ndarray, out: np.ndarray) -> None:
+        """Add ``∂J/∂u^n`` to ``out`` and keep level n's loss term (collective)."""
+        self._terms[n], err = self.misfit.add_gradient_and_value(n, u_owned, out)
+        self.max_error_local = max(self.max_error_local, err)
+        self._seen[n] = True
+
+    def loss(self) -> float:
+        """The loss ``J`` of the sweep (collective: one allreduce).
+
+        Raises:
+            RuntimeError: The adjoint sweep did not visit every level.
+        """
+        if not self._seen.all():
+            raise RuntimeError(f"AdjointLoss.loss: levels {np.flatnonzero(~self._seen).tolist()} were not visited "
+                               "by an adjoint sweep")
+        return self.misfit.sum_levels(self._terms)
 
 
 class QuadraticMisfit(Misfit):
@@ -221,6 +297,17 @@ class QuadraticMisfit(Misfit):
         self._check_ready("add_gradient")
         r = self._residual(n, u_owned)
         out += self.operator.apply_transpose(self.w[n] * self.operator.weight(r))
+
+    def add_gradient_and_value(self, n: int, u_owned: np.ndarray, out: np.ndarray) -> tuple[float, float]:
+        """:meth:`add_gradient`, :meth:`level_value` and :meth:`level_max_error` from one ``r`` and ``W r``."""
+        if self.w[n] == 0.0:
+            return 0.0, 0.0
+        self._check_ready("add_gradient_and_value")
+        r = self._residual(n, u_owned)
+        Wr = self.operator.weight(r)
+        value = 0.5 * self.w[n] * float(np.dot(r, Wr))  # as level_value (_local_value), bitwise
+        out += self.operator.apply_transpose(self.w[n] * Wr)
+        return value, float(np.max(np.abs(r), initial=0.0))
 
     def max_abs_data(self) -> float:
         """``max |d|`` over all or the observed levels and all ranks (collective the first time)."""
