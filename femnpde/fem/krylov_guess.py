@@ -85,6 +85,22 @@ class ProjectedGuess:
         v.scale(1.0 / np.sqrt(vAv))
         self._basis.append(v)
 
+    @property
+    def size(self) -> int:
+        """The number of basis vectors."""
+        return len(self._basis)
+
+    def orthonormality_error(self) -> float:
+        """``max |XᵀAX − I|`` of the basis (collective; a diagnostic: ``k`` matrix-vector products)."""
+        if not self._basis:
+            return 0.0
+        w = self._w
+        gram = np.empty((len(self._basis), len(self._basis)))
+        for j, v in enumerate(self._basis):
+            self._A.mult(v, w)
+            gram[:, j] = w.mDot(self._basis)
+        return float(np.abs(gram - np.eye(len(self._basis))).max())
+
     def destroy(self) -> None:
         """Destroy the vectors (collective)."""
         for v in self._basis + self._spare + [self._w]:
@@ -129,6 +145,8 @@ class KrylovGuesses:
         self.kind = kind
         project = kind == "projection" and symmetric
         self._adjoint = ProjectedGuess(A, max_vectors) if project else None
+        #: The adjoint's :class:`ProjectedGuess` (None unless ``kind`` is "projection" and ``A`` symmetric).
+        self.projection = self._adjoint
         self._extrapolate = kind != "previous" and not project
         self._lam_old = A.createVecLeft() if self._extrapolate else None  # λ^{n+2}
 
@@ -164,4 +182,4 @@ class KrylovGuesses:
         for obj in (self._adjoint, self._lam_old):
             if obj is not None:
                 obj.destroy()
-        self._adjoint = self._lam_old = None
+        self._adjoint = self._lam_old = self.projection = None
