@@ -114,7 +114,7 @@ def adjoint_sweep(
         if step is None:
             if guesses is not None:
                 guesses.adjoint(n, N, rhs, lam_vec)
-            solver._solve(solver._ksp_adj, rhs, lam_vec, n, transpose=solver._adjoint_transposed)
+            solver._solve(solver._ksp_adj, rhs, lam_vec, n, transpose=not solver.symmetric)
             if guesses is not None:
                 guesses.adjoint_solved(lam_vec)
         else:

@@ -179,7 +179,6 @@ class ThetaSolver(LinearStepMixin):
             self._ksp = self._step.snes.getKSP()
             self._ksp_adj = self._step.adjoint_ksp
         check_adjoint_capable(self._ksp_adj, self.symmetric)
-        self._adjoint_transposed = not self.symmetric
         # Krylov adjoints of constant Jacobians start from λ^{n+1} (zero at the start of each sweep).
         self._adjoint_warm = self._step is None and uses_krylov(self._ksp_adj)
         self._ksp_adj.setInitialGuessNonzero(self._adjoint_warm)
