@@ -8,7 +8,8 @@ Two measurements, each printed (CPU time, ``time.process_time``)::
 ``kernels``: on the paper's rectangle at half the benchmark's size (226 x 452
 squares, 102 831 unknowns: one rank's interior on two ranks), the heat step
 matrix factorised by PETSc's Cholesky: the fused solve against the separate
-forward + backward substitutions the DD needs, with the factor's own nested
+forward + backward substitutions, each alone, and the forward substitution +
+fused solve the DD's apply does, with the factor's own nested
 dissection ordering and with that ordering applied once to the matrix
 (natural-ordering kernels), and the cost of gathering a vector by the
 permutation.  ``profile``: cProfile (CPU-time clock) of two loss + gradient
@@ -81,6 +82,9 @@ def kernels(nx: int) -> None:
     rows = {
         "nd: fused solve": _cpu_ms(lambda: F_nd.solve(b, x)),
         "nd: forward + backward": _cpu_ms(lambda: (F_nd.solveForward(b, z), F_nd.solveBackward(z, x))),
+        "nd: forward": _cpu_ms(lambda: F_nd.solveForward(b, z)),
+        "nd: backward": _cpu_ms(lambda: F_nd.solveBackward(z, x)),
+        "nd: forward + fused solve (the DD's apply)": _cpu_ms(lambda: (F_nd.solveForward(b, z), F_nd.solve(b, x))),
         "permuted matrix, natural: fused solve": _cpu_ms(lambda: F_nat.solve(b, x)),
         "permuted matrix, natural: forward + backward": _cpu_ms(lambda: (F_nat.solveForward(b, z),
                                                                          F_nat.solveBackward(z, x))),

@@ -24,9 +24,13 @@ Cholesky.
 
 **Apply** (per solve, per rank): ``z_r = R^{-T} P b_r``; ``g = b_S - Σ_r V_r^T
 z_r`` (one allreduce of ``n_S`` doubles); ``x_S = Σ^{-1} g`` on ``C_r`` and
-the own separator (those rows of ``Σ^{-1}``, a dense product); ``x_r = P^T
-R^{-1} (z_r - V_r x_{C_r})``.  That is one half-size triangular pair per rank
-on two ranks, plus two sparse products with ``V_r``.  ``A`` is symmetric, so
+the own separator (those rows of ``Σ^{-1}``, a dense product); ``x_r =
+A_rr^{-1} (b_r - A_{I_r C_r} x_{C_r})``, one fused solve with the interior
+factor (``= P^T R^{-1} (z_r - V_r x_{C_r})``, but PETSc's separate backward
+substitution costs 1.4x its whole fused solve: 11.3 against 7.9 ms at 102 831
+unknowns, the forward 3.2 ms; ``bench/dd_profile.py kernels``).  That is, per
+rank on two ranks, a half-size forward substitution and a half-size solve, a
+product with ``V_r^T`` and one with the sparse coupling ``A_{I_r C_r}``.  ``A`` is symmetric, so
 :meth:`SchurDD.applyTranspose` is :meth:`SchurDD.apply`.  On one rank the
 separator is empty and the solve is a plain sparse Cholesky.
 
@@ -211,12 +215,11 @@ class SchurDD:
         n_c = c_set.size
         # One forward substitution per column of the coupling (kept sparse).
         rows, cols_v, data = [], [], []
-        self._zS = np.zeros(n_s, dtype=np.int32)
         ok = ok and coupled_ok
         if ok:
             try:
-                # Where the (isolated) separator entries sit in the factor's ordering: the forward
-                # substitution passes b_S through unchanged, to positions the ordering chose.
+                # The (isolated) separator entries: the forward substitution passes b_S through
+                # unchanged (to positions the ordering chose), so the identity rows are intact.
                 marks = self._bv.array_w
                 marks[:] = 0.0
                 marks[sep] = np.arange(1, n_s + 1)
@@ -224,7 +227,6 @@ class SchurDD:
                 z = self._z.array_r
                 pos = np.flatnonzero(z)
                 ok = pos.size == n_s and np.array_equal(np.sort(z[pos]), np.arange(1, n_s + 1))
-                self._zS[np.rint(z[pos]).astype(int) - 1] = pos
                 for k in range(n_c):
                     col = self._bv.array_w
                     col[:] = 0.0
@@ -256,6 +258,10 @@ class SchurDD:
         self._t, self._xs = (PETSc.Vec().createSeq(n_c, comm=PETSc.COMM_SELF) for _ in range(2))
         self._objs += [self._t, self._xs]
         self._C = c_set
+        # The coupling itself, for the interior right-hand side b_r - A_{I_r C_r} x_{C_r} of the apply.
+        self._A_rC = _seq_aij(A_rS.tocsr())
+        self._r = PETSc.Vec().createSeq(n_own, comm=PETSc.COMM_SELF)
+        self._objs += [self._A_rC, self._r]
         # The dense Schur complement: this rank's separator rows of A_SS minus V_r^T V_r.
         S_local = np.zeros((n_sep, n_sep))
         if n_s:
@@ -313,7 +319,7 @@ class SchurDD:
 
     # ------------------------------------------------------------- apply
     def apply(self, pc: PETSc.PC, b: PETSc.Vec, x: PETSc.Vec) -> None:
-        """x = A^{-1} b (collective: one allgather of the separator values)."""
+        """x = A^{-1} b (collective: one allreduce of the separator values)."""
         if self._failed:
             x.set(np.nan)
             pc.setFailedReason(PETSc.PC.FailedReason.FACTOR_NUMERIC_ZEROPIVOT)
@@ -335,7 +341,6 @@ class SchurDD:
         # The forward substitution leaves the separator entries as they are (identity rows).
         self._bv.placeArray(b_arr)
         self._F.solveForward(self._bv, self._z)
-        self._bv.resetArray()
         # g = b_S - Σ_r V_r^T z_r (one allreduce of n_S doubles).
         self._Vt.mult(self._z, self._t)
         g = self._g_local
@@ -345,12 +350,14 @@ class SchurDD:
         pc.getComm().tompi4py().Allreduce(g, self._g, op=MPI.SUM)
         xs = self._W @ self._g  # x_S on C_r and on the own separator
         self._xs.array_w[:] = xs[self._need_c]
-        # z - V x_S on the interior, x_S on the separator: the backward substitution keeps it there.
-        self._Vt.multTranspose(self._xs, self._xv)
-        self._z.axpy(-1.0, self._xv)
-        self._z.array_w[self._zS] = xs[self._need_own]
+        # b - A_{I C} x_C on the interior, x_S on the separator (identity rows: the solve keeps it).
+        r = self._r
+        self._A_rC.mult(self._xs, r)
+        r.aypx(-1.0, self._bv)
+        self._bv.resetArray()
+        r.array_w[self._S] = xs[self._need_own]
         self._xv.placeArray(x_arr)
-        self._F.solveBackward(self._z, self._xv)
+        self._F.solve(r, self._xv)
         self._xv.resetArray()
 
     def applyTranspose(self, pc: PETSc.PC, b: PETSc.Vec, x: PETSc.Vec) -> None:  # noqa: N802
