@@ -185,8 +185,10 @@ def test_out_holding_another_run_is_refused(tmp_path, ranks):
     code, out, err, _ = femnpde(["train", ac, "--out", run, "--quiet"], ranks)
     assert code == 2 and "is not empty" in err and "--overwrite" in err and "--resume" in err, err
     assert {p: (run / p).read_bytes() for p in before} == before  # untouched
+    assert not (run / ".lock").exists()  # the run-directory lock is released after an error
     code, out, err, _ = femnpde(["train", ac, "--out", run, "--quiet", "--overwrite"], ranks)
     assert code == 0, err
+    assert not (run / ".lock").exists()
     assert 'gamma = 0.02' in (run / "config.toml").read_text()
     epochs = [line.split(",")[0] for line in (run / "history.csv").read_text().splitlines()
               if line and line[0].isdigit()]
@@ -257,6 +259,7 @@ def test_divergence_stops_with_exit_3(tmp_path, ranks):
     assert code == 3, err
     assert "diverged" in err and "The last good checkpoint" in err, err
     assert "Traceback" not in err
+    assert not (tmp_path / "run" / ".lock").exists()  # released after a solver failure
 
 
 @pytest.mark.parametrize("values", [[0.15, 0.02, 4.5e282, np.inf, np.nan], [1e-2, 1e5, 4.5e282, 1.7e308, 1e-300]])

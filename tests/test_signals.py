@@ -52,6 +52,7 @@ def test_signal_writes_a_checkpoint_and_the_run_resumes(tmp_path, ranks, sig):
     assert proc.returncode == 128 + sig, (proc.returncode, stdout, stderr)
     assert f"{signal.Signals(sig).name} received" in stderr and f"--resume {out}" in stderr, stderr
     assert "Traceback" not in stderr, stderr
+    assert not (out / ".lock").exists()  # the run-directory lock is released
     rows = _history_rows(out / "history.csv")
     # The checkpoint is of the last epoch recorded: nothing is lost or repeated on resume.
     assert rows >= 3 and load_checkpoint(out / "checkpoint.npz", None)["epoch"] == rows

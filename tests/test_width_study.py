@@ -1,6 +1,5 @@
 """bench/reproduce_paper.py: the width study's sweeps, JSON and generated README block (tiny budgets)."""
 
-import importlib.util
 import json
 import pathlib
 import sys
@@ -11,14 +10,16 @@ import pytest
 from femnpde.io.history import History
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT / "bench") not in sys.path:  # the width_* scripts import bench/_paper.py, as when run as scripts
+    sys.path.insert(0, str(ROOT / "bench"))
+from _paper import bench_module  # noqa: E402
+
 pytestmark = pytest.mark.serial
 
 
 @pytest.fixture
 def study(monkeypatch):
-    spec = importlib.util.spec_from_file_location("reproduce_paper", ROOT / "bench" / "reproduce_paper.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = bench_module("reproduce_paper")  # afresh: the patches below stay in this test
     monkeypatch.setattr(module, "MARKS", (2, 3))
     monkeypatch.setattr(module, "REFERENCE", {"heat": {2: {0: 0.5, 2: 1e-9, 3: 0.5}}})
     return module
@@ -101,24 +102,15 @@ def test_imex_scenario_is_its_own_study(study, tmp_path):
     assert "**allen-cahn-imex, the paper's rectangle" in readme.read_text()
 
 
-def _bench(name):
-    if str(ROOT / "bench") not in sys.path:  # the width_* scripts import bench/_paper.py, as when run as scripts
-        sys.path.insert(0, str(ROOT / "bench"))
-    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_history_measures_of_the_why_scripts():
     """width_learning_rate's history summary and drift, width_reproducibility's comparison, on made-up histories."""
-    lr = _bench("width_learning_rate")
+    lr = bench_module("width_learning_rate")
     rmse = np.array([0.5, 0.3, 0.4, 0.2, 0.25, 0.21])
     s = lr.history_summary(rmse, np.full(6, 0.01), [2, 4, 10], np.arange(6.0))
     assert s["best"] == 0.2 and s["best_epoch"] == 3 and s["final"] == 0.21
     assert s["best_at"] == {"2": 0.3, "4": 0.2} and s["rises_over_10_percent"] == 2  # 0.3 -> 0.4, 0.2 -> 0.25
     assert s["max_after_start"] == 0.4 and s["first_gradient_norms"][0] == 0.0
-    rep = _bench("width_reproducibility")
+    rep = bench_module("width_reproducibility")
     other = rmse * np.array([1, 1, 1 + 1e-9, 1 + 1e-3, 1.1, 1.1])
     d = rep.divergence(rmse, other)
     assert d["first_epoch_above"] == {"1e-12": 2, "1e-06": 3, "0.01": 4}
@@ -131,7 +123,7 @@ def test_history_measures_of_the_why_scripts():
 
 def test_probe_differences(tmp_path):
     """width_reproducibility's probe comparison: 0 where bitwise equal, the largest relative difference elsewhere."""
-    rep = _bench("width_reproducibility")
+    rep = bench_module("width_reproducibility")
     one = {"J": np.array(2.0), "G": np.ones(3), "vjp": np.array([1.0, -4.0]), "grad": np.array([1.0, 2.0])}
     np.savez(tmp_path / "a.npz", **one)
     np.savez(tmp_path / "b.npz", **{**one, "vjp": np.array([1.0, -4.0 + 4e-14])})
@@ -142,7 +134,7 @@ def test_probe_differences(tmp_path):
 
 def test_report_renders_the_measured_explanations(study, tmp_path):
     """The learning-rate, reproducibility and off-rectangle network-fit JSON become 'Measured' bullets."""
-    lr, rep = _bench("width_learning_rate"), _bench("width_reproducibility")
+    lr, rep = bench_module("width_learning_rate"), bench_module("width_reproducibility")
     res = tmp_path / "res"
     res.mkdir()
     run = {"N": 10, "seed": 42, "epochs": 3, "start": 0.9, "best_at": {"2": 0.2, "3": 0.1234}, "final_best": 0.1234,
@@ -199,7 +191,7 @@ def test_first_step_is_adams_and_is_rendered(study, tmp_path):
     """width_first_step's update equals femnpde's Adam's first step; its JSON becomes a 'Measured' bullet."""
     from femnpde.optim.adam import Adam
 
-    fs = _bench("width_first_step")
+    fs = bench_module("width_first_step")
     rng = np.random.default_rng(0)
     theta, grad = rng.standard_normal(50), rng.standard_normal(50) * np.logspace(-6, 2, 50)
     stepped = theta.copy()

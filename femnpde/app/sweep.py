@@ -40,6 +40,7 @@ from femnpde.app.training import config_differences, train
 from femnpde.app.validation import validate
 from femnpde.io.files import RunDirectory
 from femnpde.io.history import History
+from femnpde.io.lock import LOCK_FILE, RunLock
 from femnpde.io.plots import plot_width_study
 
 __all__ = ["sweep", "SweepRun", "RESULT_FILE", "run_name", "read_result"]
@@ -110,7 +111,7 @@ def _inspect(run_dir: pathlib.Path) -> dict:
     if (run_dir / "config.toml").is_file():
         saved = (run_dir / "config.toml").read_text()
         return {"kind": "partial" if (run_dir / "checkpoint.npz").is_file() else "started", "config": saved}
-    return {"kind": "new" if not any(run_dir.iterdir()) else "other"}
+    return {"kind": "new" if not any(p.name != LOCK_FILE for p in run_dir.iterdir()) else "other"}
 
 
 def _epoch_time(wall_time) -> tuple[float, float]:
@@ -215,39 +216,40 @@ def sweep(
             configuration (without ``overwrite``).
     """
     out = pathlib.Path(out) if out is not None else pathlib.Path("runs") / (pathlib.Path(config).stem + "-sweep")
-    rundir = RunDirectory(out, comm)
-    base_seed = int(load_config(config, overrides)["network"]["seed"])
-    runs: list[SweepRun] = []
-    for N in widths:
-        for seed in (seeds if seeds is not None else [None]):
-            extra = [f"network.neurons={N}"] + ([] if seed is None else [f"network.seed={seed}"])
-            runs.append(_run_one(config, out / run_name(N, seed), [*overrides, *extra], N,
-                                 base_seed if seed is None else seed, quiet, comm, overwrite, write_outputs))
-    rows = [{k: v for k, v in asdict(r).items() if k != "config"} for r in runs]
-    lines = ["N,seed,epochs,final_relative_rmse,best_relative_rmse,final_loss,wall_time_s,s_per_epoch,status"]
-    lines += [
-        f"{r['N']},{r['seed']},{r['epochs']},{r['final_rmse']:.6e},{r['best_rmse']:.6e},{r['final_loss']:.6e},"
-        f"{r['wall_time']:.2f},{r['s_per_epoch']:.4g},{r['status']}"
-        for r in rows
-    ]
-    rundir.write_text("summary.csv", "\n".join(lines) + "\n")
-    table = ["| N | seed | epochs | final rel. RMSE | best rel. RMSE | wall time [s] | run |", "|---|---|---|---|---|---|---|"]
-    table += [
-        f"| {r['N']} | {r['seed']} | {r['epochs']} | {r['final_rmse']:.4g} | {r['best_rmse']:.4g} | "
-        f"{r['wall_time']:.1f} | {r['status']} |"
-        for r in rows
-    ]
-    rundir.write_text("summary.md", "\n".join(table) + "\n")
-    widths_u = list(dict.fromkeys(widths))
-    best = {N: [r["best_rmse"] for r in rows if r["N"] == N] for N in widths_u}
-    curves = {"best (median over seeds)" if seeds else "best": [float(np.median(best[N])) for N in widths_u]}
-    if seeds is not None and len(seeds) > 1:
-        curves["best (min over seeds)"] = [min(best[N]) for N in widths_u]
-        curves["best (max over seeds)"] = [max(best[N]) for N in widths_u]
-    else:
-        curves["final"] = [float(np.median([r["final_rmse"] for r in rows if r["N"] == N])) for N in widths_u]
-    plot_width_study(widths_u, curves, out / "rmse_vs_N.png", comm, title=f"width study: {pathlib.Path(config).stem}")
-    if not quiet:
-        rank0_print(comm, "\n".join(table))
-    comm.Barrier()
+    with RunLock(out, comm):  # one sweep writes a sweep directory (exit 2 naming the holder)
+        rundir = RunDirectory(out, comm)
+        base_seed = int(load_config(config, overrides)["network"]["seed"])
+        runs: list[SweepRun] = []
+        for N in widths:
+            for seed in (seeds if seeds is not None else [None]):
+                extra = [f"network.neurons={N}"] + ([] if seed is None else [f"network.seed={seed}"])
+                runs.append(_run_one(config, out / run_name(N, seed), [*overrides, *extra], N,
+                                     base_seed if seed is None else seed, quiet, comm, overwrite, write_outputs))
+        rows = [{k: v for k, v in asdict(r).items() if k != "config"} for r in runs]
+        lines = ["N,seed,epochs,final_relative_rmse,best_relative_rmse,final_loss,wall_time_s,s_per_epoch,status"]
+        lines += [
+            f"{r['N']},{r['seed']},{r['epochs']},{r['final_rmse']:.6e},{r['best_rmse']:.6e},{r['final_loss']:.6e},"
+            f"{r['wall_time']:.2f},{r['s_per_epoch']:.4g},{r['status']}"
+            for r in rows
+        ]
+        rundir.write_text("summary.csv", "\n".join(lines) + "\n")
+        table = ["| N | seed | epochs | final rel. RMSE | best rel. RMSE | wall time [s] | run |", "|---|---|---|---|---|---|---|"]
+        table += [
+            f"| {r['N']} | {r['seed']} | {r['epochs']} | {r['final_rmse']:.4g} | {r['best_rmse']:.4g} | "
+            f"{r['wall_time']:.1f} | {r['status']} |"
+            for r in rows
+        ]
+        rundir.write_text("summary.md", "\n".join(table) + "\n")
+        widths_u = list(dict.fromkeys(widths))
+        best = {N: [r["best_rmse"] for r in rows if r["N"] == N] for N in widths_u}
+        curves = {"best (median over seeds)" if seeds else "best": [float(np.median(best[N])) for N in widths_u]}
+        if seeds is not None and len(seeds) > 1:
+            curves["best (min over seeds)"] = [min(best[N]) for N in widths_u]
+            curves["best (max over seeds)"] = [max(best[N]) for N in widths_u]
+        else:
+            curves["final"] = [float(np.median([r["final_rmse"] for r in rows if r["N"] == N])) for N in widths_u]
+        plot_width_study(widths_u, curves, out / "rmse_vs_N.png", comm, title=f"width study: {pathlib.Path(config).stem}")
+        if not quiet:
+            rank0_print(comm, "\n".join(table))
+        comm.Barrier()  # every rank is done with the directory before the lock goes
     return rows

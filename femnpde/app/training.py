@@ -12,7 +12,8 @@ A run directory holds
 * ``fields/`` — u, h, g_θ, g* (per output: ``g_theta_k``, ``g_star_k``) and the
   adjoint over time (VTX or XDMF);
 * ``history.png``, ``u_vs_h.png``, ``g_vs_gstar.png`` (with m > 1 outputs ``g_vs_gstar_k.png``
-  for each output k) — plots (rank 0).
+  for each output k) — plots (rank 0);
+* ``.lock`` — while a process writes the directory (:class:`femnpde.io.lock.RunLock`).
 
 The loop itself (first-order or L-BFGS step, records, checkpoints) is
 :mod:`femnpde.app.trainer`.
@@ -42,6 +43,7 @@ from femnpde.io.fielddata import write_field_data
 from femnpde.io.fields import write_fields
 from femnpde.io.files import RunDirectory
 from femnpde.io.history import History
+from femnpde.io.lock import LOCK_FILE, RunLock
 from femnpde.io.plots import plot_comparison, plot_history
 
 __all__ = ["train", "forward", "TrainResult"]
@@ -86,7 +88,7 @@ def _prepare_run_dir(out: pathlib.Path, comm, overwrite: bool, resume: bool) -> 
             return
         if not out.is_dir():
             raise ValueError(f"--out {out}: exists and is not a directory; give a new or empty directory")
-        entries = sorted(p.name for p in out.iterdir())
+        entries = sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE)  # the lock is this run's
         if not entries:
             return
         if not overwrite:
@@ -267,18 +269,20 @@ def train(
         cfg = saved
         out = run_dir
     out = _resolve_out(config, out)
-    _prepare_run_dir(pathlib.Path(out), comm, overwrite, resume is not None)
-    have = _optional_outputs(comm) if write_outputs else {}
-    rundir = RunDirectory(out, comm)
-    with build_run(cfg, comm) as run:
-        rundir.write_text("config.toml", dump_config(cfg))
-        if check_gradient is None:
-            check_gradient = cfg["run"]["check_gradient"]
-        result = _train_run(run, cfg, out, resume is not None, quiet, comm, check_gradient)
-        if write_outputs:
-            _write_outputs(run, out, comm, cfg["run"]["field_format"], have)
-            if have["matplotlib"]:
-                plot_history(out / "history.csv", out / "history.png", comm, title=f"{pathlib.Path(config).stem}")
+    with RunLock(out, comm):  # one process writes a run directory (exit 2 naming the holder)
+        _prepare_run_dir(pathlib.Path(out), comm, overwrite, resume is not None)
+        have = _optional_outputs(comm) if write_outputs else {}
+        rundir = RunDirectory(out, comm)
+        with build_run(cfg, comm) as run:
+            rundir.write_text("config.toml", dump_config(cfg))
+            if check_gradient is None:
+                check_gradient = cfg["run"]["check_gradient"]
+            result = _train_run(run, cfg, out, resume is not None, quiet, comm, check_gradient)
+            if write_outputs:
+                _write_outputs(run, out, comm, cfg["run"]["field_format"], have)
+                if have["matplotlib"]:
+                    plot_history(out / "history.csv", out / "history.png", comm, title=f"{pathlib.Path(config).stem}")
+        comm.Barrier()  # every rank is done with the directory before the lock goes
     if not quiet:
         rank0_print(
             comm,
@@ -386,15 +390,17 @@ def forward(
     cfg = load_config(config, overrides)
     out = _resolve_out(config, out, "-forward")
     have = _optional_outputs(comm)
-    RunDirectory(out, comm).write_text("config.toml", dump_config(cfg))
-    with build_run(cfg, comm) as run:
-        theta = run.rf.initial_theta()
-        if params is not None:
-            theta = checkpoint_params(load_checkpoint(params, comm), params, run.rf.n_params)
-        J = run.rf(theta)
-        run.rf.derivative(theta)
-        _write_outputs(run, out, comm, cfg["run"]["field_format"], have)
-        rmse = run.misfit.relative_rmse(J)
+    with RunLock(out, comm):
+        RunDirectory(out, comm).write_text("config.toml", dump_config(cfg))
+        with build_run(cfg, comm) as run:
+            theta = run.rf.initial_theta()
+            if params is not None:
+                theta = checkpoint_params(load_checkpoint(params, comm), params, run.rf.n_params)
+            J = run.rf(theta)
+            run.rf.derivative(theta)
+            _write_outputs(run, out, comm, cfg["run"]["field_format"], have)
+            rmse = run.misfit.relative_rmse(J)
+        comm.Barrier()
     rank0_print(comm, f"femnpde forward: loss {J:.6e}, relative RMSE {rmse:.6e}; fields in {out}")
     comm.Barrier()
     return {"loss": J, "relative_rmse": rmse, "out": str(out)}

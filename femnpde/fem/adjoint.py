@@ -95,6 +95,9 @@ def adjoint_sweep(
         raise KeyError(f"ThetaSolver.adjoint: {unknown} are not constants of the problem; "
                        f"constants: {sorted(p.constants)}")
     dc = np.zeros(len(constants))
+    transpose = not solver.symmetric
+    record = solver.linear_iterations
+    record.adjoint, record.recomputed, record.transposed = [], [], transpose and step is None
     for n in range(N, 0, -1):
         # u^{n-1} first: a checkpointing storage may recompute both levels then.
         u_prev = solver.states.load(n - 1)
@@ -114,7 +117,8 @@ def adjoint_sweep(
         if step is None:
             if guesses is not None:
                 guesses.adjoint(n, N, rhs, lam_vec)
-            solver._solve(solver._ksp_adj, rhs, lam_vec, n, transpose=not solver.symmetric)
+            solver._solve(solver._ksp_adj, rhs, lam_vec, n, transpose=transpose)
+            record.adjoint.append(solver._ksp_adj.getIterationNumber())
             if guesses is not None:
                 guesses.adjoint_solved(lam_vec)
         else:

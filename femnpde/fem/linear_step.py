@@ -12,6 +12,8 @@ attributes they use are created by ``ThetaSolver.__init__``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import dolfinx.fem
 import dolfinx.fem.petsc
@@ -21,11 +23,38 @@ from femnpde.fem.krylov_guess import KRYLOV_GUESSES, KrylovGuesses
 from femnpde.fem.linear_defaults import check_adjoint_capable
 from femnpde.fem.newton import ksp_reason, options_with_defaults
 
-__all__ = ["LinearStepMixin", "make_ksp", "SolverError"]
+__all__ = ["LinearIterations", "LinearStepMixin", "make_ksp", "SolverError"]
 
 
 class SolverError(RuntimeError):
     """A forward or adjoint solve failed (Newton or linear solver divergence)."""
+
+
+@dataclass
+class LinearIterations:
+    """The Krylov iterations of each linear solve of the last forward and adjoint sweeps (constant Jacobians).
+
+    ``ThetaSolver.linear_iterations``: :meth:`~femnpde.fem.solver.ThetaSolver.forward` starts a new
+    ``forward`` list, :meth:`~femnpde.fem.solver.ThetaSolver.adjoint` new ``adjoint`` and ``recomputed``
+    lists; each entry is ``ksp.getIterationNumber()`` after the solve (1 for a direct solver).  The
+    nonlinear steps' Newton and Krylov counts are ``ThetaSolver.statistics`` instead (these lists stay empty).
+
+    Attributes:
+        forward: Each forward step's solve, in step order (a step whose residual is already below
+            ``newton_atol`` has none).
+        adjoint: Each adjoint step's solve, in the sweep's order (n = N, ..., 1).
+        recomputed: The forward solves a checkpointing state storage repeated during the adjoint sweep.
+        transposed: Whether the adjoint solved with the transposed operator (a nonsymmetric Jacobian).
+    """
+
+    forward: list[int] = field(default_factory=list)
+    adjoint: list[int] = field(default_factory=list)
+    recomputed: list[int] = field(default_factory=list)
+    transposed: bool = False
+
+    def solves(self) -> list[int]:
+        """Every solve of a forward and the following adjoint sweep: forward, recomputed, adjoint."""
+        return [*self.forward, *self.recomputed, *self.adjoint]
 
 
 def make_ksp(comm, prefix: str, options: dict[str, str], A: PETSc.Mat, symmetric: bool) -> PETSc.KSP:
@@ -148,6 +177,8 @@ class LinearStepMixin:
         if self._guesses is not None:  # the KSP has a nonzero initial guess (the adjoint's warm start)
             self._guesses.forward(self._du)  # u^{n-1}: reproduced bitwise by any state storage
         self._solve(self._ksp, self._b, self._du, n, transpose=False)
+        its = self.linear_iterations
+        (its.recomputed if self._recomputing else its.forward).append(self._ksp.getIterationNumber())
         # One Newton step solves an affine residual exactly.
         p.u.x.petsc_vec.axpy(-1.0, self._du)
         p.u.x.scatter_forward()

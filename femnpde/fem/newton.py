@@ -211,8 +211,8 @@ class NonlinearStep:
         else:
             _cpp.fem.petsc.insert_diagonal(self._A_bc, p.V._cpp_object, self._bcs_cpp, 1.0)
         self._A_bc.assemble()
-        # One rank: ∂N/∂u through DOLFINx's CSR assembly into matrices sharing their values with numpy.
-        self._csr_jac = make_csr_jacobian(self._A_bc, parts.nl_jac, self._bc_owned, comm)
+        # ∂N/∂u through DOLFINx's CSR assembly and one MatSetValuesCOO (fem/csr_jacobian.py).
+        self._csr_jac = make_csr_jacobian(self._A_bc, parts.nl_jac, self._bc_owned, p.V)
         if self._csr_jac is not None:
             self._P = self._csr_jac.create_matrix(f"{prefix}forward_")
             self._J = self._csr_jac.create_matrix(f"{prefix}adjoint_")
@@ -221,7 +221,7 @@ class NonlinearStep:
             self._P.setOptionsPrefix(f"{prefix}forward_")
             self._J = self._A_bc.duplicate(copy=True)
             self._J.setOptionsPrefix(f"{prefix}adjoint_")
-        self._N = self._A_bc.duplicate(copy=False)  # ∂N/∂u without boundary conditions
+        self._N = None  # ∂N/∂u without boundary conditions (PETSc's path; created when first needed)
         self._bc_rows = (self._bc_owned + self._A_bc.getOwnershipRange()[0]).astype(PETSc.IntType)
         self._P_valid = False
         self._stale = True
@@ -282,16 +282,19 @@ class NonlinearStep:
     def _jacobian_into(self, M: PETSc.Mat) -> None:
         """M = constant part (Dirichlet rows identity) + ∂N/∂u at the current coefficients.
 
-        ∂N/∂u is assembled without boundary conditions (faster than DOLFINx's
-        per-entry Dirichlet skipping) and its Dirichlet rows and columns are
-        zeroed afterwards; on one rank through DOLFINx's CSR assembly
-        (:mod:`femnpde.fem.csr_jacobian`, the same values).
+        Through DOLFINx's CSR assembly and one ``MatSetValuesCOO``
+        (:mod:`femnpde.fem.csr_jacobian`) where it applies, else through
+        PETSc's: ∂N/∂u assembled cell by cell without boundary conditions
+        (faster than DOLFINx's per-entry Dirichlet skipping), its Dirichlet
+        rows and columns zeroed afterwards.
         """
         if self._csr_jac is not None:
             self._csr_jac.assemble_into(M)
             return
         self._A_bc.copy(M, structure=PETSc.Mat.Structure.SAME_NONZERO_PATTERN)
         if self._parts.nl_jac is not None:
+            if self._N is None:
+                self._N = self._A_bc.duplicate(copy=False)
             form, Nm = self._parts.nl_jac, self._N
             Nm.zeroEntries()
             _cpp.fem.petsc.assemble_matrix(Nm, form._cpp_object, pack_constants(form), pack_coefficients(form), [])

@@ -31,13 +31,13 @@ from femnpde.fem.linear_defaults import (
 )
 from femnpde.fem.adjoint import adjoint_sweep, probe_symmetry
 from femnpde.fem.krylov_guess import KRYLOV_GUESSES, KrylovGuesses
-from femnpde.fem.linear_step import LinearStepMixin, SolverError
+from femnpde.fem.linear_step import LinearIterations, LinearStepMixin, SolverError
 from femnpde.fem.newton import METHODS, NonlinearStep, default_nonlinear_method
 from femnpde.fem.problem import ParabolicProblem
 from femnpde.fem.split_assembly import SplitAssembly
 from femnpde.fem.storage import MemoryStorage, StateStorage, make_state_storage
 
-__all__ = ["ThetaSolver", "SolverError", "default_linear_solver_options", "KRYLOV_GUESSES"]
+__all__ = ["ThetaSolver", "SolverError", "LinearIterations", "default_linear_solver_options", "KRYLOV_GUESSES"]
 
 
 class _Recompute:
@@ -48,7 +48,11 @@ class _Recompute:
         self._source = source
 
     def step(self, n: int, u_prev: np.ndarray) -> np.ndarray:
-        self._solver.forward_step(n, self._source, u_prev)
+        self._solver._recomputing = True  # its solves count as recomputed (linear_iterations)
+        try:
+            self._solver.forward_step(n, self._source, u_prev)
+        finally:
+            self._solver._recomputing = False
         return self._solver.problem.u.x.array
 
     def begin(self) -> None:
@@ -195,6 +199,9 @@ class ThetaSolver(LinearStepMixin):
         self.states, self.storage_plan = make_state_storage(state_storage, self.n_levels, n_local, comm)
         self.adjoints: MemoryStorage | None = None
         self.newton_iterations = np.zeros(self.n_levels, dtype=np.int32)
+        #: Krylov iterations of each linear solve of the last forward and adjoint sweeps (constant Jacobians).
+        self.linear_iterations = LinearIterations()
+        self._recomputing = False
         #: ``dJ/dc`` of the constants named in the last :meth:`adjoint` call.
         self.constant_gradient: dict[str, float] = {}
         owned = problem.bc_dofs
@@ -419,6 +426,7 @@ class ThetaSolver(LinearStepMixin):
             raise ValueError(f"ThetaSolver.forward: source has shape {source.shape}, expected {expected}")
         if hasattr(self.states, "attach"):
             self.states.attach(_Recompute(self, source))
+        self.linear_iterations.forward = []
         self.states.store(0, p.u0.x.array)
         p.u.x.array[:] = p.u0.x.array
         for n in range(1, self.n_levels):
