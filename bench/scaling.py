@@ -106,11 +106,15 @@ SOLVERS = {
     **{f"asm3d-b2-o{k}": {"ksp_type": "cg", "pc_type": "asm", "pc_asm_type": "basic", "pc_asm_overlap": str(k),
                           "pc_asm_blocks": "2", "sub_pc_type": "icc", "sub_pc_factor_levels": "1",
                           "ksp_norm_type": "unpreconditioned", "ksp_rtol": "1e-10"} for k in (2, 3, 4)},
-    # restricted additive Schwarz (PETSc's default ASM type; not symmetric, hence GMRES / FGMRES-free: right-preconditioned)
-    **{f"gmres-ras{'-b2' if b2 else ''}": {
-        "ksp_type": "gmres", "ksp_pc_side": "right", "ksp_rtol": "1e-10", "pc_type": "asm", "pc_asm_type": "restrict",
-        "pc_asm_overlap": "1", "sub_pc_type": "icc", "sub_pc_factor_levels": "1", **({"pc_asm_blocks": "2"} if b2 else {})}
-       for b2 in (False, True)},
+    # restricted additive Schwarz (PETSc's default ASM type; not symmetric, hence GMRES / FGMRES-free: right-preconditioned);
+    # session 8: its transpose "ash" (interpolate: owned residual in, whole overlapping solutions added), what
+    # KSPSolveTranspose applies with a restricted ASM, and the symmetric "asb" (basic), overlap 1 or 2
+    **{f"gmres-{kind}{'-o2' if overlap == 2 else ''}{'-b2' if b2 else ''}": {
+        "ksp_type": "gmres", "ksp_pc_side": "right", "ksp_rtol": "1e-10", "pc_type": "asm", "pc_asm_type": asm_type,
+        "pc_asm_overlap": str(overlap), "sub_pc_type": "icc", "sub_pc_factor_levels": "1",
+        **({"pc_asm_blocks": "2"} if b2 else {})}
+       for kind, asm_type in (("ras", "restrict"), ("ash", "interpolate"), ("asb", "basic"))
+       for overlap in (1, 2) for b2 in (False, True)},
     # two-level: the ASM(1)/ICC(1) smoother plus a coarse correction on GAMG's aggregates (set up once)
     **{f"tl-{mg}-{agg}{'-b2' if b2 else ''}": {
         "ksp_type": "cg", "ksp_norm_type": "unpreconditioned", "ksp_rtol": "1e-10",
@@ -302,15 +306,16 @@ def accuracy(args, comm) -> None:
             s.destroy()
 
 
-def sweep_systems(problem: ParabolicProblem, steps: int, every: int) -> tuple[ThetaSolver, list[tuple]]:
+def sweep_systems(problem: ParabolicProblem, steps: int, every: int, guess: str = "projection"
+                  ) -> tuple[ThetaSolver, list[tuple]]:
     """The sweep's own linear systems: ``(kind, n, b, x0, its)`` of every ``every``-th forward and adjoint solve.
 
     One loss + gradient of :func:`run`'s sweep with the default solver; ``b`` is the right-hand side,
     ``x0`` the initial guess the solver started from (forward: zero, the state ``u^{n-1}``; adjoint:
-    the projection onto the sweep's earlier adjoints), ``its`` the default's iterations.
+    ``guess``, by default the projection onto the sweep's earlier adjoints), ``its`` the default's iterations.
     """
     g = target(problem)
-    s = ThetaSolver(problem, "sol_step_")
+    s = ThetaSolver(problem, "sol_step_", krylov_guess=guess)
     data = s.forward(g).array[:, : problem.n_owned].copy()
     misfit = L2Misfit(problem, data)
     systems: list[tuple] = []
@@ -339,9 +344,9 @@ def solvers(args, comm) -> None:
     sweep's own systems (:func:`sweep_systems`, every 8th step's forward and adjoint solve, from the
     guesses the sweep used), the iterations per kind and the relative initial residual.
     """
-    problem = build(args.case, comm, args.steps, args.small)
+    problem = build(args.case, comm, args.steps, args.small, args.nonlinear)
     if args.rhs == "sweep":
-        s, systems = sweep_systems(problem, args.steps, 8)
+        s, systems = sweep_systems(problem, args.steps, 8, args.guess)
     else:
         s = ThetaSolver(problem, "sol_step_", {"ksp_type": "preonly", "pc_type": "jacobi"})
         s.forward(np.zeros((args.steps + 1, problem.n_owned_source)))  # assembles the step matrix
