@@ -168,22 +168,28 @@ def test_allen_cahn_imex_adjoint_basis_stays_orthonormal_and_iterations_do_not_g
     assert adj["world"] <= adj["self"] * fwd["world"] / fwd["self"] + 0.25, (fwd, adj)
 
 
-def test_projected_guess_stays_orthonormal_for_nearly_parallel_solutions():
-    """Solutions that differ from each other by 10 %, 1 %, ... 1e-7 (as successive adjoints do): the basis keeps
-    all eight and stays A-orthonormal to round-off.  One Gram–Schmidt pass (before session 8) left
-    max|XᵀAX − I| = 1.1e-2 here."""
-    comm = MPI.COMM_WORLD
-    n_local = 200
+def _tridiagonal(comm, n_local: int, shift: float) -> PETSc.Mat:
+    """The SPD tridiagonal matrix (-1, shift + i/n, -1), ``n_local`` rows per rank."""
     A = PETSc.Mat().createAIJ(((n_local, None), (n_local, None)), nnz=(3, 1), comm=comm)
     lo, hi = A.getOwnershipRange()
     n = A.getSize()[0]
     for i in range(lo, hi):
-        A.setValue(i, i, 2.5 + i / n)
+        A.setValue(i, i, shift + i / n)
         if i > 0:
             A.setValue(i, i - 1, -1.0)
         if i < n - 1:
             A.setValue(i, i + 1, -1.0)
     A.assemble()
+    return A
+
+
+def test_projected_guess_stays_orthonormal_for_nearly_parallel_solutions():
+    """Solutions that differ from each other by 10 %, 1 %, ... 1e-7 (as successive adjoints do): the basis keeps
+    all eight and stays A-orthonormal to round-off.  One Gram–Schmidt pass (before session 8) left
+    max|XᵀAX − I| = 1.1e-2 here."""
+    comm = MPI.COMM_WORLD
+    A = _tridiagonal(comm, 200, 2.5)
+    lo, hi = A.getOwnershipRange()
     i = np.arange(lo, hi)
     guess = ProjectedGuess(A, max_vectors=8)
     x = A.createVecRight()
@@ -225,17 +231,8 @@ def test_3d_default_with_checkpointing_is_identical():
 def test_projected_guess_reproduces_a_solution_in_its_span():
     """x_0 = X Xᵀ b is A⁻¹ b when A⁻¹ b lies in the span of the basis; nothing otherwise (collective)."""
     comm = MPI.COMM_WORLD
-    n_local = 50
-    A = PETSc.Mat().createAIJ(((n_local, None), (n_local, None)), nnz=(3, 1), comm=comm)
+    A = _tridiagonal(comm, 50, 4.0)
     lo, hi = A.getOwnershipRange()
-    n = A.getSize()[0]
-    for i in range(lo, hi):
-        A.setValue(i, i, 4.0 + i / n)
-        if i > 0:
-            A.setValue(i, i - 1, -1.0)
-        if i < n - 1:
-            A.setValue(i, i + 1, -1.0)
-    A.assemble()
     xs = [A.createVecRight() for _ in range(3)]
     for k, x in enumerate(xs):
         x.setArray(np.sin((k + 1) * np.arange(lo, hi)) + k)
