@@ -25,7 +25,7 @@ from conftest import numeric_factorisations, refactorise_every_step
 from femnpde.app.cli import main
 from femnpde.app.scenarios import paper_problem, target_source
 from femnpde.fem.problem import Dirichlet, ParabolicProblem, TimeGrid
-from femnpde.fem.solver import ThetaSolver
+from femnpde.fem.solver import SolverError, ThetaSolver
 from femnpde.model.network import ShallowNetwork
 from femnpde.model.reduced import FunctionSource, NetworkSource, ReducedFunctional
 from femnpde.obs.misfit import L2Misfit
@@ -234,6 +234,23 @@ def test_bad_user_residual_is_exit_2(shared_tmp_path, capsys, factory, fragments
         for frag in fragments:
             assert frag in err, (frag, err)
         assert "Traceback" not in err
+
+
+def test_failed_adjoint_solve_of_a_symmetric_step_is_named_adjoint():
+    """Heat's adjoint solves with the untransposed (symmetric) operator; a failure there is an adjoint failure
+    (the message said "forward linear solve" before session 8: the label came from the transpose flag)."""
+    problem = paper_problem("heat", nx=4, ny=8, n_steps=4)
+    solver = ThetaSolver(problem, "afail_")
+    assert solver.symmetric
+    g = FunctionSource(problem, target_source("difficult")).values()
+    solver.forward(g)
+    ksp = solver._ksp_adj  # the forward's KSP (constant Jacobian): one unpreconditioned GMRES iteration from now on
+    ksp.setType("gmres")
+    ksp.getPC().setType("none")
+    ksp.setTolerances(rtol=1e-300, atol=1e-300, max_it=1)
+    with pytest.raises(SolverError, match=r"^adjoint linear solve at time step 4 \(t = 1\).*DIVERGED_(MAX_IT|ITS)"):
+        solver.adjoint(g, lambda n, u, out: out.__iadd__(u))
+    solver.destroy()
 
 
 def test_linear_solver_failure_is_exit_3_naming_the_prefix(shared_tmp_path, capsys):

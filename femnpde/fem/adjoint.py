@@ -125,7 +125,7 @@ def adjoint_sweep(
         if step is None:
             if guesses is not None:
                 guesses.adjoint(n, N, rhs, lam_vec)
-            solver._solve(solver._ksp_adj, rhs, lam_vec, n, transpose=transpose)
+            solver._solve(solver._ksp_adj, rhs, lam_vec, n, transpose=transpose, adjoint=True)
             record.adjoint.append(solver._ksp_adj.getIterationNumber())
             if guesses is not None:
                 guesses.adjoint_solved(lam_vec)

@@ -219,14 +219,18 @@ class LinearStepMixin:
         dolfinx.fem.petsc.set_bc(b, p.bcs, p.u.x.petsc_vec, -1.0)
         return b.norm()
 
-    def _solve(self, ksp: PETSc.KSP, b: PETSc.Vec, x: PETSc.Vec, n: int, transpose: bool) -> None:
+    def _solve(self, ksp: PETSc.KSP, b: PETSc.Vec, x: PETSc.Vec, n: int, transpose: bool,
+               adjoint: bool | None = None) -> None:
+        """Solve (or, ``transpose``, solve with the transposed operator); a failure raises :class:`SolverError`
+        naming the step, its time, the reason and the options prefix, as a forward or (``adjoint``; by default
+        ``transpose``) an adjoint solve: a symmetric Jacobian's adjoint solves untransposed."""
         if transpose:
             ksp.solveTranspose(b, x)
         else:
             ksp.solve(b, x)
         reason = ksp.getConvergedReason()
         if reason < 0:
-            kind = "adjoint" if transpose else "forward"
+            kind = "adjoint" if (transpose if adjoint is None else adjoint) else "forward"
             raise SolverError(
                 f"{kind} linear solve at time step {n} (t = {self._times[n]:.6g}) failed (KSP converged reason "
                 f"{ksp_reason(reason)} ({int(reason)})); check the linear solver options under "
