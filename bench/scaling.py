@@ -46,8 +46,8 @@ from femnpde.fem.problem import Dirichlet, ParabolicProblem, TimeGrid, allen_cah
 from femnpde.fem.solver import ThetaSolver
 from femnpde.io.meshes import read_mesh
 from femnpde.io.refine import refine_uniformly
-from femnpde.model.reduced import FunctionSource
-from femnpde.obs.misfit import AdjointLoss, L2Misfit
+from femnpde.model.reduced import FunctionSource, adjoint_with_loss
+from femnpde.obs.misfit import L2Misfit
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "scaling.json"
@@ -180,11 +180,14 @@ def median_times(fn, repeats: int, comm: MPI.Comm) -> tuple[float, float]:
 
 
 def loss_and_gradient(solver: ThetaSolver, misfit: L2Misfit, g: np.ndarray) -> tuple[float, np.ndarray]:
-    """``(J, dJ/dg)``: the forward sweep, then the adjoint's, which also takes the loss (one ``M r`` per level)."""
+    """``(J, dJ/dg)``: the forward sweep, then the adjoint's, which also takes the loss (one ``M r`` per level).
+
+    The PDE part of ``ReducedFunctional.value_and_gradient`` (its code path,
+    :func:`femnpde.model.reduced.adjoint_with_loss`), without the network.
+    """
     solver.forward(g)
-    terms = AdjointLoss(misfit)
-    R = solver.adjoint(g, terms)
-    return terms.loss(), R
+    R, J, _ = adjoint_with_loss(solver, misfit, g)
+    return J, R
 
 
 def run(args, comm) -> dict:

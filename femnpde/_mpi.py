@@ -3,6 +3,8 @@
 * :func:`on_root` -- run a function on rank 0 (file access), broadcast its
   result, raise its exception on every rank;
 * :func:`collective_check` -- raise on every rank if any rank found an error;
+* :func:`run_agreed` -- run a generator of local work and collectives, the
+  ranks agreeing after each piece (an error on one rank is raised on every rank);
 * :func:`rank0_print` -- print on rank 0 only;
 * :class:`ErrorGuard` -- an error on some ranks only ends every rank, its
   message printed once;
@@ -19,12 +21,12 @@ from __future__ import annotations
 import pickle
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import numpy as np
 
-__all__ = ["ErrorGuard", "FailureAgreement", "bounding_box", "collective_check", "comm_rank", "comm_size", "on_root", "rank0_print", "tags_present"]
+__all__ = ["ErrorGuard", "FailureAgreement", "bounding_box", "collective_check", "comm_rank", "comm_size", "on_root", "rank0_print", "run_agreed", "tags_present"]
 
 _T = TypeVar("_T")
 
@@ -93,6 +95,52 @@ def collective_check(comm: Any, error: str | None) -> None:
     if bad:
         r, e = bad[0]
         raise ValueError(e if comm_size(comm) == 1 else f"{e} (rank {r})")
+
+
+_DONE = object()
+
+
+def run_agreed(comm: Any, steps: Iterator[None], what: str) -> None:
+    """Run ``steps`` to its end, the ranks agreeing after each step (collective: one allreduce of 3 ints per step).
+
+    ``steps`` (typically a generator) does local work and yields before each of its collectives:
+    if any rank raised in the step before, every rank raises instead of entering the collective
+    (which the failed rank would never reach).  Use it for a set-up whose local work may fail on
+    some ranks only (e.g. out of memory in one rank's factorisation).
+
+    Args:
+        comm: The communicator (``None``: serial, ``steps`` simply runs).
+        steps: The work, yielding before each collective that follows local work.
+        what: What runs, for the message of the ranks that did not fail.
+
+    Raises:
+        Exception: On a rank where a step raised, its own exception; on the other ranks a
+            :class:`RuntimeError` "``what`` failed on another rank (see that rank's error)".
+            A :class:`RuntimeError` on every rank if the ranks yielded a different number of
+            times (some finished while others did not: a bug in ``steps``).
+    """
+    if comm_size(comm) == 1:
+        for _ in steps:
+            pass
+        return
+    from mpi4py import MPI
+
+    while True:
+        error = None
+        try:
+            done = next(steps, _DONE) is _DONE
+        except Exception as err:  # noqa: BLE001 - re-raised below, with every rank raising
+            error, done = err, True
+        flags = np.array([error is not None, done, not done], dtype=np.int32)
+        comm.Allreduce(MPI.IN_PLACE, flags, op=MPI.MAX)
+        if flags[0]:
+            if error is not None:
+                raise error
+            raise RuntimeError(f"{what} failed on another rank (see that rank's error)")
+        if flags[1] and flags[2]:
+            raise RuntimeError(f"{what}: the ranks reached different steps (a bug in the set-up)")
+        if done:
+            return
 
 
 def rank0_print(comm: Any, *args: Any, **kwargs: Any) -> None:

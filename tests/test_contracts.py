@@ -186,6 +186,35 @@ def test_bounding_box_tags_and_collective_check():
         _mpi.collective_check(COMM, "bad on the last rank" if COMM.rank == COMM.size - 1 else None)
 
 
+def test_run_agreed_raises_on_every_rank_and_keeps_the_ranks_in_step():
+    """A step that fails on the last rank only: that rank raises its own error, the others a RuntimeError
+    naming what ran, before the collective the failed rank would not reach; the ranks stay in step."""
+    done = []
+
+    def steps(fail_at: int | None):
+        for k in range(3):
+            if k == fail_at and COMM.rank == COMM.size - 1:
+                raise MemoryError(f"injected in step {k}")
+            done.append(k)
+            yield
+            COMM.allreduce(k)  # the collective after local work
+
+    _mpi.run_agreed(COMM, steps(None), "three steps")
+    assert done == [0, 1, 2]
+    done.clear()
+    last = COMM.rank == COMM.size - 1
+    with pytest.raises(MemoryError if last else RuntimeError,
+                       match="injected in step 1" if last else "the set-up failed on another rank"):
+        _mpi.run_agreed(COMM, steps(1), "the set-up")
+    assert done == ([0] if last else [0, 1])
+    assert COMM.allreduce(1) == COMM.size  # still in step
+    _mpi.run_agreed(None, iter([None, None]), "serial")  # comm None: serial
+    if COMM.size > 1:
+        uneven = iter([None] * (1 + COMM.rank))  # rank r yields r + 1 times
+        with pytest.raises(RuntimeError, match="ranks reached different steps"):
+            _mpi.run_agreed(COMM, uneven, "uneven")
+
+
 # ---------------------------------------------------------------- fields, projection
 def test_write_fields_uses_the_declared_space(shared_tmp_path):
     problem = paper_problem("heat", nx=4, ny=8, n_steps=1)  # P1 source: G and V have the same size

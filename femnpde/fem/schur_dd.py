@@ -72,6 +72,7 @@ import scipy.sparse
 from mpi4py import MPI
 from petsc4py import PETSc
 
+from femnpde._mpi import run_agreed
 from femnpde.fem.linear_defaults import is_symmetric
 from femnpde.fem.newton import options_with_defaults
 
@@ -105,33 +106,6 @@ def _seq_aij(m: scipy.sparse.csr_matrix) -> PETSc.Mat:
         size=m.shape, csr=(m.indptr.astype(PETSc.IntType), m.indices.astype(PETSc.IntType), m.data),
         comm=PETSc.COMM_SELF,
     )
-
-
-def _run_agreed(comm: MPI.Comm, steps: Iterator[None], what: str) -> None:
-    """Run ``steps`` to its end, the ranks agreeing after each step (one allreduce of 3 ints).
-
-    ``steps`` yields before each of its collectives; if any rank raised in the step before,
-    every rank raises (its own exception, or a :class:`RuntimeError` naming ``what``).
-    """
-    while True:
-        error = None
-        try:
-            done = next(steps, _DONE) is _DONE
-        except Exception as err:  # re-raised below, with every rank raising
-            error, done = err, True
-        flags = np.array([error is not None, done, not done], dtype=np.int32)
-        comm.Allreduce(MPI.IN_PLACE, flags, op=MPI.MAX)
-        if flags[0]:
-            if error is not None:
-                raise error
-            raise RuntimeError(f"{what} failed on another rank (see that rank's error)")
-        if flags[1] and flags[2]:
-            raise RuntimeError(f"{what}: the ranks reached different steps (a bug in the set-up)")
-        if done:
-            return
-
-
-_DONE = object()
 
 
 class SchurDD:
@@ -192,7 +166,7 @@ class SchurDD:
         t0 = MPI.Wtime()
         comm = pc.getComm().tompi4py()
         try:
-            _run_agreed(comm, self._setup_steps(pc, comm),
+            run_agreed(comm, self._setup_steps(pc, comm),
                         f"SchurDD (options prefix '{pc.getOptionsPrefix() or ''}') set-up")
         except Exception:
             self._free()  # every rank is here (agreed): the collective resets are safe

@@ -30,7 +30,7 @@ from femnpde.model.base import Model
 from femnpde.model.parameters import PhysicalParameter, check_parameters, parameter_bounds
 from femnpde.obs.misfit import AdjointLoss
 
-__all__ = ["NetworkSource", "FunctionSource", "ReducedFunctional", "check_replicated"]
+__all__ = ["NetworkSource", "FunctionSource", "ReducedFunctional", "adjoint_with_loss", "check_replicated"]
 
 
 def check_replicated(comm: MPI.Comm, array: np.ndarray, what: str = "theta") -> None:
@@ -156,6 +156,31 @@ class FunctionSource:
                                  f"but another shape at t = {self.times[0]}; return the same shape at every time")
             out[n] = value.T if value.ndim == 2 else value.reshape(-1, 1)
         return out.reshape(len(self.times), -1)
+
+
+def adjoint_with_loss(
+    solver: ThetaSolver, misfit, g: np.ndarray, keep_adjoint: bool = False, constants: tuple[str, ...] = ()
+) -> tuple[np.ndarray, float, float]:
+    """The adjoint sweep after a forward sweep of ``g`` that took no loss; it takes the loss on the way.
+
+    The PDE part of :meth:`ReducedFunctional.value_and_gradient` (no network): the misfit is
+    evaluated once per level, in the adjoint sweep (:class:`~femnpde.obs.misfit.AdjointLoss`,
+    one ``W r`` per level).  Collective.
+
+    Args:
+        solver: The solver whose last :meth:`~femnpde.fem.solver.ThetaSolver.forward` ran with ``g``.
+        misfit: The misfit (with ``add_gradient_and_value``, e.g. :class:`~femnpde.obs.misfit.L2Misfit`).
+        g: The source values of that forward sweep, shape ``(n_steps + 1, n_owned_source)``.
+        keep_adjoint: Passed to :meth:`~femnpde.fem.solver.ThetaSolver.adjoint`.
+        constants: Passed to :meth:`~femnpde.fem.solver.ThetaSolver.adjoint`.
+
+    Returns:
+        ``(dJ/dg, J, this rank's max_k |(B u^n − d^n)_k| over the levels)``; ``J`` is bitwise
+        ``misfit.value(solver.states)``.
+    """
+    terms = AdjointLoss(misfit)
+    R = solver.adjoint(g, terms, keep_adjoint=keep_adjoint, constants=constants)
+    return R, terms.loss(), terms.max_error_local
 
 
 class ReducedFunctional:
@@ -346,16 +371,18 @@ class ReducedFunctional:
     def _gradient(self) -> None:
         """The adjoint sweep of the last forward unless cached; it also takes the loss if the forward did not."""
         if self._grad is None:
-            terms = AdjointLoss(self.misfit) if self._J is None else None
+            with_loss = self._J is None
             try:
-                R = self.solver.adjoint(self._g, self.misfit.add_gradient if terms is None else terms, keep_adjoint=self.keep_adjoint,
-                                        constants=self._trainable)
+                if with_loss:
+                    R, self._J, self._max_error_local = adjoint_with_loss(
+                        self.solver, self.misfit, self._g, self.keep_adjoint, self._trainable)
+                else:
+                    R = self.solver.adjoint(self._g, self.misfit.add_gradient, keep_adjoint=self.keep_adjoint,
+                                            constants=self._trainable)
             except BaseException:
-                if terms is not None:
+                if with_loss:
                     self._theta = None  # no loss for this θ: the next call runs the forward again
                 raise
-            if terms is not None:
-                self._J, self._max_error_local = terms.loss(), terms.max_error_local
             net_theta, _ = self.split(self._theta)
             # The network cache belongs to the θ of the last forward: make sure it is ours.
             if not np.array_equal(self.source.network.params, net_theta):

@@ -58,6 +58,11 @@ __all__ = ["Misfit", "AdjointLoss", "QuadraticMisfit", "NORMALISATIONS", "TIME_R
 NORMALISATIONS: tuple[str, ...] = ("all", "observed")
 
 
+def _max_abs(a: np.ndarray) -> float:
+    """``max |a|`` (0 for no entries)."""
+    return float(np.max(np.abs(a), initial=0.0))
+
+
 class Misfit(ABC):
     """The contract of a misfit ``J = ½ Σ_n w_n ‖B u^n − d^n‖²_W`` (``w_n`` includes Δt).
 
@@ -134,7 +139,11 @@ class Misfit(ABC):
         if self.w[n] == 0.0:
             return 0.0
         self._check_ready("level_value")
-        return 0.5 * self.w[n] * self._local_value(n, u_owned)
+        return self._level_term(n, self._local_value(n, u_owned))
+
+    def _level_term(self, n: int, local_value: float) -> float:
+        """Level n's loss term ``½ w_n`` times this rank's ``‖B u^n − d^n‖²_W`` (the one formula)."""
+        return 0.5 * self.w[n] * local_value
 
     def relative_rmse(self, loss: float) -> float:
         """``sqrt(J) / max|d|`` (nan if the data are zero)."""
@@ -146,7 +155,7 @@ class Misfit(ABC):
         if self.w[n] == 0.0:
             return 0.0
         self._check_ready("level_max_error")
-        return float(np.max(np.abs(self._residual(n, u_owned)), initial=0.0))
+        return _max_abs(self._residual(n, u_owned))
 
     def relative_from_max_error(self, local: float) -> float:
         """The largest :meth:`level_max_error` of this rank -> the relative max error (one allreduce)."""
@@ -286,9 +295,23 @@ class QuadraticMisfit(Misfit):
     def _residual(self, n: int, u_owned: np.ndarray) -> np.ndarray:
         return self.operator.apply(u_owned) - self._data_local[n]
 
-    def _local_value(self, n: int, u_owned: np.ndarray) -> float:
+    def _weighted_residual(self, n: int, u_owned: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """``(r, W r, rᵀ W r)`` with ``r = B u^n − d^n`` (this rank's entries; collective: ``W r``).
+
+        The one evaluation behind :meth:`_local_value`, :meth:`add_gradient` and
+        :meth:`add_gradient_and_value`, so their values agree bitwise.  ``W r`` may be a
+        view of the operator's work vector, valid until its next :meth:`weight`.
+        """
         r = self._residual(n, u_owned)
-        return float(np.dot(r, self.operator.weight(r)))
+        Wr = self.operator.weight(r)
+        return r, Wr, float(np.dot(r, Wr))
+
+    def _add_weighted(self, n: int, Wr: np.ndarray, out: np.ndarray) -> None:
+        """``out += w_n Bᵀ W r`` (the gradient's formula, from ``W r``)."""
+        out += self.operator.apply_transpose(self.w[n] * Wr)
+
+    def _local_value(self, n: int, u_owned: np.ndarray) -> float:
+        return self._weighted_residual(n, u_owned)[2]
 
     def add_gradient(self, n: int, u_owned: np.ndarray, out: np.ndarray) -> None:
         """Add ``∂J/∂u^n = w_n Δt Bᵀ W (B u^n − d^n)`` to the owned entries ``out`` (collective)."""
@@ -296,25 +319,23 @@ class QuadraticMisfit(Misfit):
             return
         self._check_ready("add_gradient")
         r = self._residual(n, u_owned)
-        out += self.operator.apply_transpose(self.w[n] * self.operator.weight(r))
+        self._add_weighted(n, self.operator.weight(r), out)
 
     def add_gradient_and_value(self, n: int, u_owned: np.ndarray, out: np.ndarray) -> tuple[float, float]:
         """:meth:`add_gradient`, :meth:`level_value` and :meth:`level_max_error` from one ``r`` and ``W r``."""
         if self.w[n] == 0.0:
             return 0.0, 0.0
         self._check_ready("add_gradient_and_value")
-        r = self._residual(n, u_owned)
-        Wr = self.operator.weight(r)
-        value = 0.5 * self.w[n] * float(np.dot(r, Wr))  # as level_value (_local_value), bitwise
-        out += self.operator.apply_transpose(self.w[n] * Wr)
-        return value, float(np.max(np.abs(r), initial=0.0))
+        r, Wr, rWr = self._weighted_residual(n, u_owned)
+        self._add_weighted(n, Wr, out)
+        return self._level_term(n, rWr), _max_abs(r)
 
     def max_abs_data(self) -> float:
         """``max |d|`` over all or the observed levels and all ranks (collective the first time)."""
         self._check_ready("max_abs_data")
         if self._max_abs is None:
             d = self._data_local if self.normalise == "all" else self._data_local[self.observed_levels]
-            local = float(np.max(np.abs(d), initial=0.0))
+            local = _max_abs(d)
             self._max_abs = self.comm.allreduce(local, op=MPI.MAX)
         return self._max_abs
 
