@@ -250,8 +250,10 @@ class LinearStepMixin:
             self._ksp.setOperators(self._A)
             self._A_current = True
         if self._guesses is not None:  # the KSP has a nonzero initial guess (the adjoint's warm start)
-            self._guesses.forward(self._du)  # u^{n-1}: reproduced bitwise by any state storage
+            self._guesses.forward(self._b, self._du)  # by default u^{n-1}: reproduced bitwise by any storage
         self._solve(self._ksp, self._b, self._du, n, transpose=False)
+        if self._guesses is not None:
+            self._guesses.forward_solved(self._du)
         its = self.linear_iterations
         (its.recomputed if self._recomputing else its.forward).append(self._ksp.getIterationNumber())
         # One Newton step solves an affine residual exactly.
@@ -271,4 +273,5 @@ class LinearStepMixin:
         if self._guesses is not None:
             self._guesses.destroy()
         self._kind = kind
-        self._guesses = KrylovGuesses(kind, self._A, self.symmetric) if self._adjoint_warm else None
+        self._guesses = (KrylovGuesses(kind, self._A, self.symmetric, forward=self._forward_guess)
+                         if self._adjoint_warm else None)
