@@ -23,6 +23,8 @@ from __future__ import annotations
 import numpy as np
 from petsc4py import PETSc
 
+from femnpde import defaults as D
+
 __all__ = ["FORWARD_GUESSES", "KRYLOV_GUESSES", "KrylovGuesses", "ProjectedGuess"]
 
 
@@ -111,7 +113,7 @@ class ProjectedGuess:
 #: Choices of ``ThetaSolver(krylov_guess=...)``.
 KRYLOV_GUESSES = ("projection", "extrapolate", "previous")
 #: Choices of ``ThetaSolver(forward_guess=...)``.
-FORWARD_GUESSES = ("previous", "projection")
+FORWARD_GUESSES = D.FORWARD_GUESS_CHOICES
 
 
 class KrylovGuesses:
@@ -146,7 +148,7 @@ class KrylovGuesses:
     """
 
     def __init__(self, kind: str, A: PETSc.Mat, symmetric: bool, max_vectors: int = 8,
-                 forward: str = "previous") -> None:
+                 forward: str = D.FORWARD_GUESS) -> None:
         if kind not in KRYLOV_GUESSES:
             raise ValueError(f"krylov_guess = {kind!r}; valid: {', '.join(KRYLOV_GUESSES)}")
         if forward not in FORWARD_GUESSES:

@@ -262,6 +262,11 @@ class LinearStepMixin:
         return 1
 
     @property
+    def forward_guess(self) -> str:
+        """The initial guess of the forward's Krylov solves (``ThetaSolver(forward_guess=...)``)."""
+        return self._forward_guess
+
+    @property
     def krylov_guess(self) -> str:
         """The initial guess of the Krylov solves (see the constructor); settable."""
         return self._kind

@@ -133,7 +133,7 @@ class ThetaSolver(LinearStepMixin):
         jacobian_refresh_ratio: float = 0.03,
         state_storage: str | dict = "memory",
         krylov_guess: str = "projection",
-        forward_guess: str = "previous",
+        forward_guess: str = D.FORWARD_GUESS,
         nonlinear_method: str = D.NONLINEAR_METHOD,
     ) -> None:
         if not isinstance(petsc_options_prefix, str) or not petsc_options_prefix:
