@@ -127,6 +127,16 @@ SOLVERS = {
         **({"mg_levels_pc_asm_blocks": "2"} if b2 else {}),
         "mg_coarse_ksp_type": "preonly", "mg_coarse_pc_type": "redundant", "mg_coarse_redundant_pc_type": "cholesky",
     } for mg in ("additive", "multiplicative") for agg in ("pc", "sm", "pc-agg", "sm-agg") for b2 in (False, True)},
+    # session 9: flexible CG (Notay's truncated FCG, mmax vectors kept) with the restricted ASM: CG's per-iteration
+    # cost, tolerant of the non-symmetric preconditioner; and CG with ASM type "none" (owned residual in, owned part
+    # of the overlapping solution out: symmetric, a block Jacobi whose blocks see one layer beyond the partition)
+    **{f"fcg{m}-ras": {"ksp_type": "fcg", "ksp_fcg_mmax": str(m), "ksp_norm_type": "unpreconditioned",
+                       "ksp_rtol": "1e-10", "pc_type": "asm", "pc_asm_type": "restrict", "pc_asm_overlap": "1",
+                       "sub_pc_type": "icc", "sub_pc_factor_levels": "1"} for m in (1, 2, 4)},
+    "cg-asmn-icc1": {"ksp_type": "cg", "ksp_norm_type": "unpreconditioned", "ksp_rtol": "1e-10", "pc_type": "asm",
+                     "pc_asm_type": "none", "pc_asm_overlap": "1", "sub_pc_type": "icc", "sub_pc_factor_levels": "1"},
+    "gcr-ras": {"ksp_type": "gcr", "ksp_rtol": "1e-10", "pc_type": "asm", "pc_asm_type": "restrict",
+                "pc_asm_overlap": "1", "sub_pc_type": "icc", "sub_pc_factor_levels": "1"},
     "cg-sor": {"ksp_type": "cg", "pc_type": "sor", "pc_sor_symmetric": "1", "ksp_rtol": "1e-10"},
     "cheby-jacobi": {"ksp_type": "chebyshev", "pc_type": "jacobi", "ksp_norm_type": "unpreconditioned",
                      "ksp_chebyshev_esteig": "0,0.1,0,1.1", "ksp_rtol": "1e-10"},
@@ -159,9 +169,10 @@ def target(problem: ParabolicProblem) -> np.ndarray:
 
 def _row_key(r: dict) -> tuple:
     """What identifies a row (rows written before a key existed: implicit; Allen-Cahn implicit ran the chord)."""
-    old = {"nonlinear": "implicit",
+    old = {"nonlinear": "implicit", "forward_guess": "previous",
            "method": "chord" if r["case"].startswith("ac") and r.get("nonlinear", "implicit") == "implicit" else None}
-    return tuple(r.get(k, old.get(k)) for k in ("case", "nonlinear", "solver", "method", "storage", "ranks", "dofs",
+    return tuple(r.get(k, old.get(k)) for k in ("case", "nonlinear", "solver", "method", "forward_guess", "storage",
+                                                 "ranks", "dofs",
                                                  "steps"))
 
 
@@ -210,7 +221,7 @@ def run(args, comm) -> dict:
     # to the end of the first loss + gradient; PETSc's (matrices, factorisations) are not.
     tracemalloc.start()
     solver = ThetaSolver(problem, "scal_", options, state_storage=storage, krylov_guess=args.guess,
-                         nonlinear_method=args.method)
+                         forward_guess=args.forward_guess, nonlinear_method=args.method)
     chosen = options or default_linear_solver_options(comm.size, n_dofs, problem.mesh.geometry.dim, solver.symmetric,
                                                       constant=problem.forms.jacobian_constant)
     g2 = 0.9 * g
@@ -276,6 +287,7 @@ def run(args, comm) -> dict:
         peak_rss_mb=rss, storage_predicted_mb=plan.predicted_peak_bytes / 1e6, storage_measured_mb=store_peak / 1e6,
         storage_all_levels_mb=plan.memory_bytes / 1e6, traced_peak_mb=traced_peak / 1e6, recomputation_factor=plan.recomputation_factor,
         load_average=os.getloadavg(), repeats=args.repeats, symmetric=solver.symmetric,
+        forward_guess=args.forward_guess,
     )
     solver.destroy()
     misfit.destroy()
@@ -325,10 +337,10 @@ def sweep_systems(problem: ParabolicProblem, steps: int, every: int, guess: str 
     orig = s._solve
     phase = {"kind": "forward"}
 
-    def solve(ksp, b, x, n, transpose):
+    def solve(ksp, b, x, n, transpose, **kwargs):
         keep = n % every == 0 or n == 1
         x0 = x.copy() if keep else None
-        orig(ksp, b, x, n, transpose)
+        orig(ksp, b, x, n, transpose, **kwargs)
         if keep:
             systems.append((phase["kind"], n, b.copy(), x0, ksp.getIterationNumber()))
 
@@ -394,16 +406,22 @@ def solvers(args, comm) -> None:
         if systems:
             ksp.setInitialGuessNonzero(True)
             by_kind: dict[str, list[int]] = {"forward": [], "adjoint": []}
+            cpu_kind: dict[str, float] = {"forward": 0.0, "adjoint": 0.0}
             times = []
             for kind, _, bb, x0, _ in systems:
                 x0.copy(x)
                 times.append(median_times(lambda: ksp.solve(bb, x), 1, comm))
                 by_kind[kind].append(ksp.getIterationNumber())
+                cpu_kind[kind] += times[-1][1]
             wall, cpu = zip(*times)
             if comm.rank == 0:
+                n_it = {k: max(1, sum(v)) for k, v in by_kind.items()}
                 print(f"{name:<12} {setup:10.2f} {1e3 * np.median(wall):10.1f} {1e3 * np.median(cpu):9.1f} "
                       f"{np.mean(by_kind['forward']):5.1f} fwd / {np.mean(by_kind['adjoint']):4.1f} adj "
-                      f"{by_kind['forward']} {by_kind['adjoint']}", flush=True)
+                      f"{by_kind['forward']} {by_kind['adjoint']}; CPU per forward solve "
+                      f"{1e3 * cpu_kind['forward'] / max(1, len(by_kind['forward'])):.1f} ms, per iteration "
+                      f"{1e3 * (cpu_kind['forward'] + cpu_kind['adjoint']) / (n_it['forward'] + n_it['adjoint']):.2f} ms",
+                      flush=True)
         else:
             def once():
                 ksp.solve(b, x)
@@ -442,7 +460,8 @@ def report(path: Path) -> None:
         if r["ranks"] == 1:
             best1[case(r)] = min(best1.get(case(r), np.inf), r["loss_grad"])
     def solver_label(r):  # the nonlinear step's method, when it is not the chord of rows written before it
-        return r["solver"] + ("+krylov" if r.get("method") == "krylov" else "")
+        return (r["solver"] + ("+krylov" if r.get("method") == "krylov" else "")
+                + ("+fproj" if r.get("forward_guess", "previous") == "projection" else ""))
 
     for r in sorted(rows, key=lambda r: (case(r), solver_label(r), str(r["storage"]), r["ranks"])):
         sp = best1.get(case(r), np.nan) / r["loss_grad"]
@@ -472,6 +491,8 @@ def main() -> None:
     parser.add_argument("--storage", default="memory", help="'memory' or K (snapshots in memory)")
     parser.add_argument("--guess", default="projection", choices=["previous", "extrapolate", "projection"],
                         help="Krylov initial guess of the forward and adjoint solves (ThetaSolver.krylov_guess)")
+    parser.add_argument("--forward-guess", default="previous", choices=["previous", "projection"],
+                        help="the forward Krylov solves' initial guess (ThetaSolver(forward_guess=...))")
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=RESULTS)

@@ -26,6 +26,8 @@ __all__ = [
     "NEWTON_MAX_IT",
     "NONLINEAR_METHOD",
     "NONLINEAR_METHOD_CHOICES",
+    "FORWARD_GUESS",
+    "FORWARD_GUESS_CHOICES",
 ]
 
 #: ``network.neurons``: the width of the shallow network.
@@ -65,3 +67,8 @@ NONLINEAR_METHOD: str = "auto"
 #: slowly), ``"krylov"`` (Krylov solves preconditioned by the constant linear part, factorised once),
 #: ``"auto"`` (krylov for large problems: :func:`femnpde.fem.newton.default_nonlinear_method`).
 NONLINEAR_METHOD_CHOICES: tuple[str, ...] = ("auto", "chord", "krylov")
+#: ``solver.forward_guess``: the initial guess of the forward's Krylov solves of a constant symmetric step.
+FORWARD_GUESS: str = "previous"
+#: Its choices: ``"previous"`` (``u^{n-1}``: any state storage reproduces the states bitwise),
+#: ``"projection"`` (the projection onto the sweep's earlier corrections: fewer iterations; all levels in memory).
+FORWARD_GUESS_CHOICES: tuple[str, ...] = ("previous", "projection")

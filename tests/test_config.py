@@ -205,11 +205,19 @@ def test_out_of_range(cfg, key, value):
         ({"loss": {"time_rule": "simpson"}}, "loss.time_rule", '"simpson"', '"trapezoid"'),
         ({"boundary": [{"where": "left"}]}, "boundary[0].where", '"left"', '"boundary"'),
         ({"pde": {"residual": "not a spec"}}, "pde.residual", '"not a spec"', "module:function"),
+        ({"solver": {"forward_guess": "zero"}}, "solver.forward_guess", '"zero"', '"projection"'),
     ],
 )
 @pytest.mark.serial
 def test_bad_choice(cfg, key, value, allowed):
     _raises(cfg, key, value, allowed)
+
+
+@pytest.mark.serial
+def test_forward_projection_needs_all_levels_in_memory():
+    _raises({"solver": {"forward_guess": "projection"}, "run": {"state_storage": {"snapshots": 4}}},
+            "solver.forward_guess", "needs run.state_storage", '"previous"')
+    assert validate({"solver": {"forward_guess": "projection"}})["solver"]["forward_guess"] == "projection"
 
 
 @pytest.mark.serial
@@ -356,6 +364,25 @@ def test_build_run_tiny(comm):
         assert run.misfit.value(run.solver.states) < 1e-20
     finally:
         run.destroy()
+
+
+def test_build_run_forward_guess(comm):
+    """[solver] forward_guess reaches the solver: with CG the projection saves forward iterations and the
+    gradient agrees with the default guess's to the Krylov tolerance."""
+    cg = {"ksp_type": "cg", "pc_type": "jacobi", "ksp_rtol": 1e-12}
+    grads, its = {}, {}
+    for guess in ("previous", "projection"):
+        run = build_run(_tiny(solver={"petsc_options": cg, "forward_guess": guess}, time={"n_steps": 8}),
+                        comm=comm, petsc_options_prefix=f"cfgtest_fg_{guess[:4]}_")
+        try:
+            assert run.solver.forward_guess == guess
+            _, grads[guess] = run.rf.value_and_gradient(run.network.params.copy())
+            its[guess] = sum(run.solver.linear_iterations.forward)
+        finally:
+            run.destroy()
+    assert its["projection"] < its["previous"], its
+    err = np.linalg.norm(grads["projection"] - grads["previous"]) / np.linalg.norm(grads["previous"])
+    assert err < 1e-8, err
 
 
 def test_build_run_options(comm):

@@ -119,6 +119,40 @@ def test_projected_guess_saves_iterations_at_the_same_accuracy():
     rf_lu.solver.destroy()
 
 
+def test_forward_projection_saves_forward_iterations_at_the_same_accuracy():
+    """``forward_guess="projection"``: the forward starts from the projection onto the sweep's earlier
+    corrections, fewer forward iterations, the gradient within the iterative tolerance of LU's; it passes
+    the Taylor test; two sweeps give the same loss (the basis restarts with each sweep); a checkpointing
+    storage refuses it."""
+    comm = MPI.COMM_WORLD
+    rf_lu, theta = _rf(None, "k3_flu_")
+    J_lu, dJ_lu = rf_lu.value_and_gradient(theta)
+    rf_p, _ = _rf(_iterative_3d(comm), "k3_fp_")
+    rf_f = network_fit(_problem(comm), _target, "k3_ff_", _iterative_3d(comm), forward_guess="projection")[0]
+    _, dJ_p = rf_p.value_and_gradient(theta)
+    J_f, dJ_f = rf_f.value_and_gradient(theta)
+    its_p, its_f = _iterations(rf_p.solver), _iterations(rf_f.solver)
+    assert its_f[0].sum() < its_p[0].sum(), (its_p, its_f)
+    assert its_f[0][0] == its_p[0][0]  # the first step has no basis yet: u^0 as the default
+    assert _rel(dJ_f, dJ_lu) <= KRYLOV_GRADIENT_RTOL, _rel(dJ_f, dJ_lu)
+    assert abs(J_f - J_lu) <= KRYLOV_GRADIENT_RTOL * abs(J_lu)
+    assert rf_f(1.01 * theta) != J_f and rf_f(theta) == J_f  # each sweep's guesses depend on it only
+    dtheta = np.random.default_rng(0).standard_normal(theta.size)
+    rates = taylor_test(rf_f, theta, dtheta, n_steps=4).rates
+    assert np.all(rates > 1.9) and np.all(rates < 2.1), rates
+    _, dJ_f = rf_f.value_and_gradient(theta)
+    h = 1e-4
+    fd = (rf_f(theta + h * dtheta) - rf_f(theta - h * dtheta)) / (2 * h)
+    assert fd == pytest.approx(float(dJ_f @ dtheta), rel=1e-5)
+    with pytest.raises(ValueError, match="forward_guess = 'projection' needs state_storage = 'memory'"):
+        ThetaSolver(_problem(comm), "k3_fbad_", _iterative_3d(comm), forward_guess="projection",
+                    state_storage={"snapshots": 3})
+    with pytest.raises(ValueError, match="forward_guess = 'nope'; valid: previous, projection"):
+        ThetaSolver(_problem(comm), "k3_fbad2_", forward_guess="nope")
+    for rf in (rf_lu, rf_p, rf_f):
+        rf.solver.destroy()
+
+
 @pytest.mark.skipif(MPI.COMM_WORLD.size == 1, reason="compares the rank count's default with one rank's")
 def test_3d_default_iterations_do_not_grow_with_the_subdomains():
     """On the sweep's own systems (smooth right-hand sides, the forward from u^{n-1}) the several-rank default

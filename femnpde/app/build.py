@@ -202,6 +202,7 @@ def _build(cfg: dict[str, Any], comm: MPI.Comm, petsc_options_prefix: str, agree
                 newton_atol=scfg["newton_atol"],
                 newton_max_it=scfg["newton_max_it"],
                 nonlinear_method=scfg["nonlinear_method"],
+                forward_guess=scfg["forward_guess"],
                 state_storage=cfg["run"]["state_storage"],
             )
     except PETSc.Error as err:

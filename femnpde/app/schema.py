@@ -152,7 +152,7 @@ DEFAULTS: dict[str, Any] = {
         "check_gradient": False,
     },
     "solver": {"newton_rtol": D.NEWTON_RTOL, "newton_atol": D.NEWTON_ATOL, "newton_max_it": D.NEWTON_MAX_IT,
-               "nonlinear_method": D.NONLINEAR_METHOD},
+               "nonlinear_method": D.NONLINEAR_METHOD, "forward_guess": D.FORWARD_GUESS},
 }
 
 #: Defaults of keys that exist only for some kinds (``None``: required or optional without default).
@@ -223,6 +223,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "pde.source": ("lagrange", "quadrature"),
     "time.nonlinear": D.TIME_NONLINEAR_CHOICES,
     "solver.nonlinear_method": D.NONLINEAR_METHOD_CHOICES,
+    "solver.forward_guess": D.FORWARD_GUESS_CHOICES,
     "initial_condition.kind": ("paper", "constant"),
     "boundary.time_function": ("constant", "linear", "sin"),
     "network.activation": ACTIVATIONS,
@@ -352,6 +353,9 @@ HELP: dict[str, str] = {
     "solver.newton_rtol": "Newton relative tolerance, >= 0",
     "solver.newton_atol": "Newton absolute tolerance, >= 0",
     "solver.newton_max_it": "Newton iterations, >= 1",
+    "solver.forward_guess": "initial guess of the forward Krylov solves of a constant symmetric step: previous "
+    "(u^(n-1); any state_storage gives bitwise the same states) or projection (onto the sweep's earlier "
+    "corrections: about half the forward iterations of the 3D defaults; needs run.state_storage = \"memory\")",
     "solver.nonlinear_method": "linear systems of a nonlinear step: chord (a lagged Newton matrix, refactorised "
     "when the residual falls slowly), krylov (GMRES preconditioned by the constant linear part, factorised "
     "once; petsc_options then configure the Newton Krylov solve, its preconditioner under ksp_), auto (krylov from "

@@ -196,6 +196,8 @@ def _validate_solver(user: Mapping[str, Any]) -> dict[str, Any]:
     out["newton_max_it"] = _int("solver.newton_max_it", _get(sec, "solver.newton_max_it"), 1)
     out["nonlinear_method"] = _choice("solver.nonlinear_method", _get(sec, "solver.nonlinear_method"),
                                       CHOICES["solver.nonlinear_method"])
+    out["forward_guess"] = _choice("solver.forward_guess", _get(sec, "solver.forward_guess"),
+                                   CHOICES["solver.forward_guess"])
     return out
 
 
@@ -253,6 +255,11 @@ def validate(cfg: Mapping[str, Any]) -> dict[str, Any]:
     resolved["observation"] = _validate_observation(
         user, mesh["kind"], resolved["data"]["kind"], time["n_steps"]
     )
+    if resolved["solver"]["forward_guess"] != "previous" and run["state_storage"] != "memory":
+        raise ConfigError(
+            f"solver.forward_guess = {resolved['solver']['forward_guess']!r} needs run.state_storage = \"memory\" "
+            f"(got {run['state_storage']!r}): a checkpointing storage recomputes states, which only "
+            'forward_guess = "previous" reproduces bitwise', "solver.forward_guess", resolved["solver"]["forward_guess"])
     if "parameters" in user:
         resolved["parameters"] = _validate_parameters(user, resolved["pde"], resolved["data"]["kind"])
     _check_data_file_kind(resolved)

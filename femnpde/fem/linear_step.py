@@ -250,14 +250,21 @@ class LinearStepMixin:
             self._ksp.setOperators(self._A)
             self._A_current = True
         if self._guesses is not None:  # the KSP has a nonzero initial guess (the adjoint's warm start)
-            self._guesses.forward(self._du)  # u^{n-1}: reproduced bitwise by any state storage
+            self._guesses.forward(self._b, self._du)  # by default u^{n-1}: reproduced bitwise by any storage
         self._solve(self._ksp, self._b, self._du, n, transpose=False)
+        if self._guesses is not None:
+            self._guesses.forward_solved(self._du)
         its = self.linear_iterations
         (its.recomputed if self._recomputing else its.forward).append(self._ksp.getIterationNumber())
         # One Newton step solves an affine residual exactly.
         p.u.x.petsc_vec.axpy(-1.0, self._du)
         p.u.x.scatter_forward()
         return 1
+
+    @property
+    def forward_guess(self) -> str:
+        """The initial guess of the forward's Krylov solves (``ThetaSolver(forward_guess=...)``)."""
+        return self._forward_guess
 
     @property
     def krylov_guess(self) -> str:
@@ -271,4 +278,5 @@ class LinearStepMixin:
         if self._guesses is not None:
             self._guesses.destroy()
         self._kind = kind
-        self._guesses = KrylovGuesses(kind, self._A, self.symmetric) if self._adjoint_warm else None
+        self._guesses = (KrylovGuesses(kind, self._A, self.symmetric, forward=self._forward_guess)
+                         if self._adjoint_warm else None)
