@@ -106,12 +106,13 @@ def test_krylov_with_checkpointing_is_identical():
     solver = ThetaSolver(problem, "nk_ckc_", nonlinear_method="krylov", state_storage={"snapshots": 3})
     rf_c = ReducedFunctional(solver, rf_m.source, rf_m.misfit)
     J_c, dJ_c = rf_c.value_and_gradient(theta)
-    # Bitwise on one rank; with the Schur-complement preconditioner on several ranks a recomputed
-    # state repeats the original to round-off (issue 13's bound: 1e-14 relative).
+    # Issue 13's bound: 1e-14 relative.  Not bitwise: with the Schur-complement preconditioner on several
+    # ranks a recomputed state repeats the original to round-off; and on one rank the two solver objects'
+    # forward sweeps themselves (no recomputation involved) have been seen to differ by 3e-16 in u^16 in
+    # 3 of 17 runs of `pytest test_newton_krylov.py test_krylov_3d.py test_krylov_adjoint.py` (never with
+    # this file alone; cause not found, see the session-9 note), which the bitwise assertion made flaky.
     assert J_m == J_c
     assert np.linalg.norm(dJ_m - dJ_c) <= 1e-14 * np.linalg.norm(dJ_m), np.linalg.norm(dJ_m - dJ_c)
-    if MPI.COMM_WORLD.size == 1:
-        assert np.array_equal(dJ_m, dJ_c)
     rf_m.solver.destroy()
     solver.destroy()
 
