@@ -40,10 +40,11 @@ import numpy as np
 from mpi4py import MPI
 from petsc4py import PETSc
 
+from femnpde import defaults as D
 from femnpde.app.scenarios import paper_problem, target_source
 from femnpde.fem.linear_defaults import default_linear_solver_options
 from femnpde.fem.problem import Dirichlet, ParabolicProblem, TimeGrid, allen_cahn, heat
-from femnpde.fem.solver import ThetaSolver
+from femnpde.fem.solver import FORWARD_GUESSES, ThetaSolver
 from femnpde.io.meshes import read_mesh
 from femnpde.io.refine import refine_uniformly
 from femnpde.model.reduced import FunctionSource, adjoint_with_loss
@@ -491,7 +492,7 @@ def main() -> None:
     parser.add_argument("--storage", default="memory", help="'memory' or K (snapshots in memory)")
     parser.add_argument("--guess", default="projection", choices=["previous", "extrapolate", "projection"],
                         help="Krylov initial guess of the forward and adjoint solves (ThetaSolver.krylov_guess)")
-    parser.add_argument("--forward-guess", default="previous", choices=["previous", "projection"],
+    parser.add_argument("--forward-guess", default=D.FORWARD_GUESS, choices=list(FORWARD_GUESSES),
                         help="the forward Krylov solves' initial guess (ThetaSolver(forward_guess=...))")
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)

@@ -100,8 +100,8 @@ class ThetaSolver(LinearStepMixin):
             or ``"projection"`` (symmetric Jacobians: the energy-norm projection
             onto the sweep's last adjoints,
             :class:`~femnpde.fem.krylov_guess.ProjectedGuess`; otherwise
-            "extrapolate").  The forward solves start from ``u^{n-1}`` whatever
-            the choice, so that any state storage gives the same states bitwise.
+            "extrapolate").  The forward's guess is ``forward_guess``, whatever
+            this choice.
         forward_guess: Initial guess of the forward's Krylov solves of a
             constant symmetric step Jacobian: ``"previous"`` (``u^{n-1}``, the
             default) or ``"projection"`` (the energy-norm projection onto the
