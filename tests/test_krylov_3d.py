@@ -17,7 +17,7 @@ from femnpde.fem.linear_defaults import default_linear_solver_options
 from femnpde.fem.problem import Dirichlet, ParabolicProblem, TimeGrid, allen_cahn, heat
 from femnpde.fem.solver import ThetaSolver
 from femnpde.io.meshes import read_mesh
-from femnpde.model.verification import taylor_test
+from femnpde.model.verification import finite_difference_check, taylor_test
 from conftest import network_fit
 
 MESH = Path(__file__).resolve().parent.parent / "meshes" / "box_cavity.xdmf"
@@ -144,6 +144,8 @@ def test_forward_projection_saves_forward_iterations_at_the_same_accuracy():
     h = 1e-4
     fd = (rf_f(theta + h * dtheta) - rf_f(theta - h * dtheta)) / (2 * h)
     assert fd == pytest.approx(float(dJ_f @ dtheta), rel=1e-5)
+    fd_check = finite_difference_check(rf_f, theta, dtheta, steps=(1e-3, 1e-4, 1e-5), gradient=dJ_f)
+    assert np.all(fd_check.errors <= 1e-4) and fd_check.worst <= 1e-5, fd_check.errors
     with pytest.raises(ValueError, match="forward_guess = 'projection' needs state_storage = 'memory'"):
         ThetaSolver(_problem(comm), "k3_fbad_", _iterative_3d(comm), forward_guess="projection",
                     state_storage={"snapshots": 3})
