@@ -74,7 +74,7 @@ def test_3d_default_matches_lu_and_other_rank_counts():
     assert rf_lu.solver.ksp.getType() == PETSc.KSP.Type.PREONLY  # 686 dofs: the size-based default is LU
     J_lu, dJ_lu = rf_lu.value_and_gradient(theta)
     rf_k, _ = _rf(_iterative_3d(comm), "k3_it_")
-    assert rf_k.solver.ksp.getType() == (PETSc.KSP.Type.CG if comm.size == 1 else PETSc.KSP.Type.GMRES)
+    assert rf_k.solver.ksp.getType() == (PETSc.KSP.Type.CG if comm.size == 1 else PETSc.KSP.Type.FGMRES)
     J_k, dJ_k = rf_k.value_and_gradient(theta)
     assert abs(J_k - J_lu) <= KRYLOV_GRADIENT_RTOL * abs(J_lu)
     assert _rel(dJ_k, dJ_lu) <= KRYLOV_GRADIENT_RTOL, _rel(dJ_k, dJ_lu)
@@ -174,6 +174,23 @@ def test_3d_default_iterations_do_not_grow_with_the_subdomains():
     adj_self, adj_world = its["self"][1].mean(), its["world"][1].mean()
     assert fwd_world <= 1.15 * fwd_self, its
     assert adj_world <= 1.15 * adj_self, its
+
+
+def test_several_rank_3d_default_applies_the_preconditioner_once_per_iteration():
+    """The several-rank 3D default (restricted ASM, right-preconditioned) is FGMRES (session 10): GMRES's
+    solution update ``x0 + M⁻¹ V y`` applied the preconditioner once more per solve (its + 1), FGMRES keeps
+    the preconditioned vectors.  Counted by PETSc's ``PCApply`` event over one loss + gradient (forced on any
+    rank count: on one rank ASM has one block)."""
+    PETSc.Log.begin()
+    event = PETSc.Log.Event("PCApply")
+    rf, theta = _rf(default_linear_solver_options(2, 300_000, 3, symmetric=True), "k3_pcapply_")
+    rf.value_and_gradient(theta)  # set-up
+    before = event.getPerfInfo()["count"]
+    rf.value_and_gradient(0.9 * theta)  # another control: not the cached evaluation
+    applied = event.getPerfInfo()["count"] - before
+    its = _iterations(rf.solver)
+    rf.solver.destroy()
+    assert applied == its.sum(), (applied, its.sum(), its)
 
 
 def test_allen_cahn_imex_adjoint_basis_stays_orthonormal_and_iterations_do_not_grow():

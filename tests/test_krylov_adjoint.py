@@ -138,9 +138,10 @@ def test_defaults_table():
     big3d = default_linear_solver_options(1, 300_000, 3, symmetric=True)
     assert big3d["ksp_type"] == "cg" and big3d["pc_type"] == "asm" and big3d["pc_asm_type"] == "basic"
     assert big3d["pc_asm_overlap"] == "1" and big3d["sub_pc_type"] == "icc" and big3d["sub_pc_factor_levels"] == "1"
-    # ... on several ranks restricted ASM (iterations flat in the subdomains), hence GMRES, right-preconditioned
+    # ... on several ranks restricted ASM (iterations flat in the subdomains), hence (flexible) GMRES,
+    # right-preconditioned
     par3d = default_linear_solver_options(2, 300_000, 3, symmetric=True)
-    assert par3d["ksp_type"] == "gmres" and par3d["ksp_pc_side"] == "right" and par3d["pc_asm_type"] == "restrict"
+    assert par3d["ksp_type"] == "fgmres" and par3d["ksp_pc_side"] == "right" and par3d["pc_asm_type"] == "restrict"
     assert par3d["pc_asm_overlap"] == "1" and par3d["sub_pc_type"] == "icc" and par3d["sub_pc_factor_levels"] == "1"
     nonsym3d = default_linear_solver_options(1, 300_000, 3, symmetric=False)
     assert nonsym3d["ksp_type"] == "gmres" and nonsym3d["sub_pc_type"] == "ilu"

@@ -56,7 +56,7 @@ def test_krylov_matches_the_chord_and_factorises_nothing_per_step(case):
     rf_k, _ = _rf("krylov", problem, prefix=f"nk_k_{case[:2]}_")
     s = rf_k.solver
     assert s.nonlinear_method == "krylov"
-    assert s.snes.getKSP().getType() == s.adjoint_ksp.getType() == "gmres"
+    assert s.snes.getKSP().getType() == "fgmres" and s.adjoint_ksp.getType() == "gmres"
     assert s.symmetric == (case == "allen-cahn")  # nonlinear diffusion: GMRES with transposed adjoint solves
     rf_k.value_and_gradient(theta)  # sets up the preconditioner (one factorisation of the linear part)
     s.reset_statistics()
@@ -167,16 +167,37 @@ def test_auto_keeps_small_problems_on_the_chord():
     heat.destroy()
 
 
+def test_newton_systems_apply_the_linear_part_once_per_iteration():
+    """The Newton systems' Krylov solve is FGMRES (session 10): right-preconditioned GMRES applied the
+    preconditioner (a solve with the factorised linear part: an inner KSP) once more per system for its
+    solution update.  Counted over a forward sweep by PETSc's ``PCApply`` event (the outer one: PETSc's
+    log does not count the inner solve's nested application)."""
+    PETSc.Log.begin()
+    event = PETSc.Log.Event("PCApply")
+    problem = paper_problem("allen-cahn", nx=8, ny=16, n_steps=8)
+    s = ThetaSolver(problem, "nk_apply_", nonlinear_method="krylov")
+    g = FunctionSource(problem, target_source("difficult", problem.time.T)).values()
+    s.forward(g)  # set-up: the linear part's factorisation
+    s.reset_statistics()
+    before = event.getPerfInfo()["count"]
+    s.forward(0.9 * g)
+    applied = event.getPerfInfo()["count"] - before
+    st = s.statistics
+    s.destroy()
+    assert st["forward_linear_solves"] > 0 and st["forward_krylov_iterations"] > st["forward_linear_solves"], st
+    assert applied == st["forward_krylov_iterations"], (applied, st)
+
+
 @pytest.mark.serial
 def test_preconditioner_options():
     """A direct solver becomes PCKSP's inner solver (any exact default plugs in); an iterative one its PC."""
     lu = {"ksp_type": "preonly", "pc_type": "redundant", "redundant_pc_type": "lu"}
     opts = krylov_options(lu, symmetric=True)
-    assert opts["ksp_type"] == "gmres" and opts["pc_type"] == "ksp"
+    assert opts["ksp_type"] == "fgmres" and opts["pc_type"] == "ksp"
     assert opts["ksp_ksp_type"] == "preonly" and opts["ksp_pc_type"] == "redundant"
     assert opts["ksp_redundant_pc_type"] == "lu"
     it = krylov_options({"ksp_type": "cg", "ksp_rtol": "1e-10", "pc_type": "bjacobi", "sub_pc_type": "icc"}, False)
-    assert it["ksp_type"] == "gmres" and it["pc_type"] == "bjacobi" and it["sub_pc_type"] == "icc"
+    assert it["ksp_type"] == "fgmres" and it["pc_type"] == "bjacobi" and it["sub_pc_type"] == "icc"
     assert it["ksp_rtol"] != "1e-10"
 
 
