@@ -13,9 +13,9 @@ does not loosen the tolerance.
 
 Cost per solve with ``k`` basis vectors: one multi-dot (one reduction) and
 one multi-axpy for the guess; to add the solution (Gram–Schmidt twice, see
-:meth:`ProjectedGuess.add`) two matrix-vector products, two multi-dots and
-two multi-axpys.  When the basis is full it restarts from
-the latest solution.
+:meth:`ProjectedGuess.add`) one matrix-vector product, two multi-dots and
+two multi-axpys, with the basis's images ``A X`` kept beside it (``2k``
+vectors).  When the basis is full it restarts from the latest solution.
 """
 
 from __future__ import annotations
@@ -41,20 +41,24 @@ class ProjectedGuess:
             raise ValueError(f"ProjectedGuess: max_vectors must be >= 1, got {max_vectors}")
         self._A = A
         self._max = int(max_vectors)
-        self._basis: list[PETSc.Vec] = []
+        self._basis: list[PETSc.Vec] = []  # X, XᵀAX = I
+        self._images: list[PETSc.Vec] = []  # A X
         self._spare: list[PETSc.Vec] = []
         self._w = A.createVecLeft()
 
     def reset(self) -> None:
         """Forget the basis (at the start of a sweep: the guesses then depend on this sweep only)."""
-        self._spare.extend(self._basis)
-        self._basis = []
+        self._spare.extend(self._basis + self._images)
+        self._basis, self._images = [], []
 
     def guess(self, b: PETSc.Vec, x: PETSc.Vec) -> None:
         """Set ``x`` to the projection of ``A⁻¹ b`` onto the basis (zero without a basis)."""
         x.zeroEntries()
         if self._basis:
             x.maxpy(np.asarray(b.mDot(self._basis)), self._basis)
+
+    def _vector(self) -> PETSc.Vec:
+        return self._spare.pop() if self._spare else self._w.duplicate()
 
     def add(self, x: PETSc.Vec) -> None:
         """Add the solution ``x`` of the last solve to the basis (``A``-orthonormalised).
@@ -64,28 +68,33 @@ class ProjectedGuess:
         components along the basis of ``eps · ‖x‖_A / ‖v‖_A``, which compound from vector to vector
         (``‖XᵀAX − I‖`` reached 0.9 after six vectors of an Allen–Cahn 3D sweep: the guesses then
         left residuals of up to 3 ‖b‖, and ``xᵀAx − ‖c‖²`` went negative, so no later solution was
-        added).  The second pass restores orthogonality to round-off, and ``vᵀAv`` is computed
-        from ``A v``, not by that cancellation: one more matrix-vector product per solve.
+        added).  The second pass restores orthogonality to round-off.  The ``A`` inner products with
+        the basis are taken with its kept images, ``(AX)ᵀ v``, and ``vᵀAv`` from ``A v`` of the
+        orthogonalised ``v``, not by cancellation: one matrix-vector product per solve (session 10;
+        before, ``A x`` and ``A v`` after the first pass, two).
         """
         if len(self._basis) >= self._max:
             self.reset()
-        w = self._w
-        self._A.mult(x, w)
-        xAx = x.dot(w)
-        v = self._spare.pop() if self._spare else x.duplicate()
+        v = self._vector()
         x.copy(v)
-        vAv = xAx
+        along = 0.0  # ‖Xᵀ A x‖², x's energy along the basis
         if self._basis:
-            v.maxpy(-np.asarray(w.mDot(self._basis)), self._basis)  # first pass
-            self._A.mult(v, w)
-            c = np.asarray(w.mDot(self._basis))  # what the first pass left along the basis
-            v.maxpy(-c, self._basis)  # second pass
-            vAv = v.dot(w) - float(c @ c)  # (v − Xc)ᵀA(v − Xc) with XᵀAX = I; c is at round-off level
-        if not np.isfinite(vAv) or vAv <= 1e-14 * abs(xAx):  # in the span already (or A not SPD)
-            self._spare.append(v)
+            c = np.asarray(v.mDot(self._images))  # first pass
+            v.maxpy(-c, self._basis)
+            c2 = np.asarray(v.mDot(self._images))  # what the first pass left along the basis
+            v.maxpy(-c2, self._basis)  # second pass
+            along = float((c + c2) @ (c + c2))
+        w = self._vector()
+        self._A.mult(v, w)
+        vAv = v.dot(w)
+        if not np.isfinite(vAv) or vAv <= 1e-14 * abs(vAv + along):  # in the span already (or A not SPD)
+            self._spare.extend((v, w))
             return
-        v.scale(1.0 / np.sqrt(vAv))
+        scale = 1.0 / np.sqrt(vAv)
+        v.scale(scale)
+        w.scale(scale)
         self._basis.append(v)
+        self._images.append(w)
 
     @property
     def size(self) -> int:
@@ -105,9 +114,9 @@ class ProjectedGuess:
 
     def destroy(self) -> None:
         """Destroy the vectors (collective)."""
-        for v in self._basis + self._spare + [self._w]:
+        for v in self._basis + self._images + self._spare + [self._w]:
             v.destroy()
-        self._basis, self._spare = [], []
+        self._basis, self._images, self._spare = [], [], []
 
 
 #: Choices of ``ThetaSolver(krylov_guess=...)``.
