@@ -251,6 +251,12 @@ def test_projected_guess_stays_orthonormal_for_nearly_parallel_solutions():
         guess.add(x)
     assert guess.size == 8
     assert guess.orthonormality_error() <= 1e-12, guess.orthonormality_error()
+    # The last solution is in the span: its guess reproduces it.
+    b, x0 = A.createVecLeft(), A.createVecRight()
+    A.mult(x, b)
+    guess.guess(b, x0)
+    x0.axpy(-1.0, x)
+    assert x0.norm() <= 1e-10 * x.norm()
     # Adding costs one matrix-vector product (the basis's images A X are kept; two before session 10).
     PETSc.Log.begin()
     event = PETSc.Log.Event("MatMult")
@@ -261,17 +267,6 @@ def test_projected_guess_stays_orthonormal_for_nearly_parallel_solutions():
     before = event.getPerfInfo()["count"]
     guess.add(x)
     assert event.getPerfInfo()["count"] - before == 1 and guess.size == 2
-    guess.reset()
-    for k in range(8):
-        x.setArray(np.cos(0.01 * i) + sum(0.1 ** (j + 1) * np.sin((j + 2) * 0.37 * i + j) for j in range(k)))
-        guess.add(x)
-    assert guess.size == 8
-    # The last solution is in the span: its guess reproduces it.
-    b, x0 = A.createVecLeft(), A.createVecRight()
-    A.mult(x, b)
-    guess.guess(b, x0)
-    x0.axpy(-1.0, x)
-    assert x0.norm() <= 1e-10 * x.norm()
     guess.destroy()
     for obj in (A, b, x, x0):
         obj.destroy()
