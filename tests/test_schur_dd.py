@@ -10,6 +10,7 @@ from petsc4py import PETSc
 
 from femnpde.app.scenarios import paper_problem, target_source
 from femnpde.fem.linear_defaults import SCHUR_DD, default_linear_solver_options
+from femnpde.fem.schur_dd import BACKWARD_CHOICES
 from femnpde.fem.problem import Dirichlet, ParabolicProblem, TimeGrid, heat
 from femnpde.fem.solver import SolverError, ThetaSolver
 from femnpde.io.meshes import read_mesh
@@ -42,9 +43,9 @@ def _ksp(A, prefix, options):
     return ksp
 
 
-def _solve_both(A, prefix):
+def _solve_both(A, prefix, dd_options=None):
     """Solutions of A x = b (random b) with the DD solver and with MUMPS LU; the DD context."""
-    dd, lu = _ksp(A, f"{prefix}dd_", SCHUR_DD), _ksp(A, f"{prefix}lu_", LU)
+    dd, lu = _ksp(A, f"{prefix}dd_", {**SCHUR_DD, **(dd_options or {})}), _ksp(A, f"{prefix}lu_", LU)
     b = A.createVecLeft()
     b.setRandom()
     x_dd, x_lu = b.duplicate(), b.duplicate()
@@ -69,6 +70,31 @@ def test_matches_lu_on_the_rectangle():
         assert 0 < ctx.n_separator < 561 and ctx.fallback == ""
         assert comm.allreduce(ctx.nnz_v) > 0
     s.destroy()
+
+
+@pytest.mark.parametrize("backward", BACKWARD_CHOICES)
+def test_both_ways_of_finishing_the_apply_are_exact(backward):
+    """``schur_dd_backward``: the separate backward substitution (default) and the fused solve."""
+    data = read_mesh(MESHES / "annulus_holes.xdmf", MPI.COMM_WORLD, gdim=2)
+    p = ParabolicProblem(data.mesh, heat(0.1), time=TimeGrid(1.0, 2), initial_condition=lambda x: 1.0 + x[0],
+                         dirichlet=[Dirichlet("boundary", 0.0)])
+    for name, problem in (("rect", paper_problem("heat", nx=16, ny=32, n_steps=2)), ("ann", p)):
+        s = _step_matrix(problem, f"dd_bw_{name}_")
+        err, ctx = _solve_both(s.A, f"dd_bw_{name}_", {"schur_dd_backward": backward})
+        assert err < 1e-12, (name, err)
+        assert ctx.backward == backward and ctx.fallback == ""
+        if MPI.COMM_WORLD.size > 1:
+            assert ctx.n_separator > 0
+        s.destroy()
+
+
+@pytest.mark.parametrize("option,choices", [("backward", "'substitution', 'fused'"),
+                                            ("breakdown", "'fallback' and 'fail'")])
+def test_an_unknown_choice_is_a_value_error_naming_the_option(option, choices):
+    """Bad input (exit code 2 on the command line), not PETSc's error 101 (before: an internal error)."""
+    p = paper_problem("heat", nx=4, ny=8, n_steps=2)
+    with pytest.raises(ValueError, match=rf"-dd_bad_forward_schur_dd_{option} 'lu': valid choices are {choices}"):
+        ThetaSolver(p, "dd_bad_", {**SCHUR_DD, f"schur_dd_{option}": "lu"})
 
 
 def test_separator_is_one_sided_and_the_solve_exact():

@@ -94,6 +94,13 @@ def options_with_defaults(obj, prefix: str, options: dict[str, str], setup=None)
         obj.setFromOptions()
         if setup is not None:
             setup(obj)
+    except PETSc.Error as err:
+        # A Python preconditioner's option check (a ValueError naming the option and its valid
+        # choices) reaches here wrapped in PETSc's error 101: give it to the caller as the
+        # ValueError it is (bad input, exit code 2).
+        if isinstance(err.__cause__, ValueError):
+            raise err.__cause__ from None
+        raise
     finally:
         for name in added:
             opts.delValue(name)

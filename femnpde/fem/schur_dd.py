@@ -24,21 +24,28 @@ Cholesky.
 
 **Apply** (per solve, per rank): ``z_r = R^{-T} P b_r``; ``g = b_S - Σ_r V_r^T
 z_r`` (one allreduce of ``n_S`` doubles); ``x_S = Σ^{-1} g`` on ``C_r`` and
-the own separator (those rows of ``Σ^{-1}``, a dense product); ``x_r =
-A_rr^{-1} (b_r - A_{I_r C_r} x_{C_r})``, one fused solve with the interior
-factor (``= P^T R^{-1} (z_r - V_r x_{C_r})``, but PETSc's separate backward
-substitution costs 1.4x its whole fused solve: 11.3 against 7.9 ms at 102 831
-unknowns, the forward 3.2 ms; ``bench/dd_profile.py kernels``).  That is, per
-rank on two ranks, a half-size forward substitution and a half-size solve, a
-product with ``V_r^T`` and one with the sparse coupling ``A_{I_r C_r}``.  ``A`` is symmetric, so
+the own separator (those rows of ``Σ^{-1}``, a dense product); ``x_r = P^T
+R^{-1} (z_r - V_r x_{C_r})``, PETSc's separate backward substitution
+(``-{prefix}schur_dd_backward substitution``, the default since session 11).
+That is, per rank, a half-size forward and a half-size backward substitution
+(one pass over the interior factor each) and the products with ``V_r^T`` and
+``V_r``.  The alternative ``-{prefix}schur_dd_backward fused`` (sessions
+8-10's apply) finishes with one fused solve of ``b_r - A_{I_r C_r} x_{C_r}``
+(a product with the sparse coupling and a second forward pass): three passes
+instead of two, which pays only where PETSc's separate backward kernel is
+slower than its whole fused solve (session 8's machine: 11.3 against 7.9 ms
+at 102 831 unknowns, the forward 3.2 ms; session 11's: 9.4 against 20.8 ms,
+the forward 14.8 ms; ``bench/dd_profile.py kernels``).  The two agree to
+round-off.  ``A`` is symmetric, so
 :meth:`SchurDD.applyTranspose` is :meth:`SchurDD.apply`.  On one rank the
 separator is empty and the solve is a plain sparse Cholesky.
 
 **Options** (under ``{prefix}schur_dd_``): the interior factorisation is a
 KSP with that prefix (defaults ``ksp_type preonly``, ``pc_type cholesky``,
 ``pc_factor_mat_solver_type petsc``, ``pc_factor_mat_ordering_type nd``;
-e.g. ``-{prefix}schur_dd_pc_factor_mat_ordering_type rcm``), and
-``-{prefix}schur_dd_max_separator`` (default :data:`MAX_SEPARATOR`) bounds
+e.g. ``-{prefix}schur_dd_pc_factor_mat_ordering_type rcm``),
+``-{prefix}schur_dd_backward`` (:data:`BACKWARD_CHOICES`, default
+:data:`BACKWARD`) and ``-{prefix}schur_dd_max_separator`` (default :data:`MAX_SEPARATOR`) bounds
 the dense Schur complement: above it (many ranks, long cuts) the dense
 ``n_S^3 / 3`` factorisation and ``n_S^2`` storage per rank would dominate,
 and the solver falls back to PETSc's LU on every rank (``pc_type
@@ -76,12 +83,17 @@ from femnpde._mpi import run_agreed
 from femnpde.fem.linear_defaults import is_symmetric
 from femnpde.fem.newton import options_with_defaults
 
-__all__ = ["SchurDD", "MAX_SEPARATOR", "INTERIOR_OPTIONS", "FALLBACK_OPTIONS"]
+__all__ = ["SchurDD", "MAX_SEPARATOR", "BACKWARD", "BACKWARD_CHOICES", "INTERIOR_OPTIONS", "FALLBACK_OPTIONS"]
 
 #: Default bound of the global separator size n_S (the dense Schur complement
 #: is n_S x n_S on every rank: 3 000 -> 72 MB and a ~9 GFlop factorisation
 #: with the reference BLAS; the benchmark's heat 2D rectangle on 2 ranks has n_S = 527).
 MAX_SEPARATOR = 3_000
+#: How the apply finishes (``-{prefix}schur_dd_backward``): ``"fused"``, a fused solve of
+#: ``b_r - A_{I_r C_r} x_C`` (a second forward substitution and a backward one), or
+#: ``"substitution"``, PETSc's separate backward substitution of ``z_r - V_r x_C``.
+BACKWARD_CHOICES = ("substitution", "fused")
+BACKWARD = "substitution"
 #: Defaults of the interior factorisation (``{prefix}schur_dd_*``).
 INTERIOR_OPTIONS = {
     "ksp_type": "preonly",
@@ -129,6 +141,7 @@ class SchurDD:
         self.nnz_v = 0
         self.fallback = ""
         self.setup_seconds = 0.0
+        self.backward = BACKWARD
         self._ksp = None  # the interior factorisation (COMM_SELF)
         self._fallback_ksp = None  # the redundant LU (the PC's communicator)
         self._use_fallback_ksp = False
@@ -149,6 +162,11 @@ class SchurDD:
         self._breakdown = opts.getString("breakdown", "fallback")
         if self._breakdown not in ("fallback", "fail"):
             raise ValueError(f"-{sub}breakdown {self._breakdown!r}: valid choices are 'fallback' and 'fail'")
+        self.backward = opts.getString("backward", BACKWARD)
+        if self.backward not in BACKWARD_CHOICES:
+            raise ValueError(
+                f"-{sub}backward {self.backward!r}: valid choices are " + ", ".join(map(repr, BACKWARD_CHOICES))
+            )
         self._destroy_ksps()
         self._ksp = PETSc.KSP().create(PETSc.COMM_SELF)
         options_with_defaults(self._ksp, sub, INTERIOR_OPTIONS)
@@ -256,6 +274,10 @@ class SchurDD:
                 z = self._z.array_r
                 pos = np.flatnonzero(z)
                 ok = pos.size == n_s and np.array_equal(np.sort(z[pos]), np.arange(1, n_s + 1))
+                # Where the substitutions keep the separator values (the factor's ordering).
+                self._S_pos = np.empty(n_s, dtype=np.int32)
+                if ok:
+                    self._S_pos[z[pos].astype(np.int64) - 1] = pos
                 for k in range(n_c):
                     col = self._bv.array_w
                     col[:] = 0.0
@@ -284,6 +306,9 @@ class SchurDD:
         self.nnz_v = Vt.nnz
         self._Vt = _seq_aij(Vt)
         self._objs.append(self._Vt)
+        if self.backward == "substitution":  # V_r itself: its product is a mat-vec, not a transposed one
+            self._V = _seq_aij(Vt.T.tocsr())
+            self._objs.append(self._V)
         self._t, self._xs = (PETSc.Vec().createSeq(n_c, comm=PETSc.COMM_SELF) for _ in range(2))
         self._objs += [self._t, self._xs]
         self._C = c_set
@@ -371,6 +396,7 @@ class SchurDD:
         # The forward substitution leaves the separator entries as they are (identity rows).
         self._bv.placeArray(b_arr)
         self._F.solveForward(self._bv, self._z)
+        self._bv.resetArray()
         # g = b_S - Σ_r V_r^T z_r (one allreduce of n_S doubles).
         self._Vt.mult(self._z, self._t)
         g = self._g_local
@@ -380,9 +406,20 @@ class SchurDD:
         pc.getComm().tompi4py().Allreduce(g, self._g, op=MPI.SUM)
         xs = self._W @ self._g  # x_S on C_r and on the own separator
         self._xs.array_w[:] = xs[self._need_c]
+        if self.backward == "substitution":
+            # x = P^T R^{-1} (z - V_r x_C), x_S at the separator's positions (identity rows).
+            r = self._r
+            self._V.mult(self._xs, r)
+            r.aypx(-1.0, self._z)
+            r.array_w[self._S_pos] = xs[self._need_own]
+            self._xv.placeArray(x_arr)
+            self._F.solveBackward(r, self._xv)
+            self._xv.resetArray()
+            return
         # b - A_{I C} x_C on the interior, x_S on the separator (identity rows: the solve keeps it).
         r = self._r
         self._A_rC.mult(self._xs, r)
+        self._bv.placeArray(b_arr)
         r.aypx(-1.0, self._bv)
         self._bv.resetArray()
         r.array_w[self._S] = xs[self._need_own]
