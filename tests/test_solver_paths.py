@@ -202,6 +202,10 @@ def test_affine_step_is_one_product_and_its_adjoint_one_transposed_product():
     N = problem.time.n_steps
     assert [b - a for a, b in zip(c0, c1)] == [N, 0, 0]
     assert [b - a for a, b in zip(c1, c2)] == [N, 0, 0]
+    # Kᵀ holds the blocks after A0 only (A0ᵀ λ is unused): u_prev's and g's columns.
+    K = solver._lin.mat
+    n_u = problem.V.dofmap.index_map.size_global
+    assert solver._lin._mat_t.getSize() == (K.getSize()[1] - n_u, K.getSize()[0])
     assert sum(lam_scatters) == 1
     solver.destroy()
 
@@ -267,3 +271,38 @@ def test_linear_solver_failure_is_exit_3_naming_the_prefix(shared_tmp_path, caps
     if MPI.COMM_WORLD.rank == 0:
         assert "forward linear solve at time step 1 " in err and "(-3)" in err, err
         assert "femnpde_forward_" in err, err
+
+
+_CG = {"ksp_type": "cg", "pc_type": "jacobi", "ksp_rtol": "1e-12"}
+
+
+def test_forward_projection_with_a_budget_that_holds_every_level():
+    """``forward_guess = "projection"`` needs every level in memory: a budget that holds them all plans
+    memory and is accepted (before: refused because the storage was not the literal "memory"); one that
+    does not is refused, before any PETSc object exists."""
+    problem = paper_problem("heat", nx=4, ny=8, n_steps=6)
+    s = ThetaSolver(problem, "fg_budget_", _CG, forward_guess="projection", state_storage={"budget": "1GB"})
+    assert s.storage_plan.kind == "memory" and s.forward_guess == "projection"
+    s.destroy()
+    with pytest.raises(ValueError, match=r"needs every level in memory \(state_storage = \{'budget': '2kB'\} plans "
+                                         r"checkpointing\)"):
+        ThetaSolver(problem, "fg_small_", _CG, forward_guess="projection", state_storage={"budget": "2kB"})
+
+
+def test_forward_projection_is_refused_where_it_cannot_apply():
+    """A Newton step (no constant Jacobian) or a non-symmetric one has no projected forward guess: refused
+    with the reason (before: silently ignored)."""
+    ac = paper_problem("allen-cahn", nx=4, ny=8, n_steps=2)
+    with pytest.raises(ValueError, match=r"forward_guess = 'projection' .* Jacobian is not constant \(a nonlinear "
+                                         r"step: Newton\); use forward_guess = 'previous'"):
+        ThetaSolver(ac, "fg_newton_", _CG, forward_guess="projection")
+
+    def convection(u, v, g, t, x):
+        return (ufl.inner(ufl.grad(u), ufl.grad(v)) + ufl.grad(u)[0] * v - g * v) * ufl.dx
+
+    from femnpde.app.scenarios import paper_mesh
+
+    p = ParabolicProblem(paper_mesh(MPI.COMM_WORLD, 4, 8), convection, time=TimeGrid(1.0, 2),
+                         initial_condition=lambda x: 1.0 + x[0], dirichlet=[Dirichlet("boundary", 0.0)])
+    with pytest.raises(ValueError, match=r"Jacobian is not symmetric"):
+        ThetaSolver(p, "fg_nonsym_", {"ksp_type": "gmres", "pc_type": "jacobi"}, forward_guess="projection")

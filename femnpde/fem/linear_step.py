@@ -19,7 +19,7 @@ import dolfinx.fem
 import dolfinx.fem.petsc
 from petsc4py import PETSc
 
-from femnpde.fem.krylov_guess import KRYLOV_GUESSES, KrylovGuesses
+from femnpde.fem.krylov_guess import KrylovGuesses, check_krylov_guess
 from femnpde.fem.linear_defaults import check_adjoint_capable
 from femnpde.fem.newton import ksp_reason, options_with_defaults
 
@@ -88,9 +88,12 @@ class StackedBlocks:
 
     Args:
         forms: The compiled bilinear forms by name, in the order they are stacked.
+        skip_first_in_transpose: :meth:`mult_transpose` leaves the first block's part as it is
+            (its ``M_1ᵀ y`` unused: the affine fast path's ``A0``), so that ``Kᵀ`` holds the
+            other blocks only.
     """
 
-    def __init__(self, forms: dict[str, dolfinx.fem.Form]) -> None:
+    def __init__(self, forms: dict[str, dolfinx.fem.Form], skip_first_in_transpose: bool = False) -> None:
         self.mat = dolfinx.fem.petsc.assemble_matrix([list(forms.values())])
         self.mat.assemble()
         self._mat_t: PETSc.Mat | None = None  # Kᵀ, assembled at the first mult_transpose
@@ -103,6 +106,16 @@ class StackedBlocks:
         self._array = np.zeros(n_local)  # the stacked vector's owned entries, PETSc's array
         self._x = PETSc.Vec().createWithArray(self._array, size=(n_local, n_global), comm=self.mat.getComm())
         self._parts = {name: self._array[offsets[j]: offsets[j + 1]] for j, name in enumerate(forms)}
+        # The output of the transposed product: every block's part, or all but the first one's.
+        first = int(offsets[1]) if skip_first_in_transpose else 0
+        comm = self.mat.getComm()
+        self._t_cols = None
+        self._x_t = self._x
+        if first:
+            c0 = self.mat.getOwnershipRangeColumn()[0]
+            self._t_cols = PETSc.IS().createStride(n_local - first, first=c0 + first, step=1, comm=comm)
+            self._x_t = PETSc.Vec().createWithArray(self._array[first:], size=(n_local - first, PETSc.DECIDE),
+                                                    comm=comm)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -126,15 +139,23 @@ class StackedBlocks:
         per call, session 11); a forward-only run never builds it.
         """
         if self._mat_t is None:
-            self._mat_t = self.mat.transpose(PETSc.Mat())  # a new matrix (no argument: in place)
-        self._mat_t.mult(y, self._x)
+            K = self.mat
+            if self._t_cols is not None:  # the columns of the blocks after the first
+                rows = PETSc.IS().createStride(K.getLocalSize()[0], first=K.getOwnershipRange()[0], step=1,
+                                               comm=K.getComm())
+                K = self.mat.createSubMatrix(rows, self._t_cols)
+                rows.destroy()
+            self._mat_t = K.transpose(PETSc.Mat())  # a new matrix (no argument: in place)
+            if K is not self.mat:
+                K.destroy()
+        self._mat_t.mult(y, self._x_t)
 
     def destroy(self) -> None:
         """Destroy the PETSc objects (collective)."""
-        for obj in (self.mat, self._mat_t, self._x):
+        for obj in {id(o): o for o in (self.mat, self._mat_t, self._x, self._x_t, self._t_cols)}.values():
             if obj is not None:
                 obj.destroy()
-        self._mat_t = None
+        self._mat_t = self._t_cols = None
         self._parts = {}
 
 
@@ -155,8 +176,8 @@ class LinearStepMixin:
         """Assemble the constant blocks side by side (:class:`StackedBlocks`).
 
         On the affine fast path they join A0 (:meth:`_setup_linear`): ``[A0 | blocks]`` is the
-        residual's product and, transposed, the adjoint's couplings (the ``A0ᵀ λ`` part unused:
-        one local product more, no matrix more); otherwise ``[blocks]`` gives the couplings.
+        residual's product and, transposed without ``A0`` (whose ``A0ᵀ λ`` is unused), the adjoint's
+        couplings; otherwise ``[blocks]`` gives the couplings.
         """
         blocks = {name: self.problem.forms.constant_blocks[name] for name in self._block_names}
         if self._fast_linear:
@@ -177,7 +198,7 @@ class LinearStepMixin:
         """Assemble [A0 | blocks] (no BCs) and f0 = F(0) once: F(u) = [A0 | blocks] [u; coefficients] + f0."""
         p = self.problem
         forms = p.forms
-        lin = StackedBlocks({"u": forms.jacobian, **blocks})
+        lin = StackedBlocks({"u": forms.jacobian, **blocks}, skip_first_in_transpose=True)
         saved = [f.x.array.copy() for f in (p.u, p.u_prev, p.g, p.g_prev)]
         for f in (p.u, p.u_prev, p.g, p.g_prev):
             f.x.array[:] = 0.0
@@ -284,8 +305,7 @@ class LinearStepMixin:
 
     @krylov_guess.setter
     def krylov_guess(self, kind: str) -> None:
-        if kind not in KRYLOV_GUESSES:
-            raise ValueError(f"ThetaSolver: krylov_guess = {kind!r}; valid: {', '.join(KRYLOV_GUESSES)}")
+        check_krylov_guess(kind, "ThetaSolver: ")
         if self._guesses is not None:
             self._guesses.destroy()
         self._kind = kind
