@@ -47,7 +47,7 @@ from femnpde.fem.problem import Dirichlet, ParabolicProblem, TimeGrid, allen_cah
 from femnpde.fem.solver import FORWARD_GUESSES, ThetaSolver
 from femnpde.io.meshes import read_mesh
 from femnpde.io.refine import refine_uniformly
-from femnpde.model.reduced import FunctionSource, adjoint_with_loss
+from femnpde.model.reduced import FunctionSource, adjoint_with_loss, streamed_forward
 from femnpde.obs.misfit import L2Misfit
 
 HERE = Path(__file__).resolve().parent
@@ -227,13 +227,10 @@ def run(args, comm) -> dict:
                                                       constant=problem.forms.jacobian_constant)
     g2 = 0.9 * g
     bounded = not solver.states.keeps_all_levels
-    n_owned = problem.n_owned
 
-    def loss():
+    def loss():  # ReducedFunctional's forward: streamed with a bounded storage
         if bounded:
-            acc = [misfit.level_value(0, problem.u0.x.array[:n_owned])]
-            solver.forward(g2, step_callback=lambda n: acc.append(misfit.level_value(n, problem.u.x.array[:n_owned])))
-            return comm.allreduce(sum(acc))
+            return streamed_forward(solver, misfit, g2)[0]
         return misfit.value(solver.forward(g2))
 
     log: list[int] = []  # the linear iterations of every solve of the loss + gradient calls

@@ -216,8 +216,11 @@ def test_bad_choice(cfg, key, value, allowed):
 @pytest.mark.serial
 def test_forward_projection_needs_all_levels_in_memory():
     _raises({"solver": {"forward_guess": "projection"}, "run": {"state_storage": {"snapshots": 4}}},
-            "solver.forward_guess", "needs run.state_storage", '"previous"')
+            "solver.forward_guess", "needs every level in memory", '"previous"')
     assert validate({"solver": {"forward_guess": "projection"}})["solver"]["forward_guess"] == "projection"
+    # A budget alone may hold every level: the solver decides (before: refused here, whatever the budget).
+    cfg = validate({"solver": {"forward_guess": "projection"}, "run": {"state_storage": {"budget": "100GB"}}})
+    assert cfg["solver"]["forward_guess"] == "projection"
 
 
 @pytest.mark.serial

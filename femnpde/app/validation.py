@@ -52,7 +52,7 @@ from femnpde.app.validation_problem import (
     _validate_pde,
     _validate_time,
 )
-from femnpde.fem.storage_plan import validate_state_storage
+from femnpde.fem.storage_plan import recomputes, validate_state_storage
 from femnpde.app.schema import (
     CHOICES,
     DEFAULTS,
@@ -255,11 +255,13 @@ def validate(cfg: Mapping[str, Any]) -> dict[str, Any]:
     resolved["observation"] = _validate_observation(
         user, mesh["kind"], resolved["data"]["kind"], time["n_steps"]
     )
-    if resolved["solver"]["forward_guess"] != "previous" and run["state_storage"] != "memory":
+    # A budget alone may hold every level: the solver decides with the state size (before the run).
+    if resolved["solver"]["forward_guess"] != "previous" and recomputes(run["state_storage"], time["n_steps"]):
         raise ConfigError(
-            f"solver.forward_guess = {resolved['solver']['forward_guess']!r} needs run.state_storage = \"memory\" "
-            f"(got {run['state_storage']!r}): a checkpointing storage recomputes states, which only "
-            'forward_guess = "previous" reproduces bitwise', "solver.forward_guess", resolved["solver"]["forward_guess"])
+            f"solver.forward_guess = {resolved['solver']['forward_guess']!r} needs every level in memory, and "
+            f"run.state_storage = {run['state_storage']!r} checkpoints: a checkpointing storage recomputes states, "
+            'which only forward_guess = "previous" reproduces bitwise', "solver.forward_guess",
+            resolved["solver"]["forward_guess"])
     if "parameters" in user:
         resolved["parameters"] = _validate_parameters(user, resolved["pde"], resolved["data"]["kind"])
     _check_data_file_kind(resolved)

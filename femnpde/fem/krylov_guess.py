@@ -25,7 +25,8 @@ from petsc4py import PETSc
 
 from femnpde import defaults as D
 
-__all__ = ["FORWARD_GUESSES", "KRYLOV_GUESSES", "KrylovGuesses", "ProjectedGuess"]
+__all__ = ["FORWARD_GUESSES", "KRYLOV_GUESSES", "KrylovGuesses", "ProjectedGuess", "check_forward_guess",
+           "check_krylov_guess"]
 
 
 class ProjectedGuess:
@@ -125,6 +126,21 @@ KRYLOV_GUESSES = ("projection", "extrapolate", "previous")
 FORWARD_GUESSES = D.FORWARD_GUESS_CHOICES
 
 
+def _check_choice(name: str, value: str, choices: tuple[str, ...], where: str) -> None:
+    if value not in choices:
+        raise ValueError(f"{where}{name} = {value!r}; valid: {', '.join(choices)}")
+
+
+def check_krylov_guess(kind: str, where: str = "") -> None:
+    """Raise a ValueError (prefixed by ``where``) unless ``kind`` is one of :data:`KRYLOV_GUESSES`."""
+    _check_choice("krylov_guess", kind, KRYLOV_GUESSES, where)
+
+
+def check_forward_guess(kind: str, where: str = "") -> None:
+    """Raise a ValueError (prefixed by ``where``) unless ``kind`` is one of :data:`FORWARD_GUESSES`."""
+    _check_choice("forward_guess", kind, FORWARD_GUESSES, where)
+
+
 class KrylovGuesses:
     """The initial guesses of a solver's adjoint Krylov solves with one constant matrix.
 
@@ -158,10 +174,8 @@ class KrylovGuesses:
 
     def __init__(self, kind: str, A: PETSc.Mat, symmetric: bool, max_vectors: int = 8,
                  forward: str = D.FORWARD_GUESS) -> None:
-        if kind not in KRYLOV_GUESSES:
-            raise ValueError(f"krylov_guess = {kind!r}; valid: {', '.join(KRYLOV_GUESSES)}")
-        if forward not in FORWARD_GUESSES:
-            raise ValueError(f"forward_guess = {forward!r}; valid: {', '.join(FORWARD_GUESSES)}")
+        check_krylov_guess(kind)
+        check_forward_guess(forward)
         self.kind = kind
         #: The forward's :class:`ProjectedGuess` (None unless ``forward`` is "projection" and ``A`` symmetric).
         self.forward_projection = ProjectedGuess(A, max_vectors) if forward == "projection" and symmetric else None

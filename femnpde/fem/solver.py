@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from mpi4py import MPI
 import dolfinx.fem
 import dolfinx.fem.petsc
 from petsc4py import PETSc
@@ -30,12 +31,13 @@ from femnpde.fem.linear_defaults import (
     uses_krylov,
 )
 from femnpde.fem.adjoint import adjoint_sweep, probe_symmetry
-from femnpde.fem.krylov_guess import FORWARD_GUESSES, KRYLOV_GUESSES, KrylovGuesses
+from femnpde.fem.krylov_guess import FORWARD_GUESSES, KRYLOV_GUESSES, KrylovGuesses, check_forward_guess
 from femnpde.fem.linear_step import LinearIterations, LinearStepMixin, SolverError, StackedBlocks
 from femnpde.fem.newton import METHODS, NonlinearStep, default_nonlinear_method
 from femnpde.fem.problem import ParabolicProblem
 from femnpde.fem.split_assembly import SplitAssembly
 from femnpde.fem.storage import MemoryStorage, StateStorage, make_state_storage
+from femnpde.fem.storage_plan import plan_storage
 
 __all__ = ["ThetaSolver", "SolverError", "LinearIterations", "default_linear_solver_options", "KRYLOV_GUESSES",
            "FORWARD_GUESSES"]
@@ -106,10 +108,12 @@ class ThetaSolver(LinearStepMixin):
             constant symmetric step Jacobian: ``"previous"`` (``u^{n-1}``, the
             default) or ``"projection"`` (the energy-norm projection onto the
             sweep's earlier corrections; about half the forward iterations
-            of the 3D defaults; with ``state_storage = "memory"`` only,
-            since recomputed states would not be bitwise the stored ones;
-            losses and gradients then differ from the default's at the
-            Krylov tolerance).  No effect with a direct solver.
+            of the 3D defaults; with every level in memory only (``"memory"``,
+            or a budget that holds them), since recomputed states would not
+            be bitwise the stored ones; losses and gradients then differ from
+            the default's at the Krylov tolerance).  No effect with a direct
+            solver; refused (``ValueError``, before any PETSc object exists)
+            for a step Jacobian that is not constant (Newton) or not symmetric.
         nonlinear_method: Nonlinear problems: how the Newton and adjoint
             systems are solved (:data:`femnpde.fem.newton.METHODS`):
             ``"chord"`` (a lagged Newton matrix, factorised when the residual
@@ -148,6 +152,21 @@ class ThetaSolver(LinearStepMixin):
         #: Whether the step Jacobian is symmetric: the adjoint then solves
         #: with the untransposed operator (any preconditioner works).
         self.symmetric = probe_symmetry(problem)
+        check_forward_guess(forward_guess, "ThetaSolver: ")
+        if forward_guess != "previous":
+            # Checked before any PETSc object exists.
+            if not (forms.jacobian_constant and self.symmetric):
+                why = "is not constant (a nonlinear step: Newton)" if not forms.jacobian_constant else "is not symmetric"
+                raise ValueError(
+                    f"ThetaSolver: forward_guess = {forward_guess!r} starts the Krylov solves of a constant symmetric "
+                    f"step Jacobian, and this step's Jacobian {why}; use forward_guess = 'previous'")
+            n_local_max = comm.allreduce(imap.size_local + imap.num_ghosts, op=MPI.MAX)
+            kind = plan_storage(state_storage, problem.time.n_steps, n_local_max).kind
+            if kind != "memory":
+                raise ValueError(
+                    f"ThetaSolver: forward_guess = {forward_guess!r} needs every level in memory (state_storage = "
+                    f"{state_storage!r} plans {kind}): a checkpointing storage recomputes states, which only the "
+                    "guess 'previous' reproduces bitwise")
         options = (
             default_linear_solver_options(comm.size, imap.size_global, problem.mesh.geometry.dim, self.symmetric,
                                           constant=forms.jacobian_constant)
@@ -197,13 +216,6 @@ class ThetaSolver(LinearStepMixin):
         self._adjoint_warm = self._step is None and uses_krylov(self._ksp_adj)
         self._ksp_adj.setInitialGuessNonzero(self._adjoint_warm)
         self._guesses: KrylovGuesses | None = None
-        if forward_guess not in FORWARD_GUESSES:
-            raise ValueError(f"ThetaSolver: forward_guess = {forward_guess!r}; valid: {', '.join(FORWARD_GUESSES)}")
-        if forward_guess != "previous" and state_storage != "memory":
-            raise ValueError(
-                f"ThetaSolver: forward_guess = {forward_guess!r} needs state_storage = 'memory' (got "
-                f"{state_storage!r}): a checkpointing storage recomputes states, which only the guess "
-                "'previous' reproduces bitwise")
         self._forward_guess = forward_guess
         self.krylov_guess = krylov_guess
         self._rhs = dolfinx.fem.petsc.create_vector(problem.V)

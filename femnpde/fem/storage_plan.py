@@ -17,7 +17,8 @@ from typing import Any
 
 from checkpoint_schedules import EndReverse, Forward, MultistageCheckpointSchedule
 
-__all__ = ["StoragePlan", "parse_bytes", "plan_storage", "schedule", "validate_state_storage", "EXTRA_STATES"]
+__all__ = ["StoragePlan", "parse_bytes", "plan_storage", "recomputes", "schedule", "validate_state_storage",
+           "EXTRA_STATES"]
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
@@ -156,6 +157,21 @@ def _count_forward_steps(n_steps: int, ram: int, disk: int) -> int:
         elif isinstance(action, EndReverse):
             break
     return total
+
+
+def recomputes(spec: str | Mapping[str, Any], n_steps: int) -> bool | None:
+    """Whether the storage ``spec`` recomputes states, as far as it is known before the mesh.
+
+    ``False``: every level is kept (``"memory"``, or fewer than two steps); ``True``: a
+    checkpointing schedule (``snapshots``, or disk snapshots); ``None``: a ``budget`` alone,
+    which keeps every level when they fit (:func:`plan_storage` decides, with the state size).
+    """
+    spec = validate_state_storage(spec)
+    if spec == "memory" or n_steps < 2:
+        return False
+    if "budget" in spec and spec["disk_snapshots"] == 0:
+        return None
+    return True
 
 
 def plan_storage(spec: str | Mapping[str, Any], n_steps: int, n_local_max: int) -> StoragePlan:

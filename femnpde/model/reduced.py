@@ -30,7 +30,8 @@ from femnpde.model.base import Model
 from femnpde.model.parameters import PhysicalParameter, check_parameters, parameter_bounds
 from femnpde.obs.misfit import AdjointLoss
 
-__all__ = ["NetworkSource", "FunctionSource", "ReducedFunctional", "adjoint_with_loss", "check_replicated"]
+__all__ = ["NetworkSource", "FunctionSource", "ReducedFunctional", "adjoint_with_loss", "check_replicated",
+           "streamed_forward"]
 
 
 def check_replicated(comm: MPI.Comm, array: np.ndarray, what: str = "theta") -> None:
@@ -156,6 +157,35 @@ class FunctionSource:
                                  f"but another shape at t = {self.times[0]}; return the same shape at every time")
             out[n] = value.T if value.ndim == 2 else value.reshape(-1, 1)
         return out.reshape(len(self.times), -1)
+
+
+def streamed_forward(solver: ThetaSolver, misfit, g: np.ndarray, who: str = "streamed_forward") -> tuple[float, float]:
+    """The forward sweep of ``g``, taking the loss level by level (storages that do not keep every level).
+
+    Returns:
+        ``(J, max_error_local)``: the loss (summed in increasing level order, then over the ranks, as
+        ``misfit.value`` sums) and this rank's largest ``misfit.level_max_error``.
+
+    Raises:
+        TypeError: ``misfit`` has no ``level_value`` (``who`` names the caller).
+    """
+    if not hasattr(misfit, "level_value"):
+        raise TypeError(
+            f"{who}: {type(misfit).__name__} has no level_value(n, u_owned); it cannot be used "
+            f"with a checkpointing state storage (use state_storage = \"memory\")"
+        )
+    problem = solver.problem
+    n_owned = problem.n_owned
+    acc = {"J": misfit.level_value(0, problem.u0.x.array[:n_owned]),
+           "err": misfit.level_max_error(0, problem.u0.x.array[:n_owned])}
+    u = problem.u.x.array
+
+    def take(n: int) -> None:
+        acc["J"] += misfit.level_value(n, u[:n_owned])
+        acc["err"] = max(acc["err"], misfit.level_max_error(n, u[:n_owned]))
+
+    solver.forward(g, step_callback=take)
+    return problem.comm.allreduce(acc["J"], op=MPI.SUM), acc["err"]
 
 
 def adjoint_with_loss(
@@ -301,24 +331,7 @@ class ReducedFunctional:
 
     def _streamed_forward(self) -> tuple[float, float]:
         """Forward sweep taking the loss level by level (for storages that do not keep every level)."""
-        misfit = self.misfit
-        if not hasattr(misfit, "level_value"):
-            raise TypeError(
-                f"ReducedFunctional: {type(misfit).__name__} has no level_value(n, u_owned); it cannot be used "
-                f"with a checkpointing state storage (use state_storage = \"memory\")"
-            )
-        problem = self.solver.problem
-        n_owned = problem.n_owned
-        acc = {"J": misfit.level_value(0, problem.u0.x.array[:n_owned]),
-               "err": misfit.level_max_error(0, problem.u0.x.array[:n_owned])}
-        u = problem.u.x.array
-
-        def take(n: int) -> None:
-            acc["J"] += misfit.level_value(n, u[:n_owned])
-            acc["err"] = max(acc["err"], misfit.level_max_error(n, u[:n_owned]))
-
-        self.solver.forward(self._g, step_callback=take)
-        return self.comm.allreduce(acc["J"], op=MPI.SUM), acc["err"]
+        return streamed_forward(self.solver, self.misfit, self._g, "ReducedFunctional")
 
     def all_states(self) -> np.ndarray:
         """Every state of the last θ, shape ``(n_steps + 1, n_local)`` (local arrays with ghosts).
