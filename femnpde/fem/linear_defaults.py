@@ -109,7 +109,9 @@ falls back, inside the preconditioner, to the redundant LU
 (``-{prefix}schur_dd_max_separator`` moves the bound).
 
 What keeps the 2D DD below half of the serial step (session 6, under load, CPU
-time; ``bench/dd_profile.py``): PETSc's separate forward and backward
+time; ``bench/dd_profile.py``; session 11's machine: forward 14.8, backward
+9.4, fused 20.8 ms, the forward substitution latency-bound, the DD's apply
+29 ms against the serial solve's 47 ms at 205 761 unknowns): PETSc's separate forward and backward
 Cholesky substitutions cost ~1.8 ms per half-size solve more than its fused
 solve (13.0–13.7 against 11.2–11.7 ms at 102 831 unknowns), and applying
 the nested-dissection ordering to the matrix once so that the natural-ordering
