@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from mpi4py import MPI
 import dolfinx.fem
 import dolfinx.fem.petsc
 from petsc4py import PETSc
@@ -36,8 +35,7 @@ from femnpde.fem.linear_step import LinearIterations, LinearStepMixin, SolverErr
 from femnpde.fem.newton import METHODS, NonlinearStep, default_nonlinear_method
 from femnpde.fem.problem import ParabolicProblem
 from femnpde.fem.split_assembly import SplitAssembly
-from femnpde.fem.storage import MemoryStorage, StateStorage, make_state_storage
-from femnpde.fem.storage_plan import plan_storage
+from femnpde.fem.storage import MemoryStorage, StateStorage, plan_state_storage, storage_for
 
 __all__ = ["ThetaSolver", "SolverError", "LinearIterations", "default_linear_solver_options", "KRYLOV_GUESSES",
            "FORWARD_GUESSES"]
@@ -153,19 +151,20 @@ class ThetaSolver(LinearStepMixin):
         #: with the untransposed operator (any preconditioner works).
         self.symmetric = probe_symmetry(problem)
         check_forward_guess(forward_guess, "ThetaSolver: ")
+        # Planned (and checked) before any PETSc object exists; the storage is built below.
+        n_local = imap.size_local + imap.num_ghosts
+        self.n_levels = problem.time.n_steps + 1
+        plan = plan_state_storage(state_storage, self.n_levels, n_local, comm)
         if forward_guess != "previous":
-            # Checked before any PETSc object exists.
             if not (forms.jacobian_constant and self.symmetric):
                 why = "is not constant (a nonlinear step: Newton)" if not forms.jacobian_constant else "is not symmetric"
                 raise ValueError(
                     f"ThetaSolver: forward_guess = {forward_guess!r} starts the Krylov solves of a constant symmetric "
                     f"step Jacobian, and this step's Jacobian {why}; use forward_guess = 'previous'")
-            n_local_max = comm.allreduce(imap.size_local + imap.num_ghosts, op=MPI.MAX)
-            kind = plan_storage(state_storage, problem.time.n_steps, n_local_max).kind
-            if kind != "memory":
+            if plan.kind != "memory":
                 raise ValueError(
                     f"ThetaSolver: forward_guess = {forward_guess!r} needs every level in memory (state_storage = "
-                    f"{state_storage!r} plans {kind}): a checkpointing storage recomputes states, which only the "
+                    f"{state_storage!r} plans {plan.kind}): a checkpointing storage recomputes states, which only the "
                     "guess 'previous' reproduces bitwise")
         options = (
             default_linear_solver_options(comm.size, imap.size_global, problem.mesh.geometry.dim, self.symmetric,
@@ -222,11 +221,9 @@ class ThetaSolver(LinearStepMixin):
         self._c = dolfinx.fem.petsc.create_vector(problem.V)
         self._r = dolfinx.fem.petsc.create_vector(problem.G)
         self._have_c = False
-        n_local = problem.V.dofmap.index_map.size_local + problem.V.dofmap.index_map.num_ghosts
-        self.n_levels = problem.time.n_steps + 1
         self._n_local = n_local
-        self.states: StateStorage
-        self.states, self.storage_plan = make_state_storage(state_storage, self.n_levels, n_local, comm)
+        self.storage_plan = plan
+        self.states: StateStorage = storage_for(plan, self.n_levels, n_local)
         self.adjoints: MemoryStorage | None = None
         self.newton_iterations = np.zeros(self.n_levels, dtype=np.int32)
         #: Krylov iterations of each linear solve of the last forward and adjoint sweeps (constant Jacobians).

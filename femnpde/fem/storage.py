@@ -19,7 +19,7 @@ from mpi4py import MPI
 from femnpde.fem.checkpointing import CheckpointStorage
 from femnpde.fem.storage_plan import plan_storage
 
-__all__ = ["StateStorage", "MemoryStorage", "make_state_storage"]
+__all__ = ["StateStorage", "MemoryStorage", "make_state_storage", "plan_state_storage", "storage_for"]
 
 
 class StateStorage(Protocol):
@@ -109,8 +109,21 @@ def make_state_storage(spec: str | Mapping[str, Any], n_levels: int, n_local: in
         ``(storage, plan)`` with ``plan`` a
         :class:`femnpde.fem.checkpointing.StoragePlan`.
     """
+    plan = plan_state_storage(spec, n_levels, n_local, comm)
+    return storage_for(plan, n_levels, n_local), plan
+
+
+def plan_state_storage(spec: str | Mapping[str, Any], n_levels: int, n_local: int, comm: MPI.Comm):
+    """The :class:`~femnpde.fem.storage_plan.StoragePlan` of ``spec``, the same on every rank (one allreduce).
+
+    The arguments are :func:`make_state_storage`'s; :func:`storage_for` builds the storage later.
+    """
     n_local_max = comm.allreduce(int(n_local), op=MPI.MAX)
-    plan = plan_storage(spec, n_levels - 1, n_local_max)
+    return plan_storage(spec, n_levels - 1, n_local_max)
+
+
+def storage_for(plan, n_levels: int, n_local: int) -> StateStorage:
+    """The storage ``plan`` chose (:func:`plan_state_storage`): every level in memory, or checkpointing."""
     if plan.kind == "memory":
-        return MemoryStorage(n_levels, n_local), plan
-    return CheckpointStorage(plan), plan
+        return MemoryStorage(n_levels, n_local)
+    return CheckpointStorage(plan)
