@@ -107,15 +107,11 @@ class StackedBlocks:
         self._x = PETSc.Vec().createWithArray(self._array, size=(n_local, n_global), comm=self.mat.getComm())
         self._parts = {name: self._array[offsets[j]: offsets[j + 1]] for j, name in enumerate(forms)}
         # The output of the transposed product: every block's part, or all but the first one's.
-        first = int(offsets[1]) if skip_first_in_transpose else 0
-        comm = self.mat.getComm()
-        self._t_cols = None
+        self._t_first = int(offsets[1]) if skip_first_in_transpose else 0
         self._x_t = self._x
-        if first:
-            c0 = self.mat.getOwnershipRangeColumn()[0]
-            self._t_cols = PETSc.IS().createStride(n_local - first, first=c0 + first, step=1, comm=comm)
-            self._x_t = PETSc.Vec().createWithArray(self._array[first:], size=(n_local - first, PETSc.DECIDE),
-                                                    comm=comm)
+        if self._t_first:
+            self._x_t = PETSc.Vec().createWithArray(self._array[self._t_first:], comm=self.mat.getComm(),
+                                                    size=(n_local - self._t_first, PETSc.DECIDE))
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -140,11 +136,13 @@ class StackedBlocks:
         """
         if self._mat_t is None:
             K = self.mat
-            if self._t_cols is not None:  # the columns of the blocks after the first
-                rows = PETSc.IS().createStride(K.getLocalSize()[0], first=K.getOwnershipRange()[0], step=1,
-                                               comm=K.getComm())
-                K = self.mat.createSubMatrix(rows, self._t_cols)
+            if self._t_first:  # the owned columns of the blocks after the first
+                comm, (r0, r1), (c0, c1) = K.getComm(), K.getOwnershipRange(), K.getOwnershipRangeColumn()
+                rows = PETSc.IS().createStride(r1 - r0, first=r0, step=1, comm=comm)
+                cols = PETSc.IS().createStride(c1 - c0 - self._t_first, first=c0 + self._t_first, step=1, comm=comm)
+                K = self.mat.createSubMatrix(rows, cols)
                 rows.destroy()
+                cols.destroy()
             self._mat_t = K.transpose(PETSc.Mat())  # a new matrix (no argument: in place)
             if K is not self.mat:
                 K.destroy()
@@ -152,10 +150,10 @@ class StackedBlocks:
 
     def destroy(self) -> None:
         """Destroy the PETSc objects (collective)."""
-        for obj in {id(o): o for o in (self.mat, self._mat_t, self._x, self._x_t, self._t_cols)}.values():
+        for obj in {id(o): o for o in (self.mat, self._mat_t, self._x, self._x_t)}.values():
             if obj is not None:
                 obj.destroy()
-        self._mat_t = self._t_cols = None
+        self._mat_t = None
         self._parts = {}
 
 

@@ -306,16 +306,14 @@ class SchurDD:
         self.nnz_v = Vt.nnz
         self._Vt = _seq_aij(Vt)
         self._objs.append(self._Vt)
-        if self.backward == "substitution":  # V_r itself: its product is a mat-vec, not a transposed one
-            self._V = _seq_aij(Vt.T.tocsr())
-            self._objs.append(self._V)
+        # What the apply's last step multiplies x_{C_r} by: V_r for the backward substitution of
+        # z_r - V_r x_C (a mat-vec, not a transposed one), the coupling A_{I_r C_r} for the fused
+        # solve of b_r - A_{I_r C_r} x_C.
+        self._last = _seq_aij(Vt.T.tocsr() if self.backward == "substitution" else A_rS.tocsr())
         self._t, self._xs = (PETSc.Vec().createSeq(n_c, comm=PETSc.COMM_SELF) for _ in range(2))
-        self._objs += [self._t, self._xs]
         self._C = c_set
-        # The coupling itself, for the interior right-hand side b_r - A_{I_r C_r} x_{C_r} of the apply.
-        self._A_rC = _seq_aij(A_rS.tocsr())
         self._r = PETSc.Vec().createSeq(n_own, comm=PETSc.COMM_SELF)
-        self._objs += [self._A_rC, self._r]
+        self._objs += [self._last, self._t, self._xs, self._r]
         # The dense Schur complement: this rank's separator rows of A_SS minus V_r^T V_r.
         S_local = np.zeros((n_sep, n_sep))
         if n_s:
@@ -409,7 +407,7 @@ class SchurDD:
         if self.backward == "substitution":
             # x = P^T R^{-1} (z - V_r x_C), x_S at the separator's positions (identity rows).
             r = self._r
-            self._V.mult(self._xs, r)
+            self._last.mult(self._xs, r)
             r.aypx(-1.0, self._z)
             r.array_w[self._S_pos] = xs[self._need_own]
             self._xv.placeArray(x_arr)
@@ -418,7 +416,7 @@ class SchurDD:
             return
         # b - A_{I C} x_C on the interior, x_S on the separator (identity rows: the solve keeps it).
         r = self._r
-        self._A_rC.mult(self._xs, r)
+        self._last.mult(self._xs, r)
         self._bv.placeArray(b_arr)
         r.aypx(-1.0, self._bv)
         self._bv.resetArray()
